@@ -32,7 +32,7 @@ def place(amount: GpuAmount, candidates: Sequence[int], used: Mapping[int, int])
     if len(whole) < amount.device_count:
         listed = ", ".join(f"gpu{i}" for i in whole) or "none"
         raise ResourceExhausted(
-            f"no {amount.device_count} fully free devices for {amount} GPU (fully free: {listed})"
+            f"{amount} GPU needs {amount.device_count} fully free devices (fully free now: {listed})"
         )
     return whole[: amount.device_count]
 

@@ -115,7 +115,7 @@ def discover(env: dict[str, str] | None = None) -> list[Device]:
 def load_configured(spec: str) -> list[Device]:
     """Devices from a JSON list, given inline or as the path of a file holding it."""
     text = spec
-    if not spec.lstrip().startswith("["):
+    if not spec.lstrip().startswith(("[", "{")):
         path = Path(spec).expanduser()
         try:
             text = path.read_text()
