@@ -32,7 +32,8 @@ def place(amount: GpuAmount, candidates: Sequence[int], used: Mapping[int, int])
     if len(whole) < amount.device_count:
         listed = ", ".join(f"gpu{i}" for i in whole) or "none"
         raise ResourceExhausted(
-            f"{amount} GPU needs {amount.device_count} fully free devices (fully free now: {listed})"
+            f"{amount} GPU needs {amount.device_count} fully free devices "
+            f"(fully free now: {listed})"
         )
     return whole[: amount.device_count]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -148,16 +149,18 @@ class Watchdog:
                     owners[member.pid] = (partition.id, reason)
                     members.append(member)
                     _signal(member.terminate)
-        gone, alive = psutil.wait_procs(members, timeout=self.grace)
+        gone, alive = _wait_gone(members, self.grace)
         for member in alive:
             _signal(member.kill)
-        psutil.wait_procs(alive, timeout=self.grace)
+        _wait_gone(alive, self.grace)
         for partition_id, root in roots:
             if _finished(root):
                 self.store.forget_process(partition_id, root.pid)
-        events = [WatchdogEvent(EventKind.TERMINATED, *_swap(owners[p.pid], p.pid)) for p in gone]
-        events += [WatchdogEvent(EventKind.KILLED, *_swap(owners[p.pid], p.pid)) for p in alive]
-        return events
+        return [
+            WatchdogEvent(kind, owners[p.pid][0], p.pid, owners[p.pid][1])
+            for kind, procs in ((EventKind.TERMINATED, gone), (EventKind.KILLED, alive))
+            for p in procs
+        ]
 
     def run(
         self,
@@ -179,8 +182,19 @@ def _finished(proc: psutil.Process) -> bool:
         return True
 
 
-def _swap(owner: tuple[str, str], pid: int) -> tuple[str, int, str]:
-    return owner[0], pid, owner[1]
+def _wait_gone(
+    procs: list[psutil.Process], timeout: float
+) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """Wait up to ``timeout`` for ``procs`` to end; returns (gone, alive). A zombie counts as
+    gone: its parent, not the watchdog, collects it."""
+    deadline = time.monotonic() + timeout
+    pending = list(procs)
+    while True:
+        pending = [proc for proc in pending if not _finished(proc)]
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return [proc for proc in procs if proc not in pending], pending
 
 
 def _signal(send: Callable[[], None]) -> None:

@@ -25,7 +25,9 @@ def test_eleven_tenths_do_not_fit_one_device() -> None:
     for _ in range(10):
         place(a("0.1"), [0], used)
         used[0] += 1
-    with pytest.raises(ResourceExhausted, match=r"no device has 0\.1 free \(largest free: 0 on gpu0\)"):
+    with pytest.raises(
+        ResourceExhausted, match=r"no device has 0\.1 free \(largest free: 0 on gpu0\)"
+    ):
         place(a("0.1"), [0], used)
 
 

@@ -29,7 +29,9 @@ def test_invalid_amounts_name_the_value_and_the_rule(given: object, shown: str) 
 
 
 def test_the_issue_message_exactly() -> None:
-    with pytest.raises(InvalidArgument, match=r"^Invalid GPU amount: 2\.3\. Must be 0\.1-0\.9 or whole number 1-8$"):
+    with pytest.raises(
+        InvalidArgument, match=r"^Invalid GPU amount: 2\.3\. Must be 0\.1-0\.9 or whole number 1-8$"
+    ):
         GpuAmount.parse("2.3")
 
 

@@ -11,7 +11,9 @@ from chronos import confine
 pytestmark = pytest.mark.unit
 
 
-def test_hook_runs_after_the_module_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hook_runs_after_the_module_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "fakeframework_a1.py").write_text("LOADED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen: list[ModuleType] = []
@@ -22,7 +24,9 @@ def test_hook_runs_after_the_module_is_imported(tmp_path: Path, monkeypatch: pyt
 
         assert seen == [fakeframework_a1] and fakeframework_a1.LOADED
     finally:
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, confine._PostImportFinder)]
+        sys.meta_path[:] = [
+            f for f in sys.meta_path if not isinstance(f, confine._PostImportFinder)
+        ]
         sys.modules.pop("fakeframework_a1", None)
 
 
@@ -43,7 +47,10 @@ def test_a_failing_hook_warns_and_does_not_break_the_import(tmp_path: Path) -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "1 chronos: could not apply the partition's memory cap to fakeframework_b2: no GPU" in out.stdout
+    assert (
+        "1 chronos: could not apply the partition's memory cap to fakeframework_b2: no GPU"
+        in out.stdout
+    )
 
 
 def test_run_module_under_confine_as_main(tmp_path: Path) -> None:

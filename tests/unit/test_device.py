@@ -23,9 +23,18 @@ def test_discovery_finds_the_pocl_cpu_device_through_opencl(host_devices: list[D
 
 def test_configured_list_replaces_discovery(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
-    path.write_text(json.dumps([{"name": "A100", "vendor": "nvidia", "memory_bytes": 40 * 2**30, "uuid": "GPU-x"}]))
+    path.write_text(
+        json.dumps(
+            [{"name": "A100", "vendor": "nvidia", "memory_bytes": 40 * 2**30, "uuid": "GPU-x"}]
+        )
+    )
     [device] = discover({"CHRONOS_DEVICES": str(path)})
-    assert (device.name, device.vendor, device.uuid, device.sources) == ("A100", Vendor.NVIDIA, "GPU-x", ("config",))
+    assert (device.name, device.vendor, device.uuid, device.sources) == (
+        "A100",
+        Vendor.NVIDIA,
+        "GPU-x",
+        ("config",),
+    )
     inline = discover({"CHRONOS_DEVICES": '[{"name": "X", "memory_bytes": 1}]'})
     assert inline[0].name == "X"
 
@@ -36,7 +45,7 @@ def test_configured_list_replaces_discovery(tmp_path: Path) -> None:
         ("/nonexistent/devices.json", "Cannot read device list /nonexistent/devices.json"),
         ("[{", "is not valid JSON"),
         ('{"name": 1}', "must be a JSON list of objects"),
-        ('[1, 2]', "must be a JSON list of objects"),
+        ("[1, 2]", "must be a JSON list of objects"),
         ('[{"name": "x"}]', "Invalid device entry #0"),
         ('[{"name": "x", "memory_bytes": 1, "vendor": "acme"}]', "Invalid device entry #0"),
     ],
@@ -49,7 +58,16 @@ def test_bad_device_lists_are_refused_clearly(spec: str, message: str) -> None:
 def test_nvml_devices_come_first_and_absorb_their_opencl_twin() -> None:
     nvidia = [NvmlDevice(0, "H100", "GPU-aaa", "00000000:3B:00.0", 80 * 2**30)]
     opencl = [
-        Device(0, "NVIDIA H100", Vendor.NVIDIA, "gpu", 80 * 2**30, pci_bus_id="00000000:3B:00.0", opencl=(1, 0), sources=("opencl",)),
+        Device(
+            0,
+            "NVIDIA H100",
+            Vendor.NVIDIA,
+            "gpu",
+            80 * 2**30,
+            pci_bus_id="00000000:3B:00.0",
+            opencl=(1, 0),
+            sources=("opencl",),
+        ),
         Device(1, "pthread-cpu", Vendor.OTHER, "cpu", 2**30, opencl=(0, 0), sources=("opencl",)),
     ]
     merged = merge(nvidia, opencl)
@@ -64,5 +82,7 @@ def test_resolve_by_index_id_or_uuid(four_devices: list[Device]) -> None:
     assert resolve(four_devices, "2").index == 2
     assert resolve(four_devices, "gpu3").index == 3
     assert resolve(four_devices, "GPU-1").index == 1
-    with pytest.raises(InvalidArgument, match="Unknown device: gpu9. Known devices: gpu0, gpu1, gpu2, gpu3"):
+    with pytest.raises(
+        InvalidArgument, match=r"Unknown device: gpu9\. Known devices: gpu0, gpu1, gpu2, gpu3"
+    ):
         resolve(four_devices, "gpu9")

@@ -39,12 +39,16 @@ def test_a_real_opencl_program_under_the_env_gets_the_partition_device(store: St
         "cl.enqueue_copy(q, a, buf)\n"
         "print(ctx.devices[0].name.strip(), int(a.sum()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{store.devices[partition.devices[0]].name} 240"
 
 
-def test_nvidia_partition_uses_uuids_and_only_its_devices(four_devices: list[Device], tmp_path: Path) -> None:
+def test_nvidia_partition_uses_uuids_and_only_its_devices(
+    four_devices: list[Device], tmp_path: Path
+) -> None:
     with Store(four_devices, tmp_path / "s.sqlite3") as s:
         s.create("0.5", "1h", devices="gpu1")
         two = s.create("2", "1h")
@@ -54,7 +58,9 @@ def test_nvidia_partition_uses_uuids_and_only_its_devices(four_devices: list[Dev
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env  # whole devices: no framework cap
 
 
-def test_mps_limits_only_when_a_control_daemon_listens(four_devices: list[Device], tmp_path: Path) -> None:
+def test_mps_limits_only_when_a_control_daemon_listens(
+    four_devices: list[Device], tmp_path: Path
+) -> None:
     pipe = tmp_path / "mps"
     pipe.mkdir()
     with Store(four_devices, tmp_path / "s.sqlite3") as s:

@@ -15,8 +15,13 @@ from chronos import Device, GpuAmount, PartitionEnded, ResourceExhausted, Store,
 
 pytestmark = pytest.mark.unit
 
-AMOUNTS = st.sampled_from(["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1", "2", "3"])
-DEVICES = [Device(index=i, name=f"d{i}", vendor=Vendor.OTHER, kind="gpu", memory_bytes=10 * 2**30) for i in range(3)]
+AMOUNTS = st.sampled_from(
+    ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1", "2", "3"]
+)
+DEVICES = [
+    Device(index=i, name=f"d{i}", vendor=Vendor.OTHER, kind="gpu", memory_bytes=10 * 2**30)
+    for i in range(3)
+]
 
 
 class Clock:
@@ -35,7 +40,9 @@ class Partitions(RuleBasedStateMachine):
         self.dir = tempfile.TemporaryDirectory()
         self.clock = Clock()
         self.store = Store(DEVICES, Path(self.dir.name) / "s.sqlite3", clock=self.clock)
-        self.model: dict[str, tuple[tuple[int, ...], int, float]] = {}  # id -> devices, tenths, expiry
+        self.model: dict[
+            str, tuple[tuple[int, ...], int, float]
+        ] = {}  # id -> devices, tenths, expiry
 
     def held(self) -> dict[int, int]:
         totals: dict[int, int] = {}
@@ -45,7 +52,12 @@ class Partitions(RuleBasedStateMachine):
                     totals[d] = totals.get(d, 0) + per_device
         return totals
 
-    @rule(target=ids, amount=AMOUNTS, duration=st.integers(60, 600), device=st.sampled_from([None, "0", "1", "2", "0,2"]))
+    @rule(
+        target=ids,
+        amount=AMOUNTS,
+        duration=st.integers(60, 600),
+        device=st.sampled_from([None, "0", "1", "2", "0,2"]),
+    )
     def create(self, amount: str, duration: int, device: str | None) -> str:
         gpu = GpuAmount.parse(amount)
         candidates = [0, 1, 2] if device is None else [int(x) for x in device.split(",")]
