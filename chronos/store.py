@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS partitions (
     end_reason   TEXT
 );
 CREATE INDEX IF NOT EXISTS partitions_state ON partitions (state, expires_at);
-CREATE INDEX IF NOT EXISTS partitions_ended ON partitions (ended_at);
 -- what active partitions hold, one row per device: the capacity check sums this
 CREATE TABLE IF NOT EXISTS shares (
     partition_id TEXT NOT NULL,
@@ -209,20 +208,26 @@ class Store:
             ) from exc
 
     @contextmanager
-    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction (the writer lock taken up front), expired partitions
-        reaped first; rolled back whole on any error so a failed call changes nothing."""
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction (the writer lock taken up front), rolled back whole on
+        any error so that a failed call changes nothing."""
         with self._lock, self._mapped_errors(doing):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                self._reap_in(db, self.clock())
                 yield db
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """A transaction that first reaps expired partitions, so their capacity is free."""
+        with self._transaction(doing) as db:
+            self._reap_in(db, self.clock())
+            yield db
 
     @contextmanager
     def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -290,16 +295,17 @@ class Store:
         return self._end(partition_id, PartitionState.RELEASED, reason)
 
     def _end(self, partition_id: str, state: PartitionState, reason: str) -> Partition:
+        checked = _checked_id(partition_id)
         with self._write(state.value) as db:
-            current = self._get(db, _checked_id(partition_id))
-            current.require_active()
-            now = self.clock()
-            db.execute(
-                "UPDATE partitions SET state=?, ended_at=?, end_reason=? WHERE id=?",
-                (state.value, now, reason, current.id),
-            )
-            db.execute("DELETE FROM shares WHERE partition_id=?", (current.id,))
-            return self._get(db, current.id)
+            row = db.execute(
+                "UPDATE partitions SET state=?, ended_at=?, end_reason=? "
+                f"WHERE id=? AND state='active' RETURNING {_COLUMNS}",
+                (state.value, self.clock(), reason, checked),
+            ).fetchone()
+            if row is None:  # unknown or already ended: say which
+                self._get(db, checked).require_active()
+            db.execute("DELETE FROM shares WHERE partition_id=?", (checked,))
+            return _row_to_partition(row, self._processes_of(db, checked), self.clock())
 
     def attach(self, partition_id: str, pid: int) -> Partition:
         """Confine process ``pid`` (and its descendants) to an active partition."""
@@ -352,18 +358,14 @@ class Store:
             return self._used(db)
 
     def reap(self) -> list[str]:
-        """Mark every partition past its expiry as expired; returns their ids."""
-        with self._lock, self._mapped_errors("reap"):
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                reaped = self._reap_in(db, self.clock())
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        return reaped
+        """Mark every partition past its expiry as expired, and forget ended ones older than
+        the retention; returns the ids newly expired. Every write reaps too; the watchdog and
+        the gateway's supervisor call this on their own schedule."""
+        with self._transaction("reap") as db:
+            now = self.clock()
+            reaped = self._reap_in(db, now)
+            self._prune_in(db, now)
+            return reaped
 
     # -- helpers (inside a transaction) --------------------------------------------------------
 
@@ -379,13 +381,16 @@ class Store:
         if reaped:
             marks = ",".join("?" * len(reaped))
             db.execute(f"DELETE FROM shares WHERE partition_id IN ({marks})", reaped)
+        return reaped
+
+    def _prune_in(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget ended partitions older than the retention (their processes long gone)."""
         if self.retention >= 0:
             db.execute(
                 "DELETE FROM partitions WHERE state != 'active' AND ended_at < ? "
                 "AND id NOT IN (SELECT partition_id FROM processes)",
                 (now - self.retention,),
             )
-        return reaped
 
     def _used(self, db: sqlite3.Connection) -> dict[int, int]:
         rows = db.execute(
@@ -408,11 +413,15 @@ class Store:
         ).fetchone()
         if row is None:
             raise NotFound(f"Unknown partition: {partition_id}")
+        return _row_to_partition(row, self._processes_of(db, partition_id), self.clock())
+
+    @staticmethod
+    def _processes_of(db: sqlite3.Connection, partition_id: str) -> tuple[ProcessRef, ...]:
         refs = db.execute(
             "SELECT pid, started FROM processes WHERE partition_id=? ORDER BY pid",
             (partition_id,),
         ).fetchall()
-        return _row_to_partition(row, tuple(ProcessRef(p, s) for p, s in refs), self.clock())
+        return tuple(ProcessRef(p, s) for p, s in refs)
 
     def _processes(self, db: sqlite3.Connection) -> dict[str, tuple[ProcessRef, ...]]:
         found: dict[str, list[ProcessRef]] = {}
