@@ -1,0 +1,89 @@
+"""``cumulus-gateway``: a Jupyter Server that only serves kernels, each in a GPU partition.
+
+Configured like any Jupyter server (``--ip``, ``--port``, ``--IdentityProvider.token``, a
+``cumulus_gateway_config.py`` file, ``--help-all``), plus ``--runtime`` and ``--state``.
+``jupyter lab --gateway-url=http://HOST:PORT`` talks to it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.serverapp import aliases as server_aliases
+from tornado.ioloop import PeriodicCallback
+from traitlets import Dict, Float, default
+
+from gateway.kernelspecs import CumulusKernelSpecManager
+from gateway.manager import CumulusKernelManager
+from gateway.provisioner import CumulusProvisioner
+from gateway.supervisor import ExpirySupervisor
+
+
+class CumulusGateway(ServerApp):
+    """Remote kernels in Chronos GPU partitions, behind the Jupyter Kernel Gateway API."""
+
+    name = "cumulus-gateway"
+    description = __doc__
+    default_services = ("api", "auth", "kernels", "kernelspecs", "security", "shutdown")  # type: ignore[assignment]
+
+    aliases = Dict(
+        {
+            **server_aliases,
+            "runtime": "CumulusKernelManager.runtime_name",
+            "state": "CumulusKernelManager.state_path",
+        }
+    )
+
+    supervise_interval = Float(
+        1.0, config=True, help="Seconds between expiry checks and queue moves."
+    )
+
+    classes = [  # noqa: RUF012 - traitlets reads this class attribute
+        *ServerApp.classes,
+        CumulusKernelManager,
+        CumulusKernelSpecManager,
+        CumulusProvisioner,
+    ]
+
+    @default("config_file_name")
+    def _config_file_name(self) -> str:
+        return "cumulus_gateway_config"
+
+    @default("extra_services")
+    def _extra_services(self) -> list[str]:
+        return ["gateway.handlers"]
+
+    @default("kernel_manager_class")
+    def _kernel_manager_class(self) -> type:
+        return CumulusKernelManager
+
+    @default("kernel_spec_manager_class")
+    def _kernel_spec_manager_class(self) -> type:
+        return CumulusKernelSpecManager
+
+    @default("open_browser")
+    def _open_browser(self) -> bool:
+        return False
+
+    def find_server_extensions(self) -> None:
+        """A gateway loads no server extensions (JupyterLab's included), whatever is installed."""
+
+    def init_server_extensions(self) -> None:
+        self.jpserver_extensions = {}
+        super().init_server_extensions()
+
+    def initialize(
+        self,
+        argv: list[str] | None = None,
+        find_extensions: bool = True,
+        new_httpserver: bool = True,
+        starter_extension: Any = None,
+    ) -> None:
+        super().initialize(argv, find_extensions, new_httpserver, starter_extension)
+        self.supervisor = ExpirySupervisor(cast(CumulusKernelManager, self.kernel_manager))
+        self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)
+        self._supervise.start()
+
+
+main = launch_new_instance = CumulusGateway.launch_instance

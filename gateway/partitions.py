@@ -1,0 +1,162 @@
+"""The gateway's partition broker: Chronos partitions for kernels, with a FIFO wait queue.
+
+A request that fits is served at once. One that does not either fails at once (``wait=False``:
+`ResourceExhausted`, 429 with ``Retry-After``) or joins the back of the queue and waits up to
+its launch timeout (then `DeadlineExceeded`, 504). The queue is strict FIFO: the head is served
+first, so a large request is never starved by a stream of small ones. It moves whenever a
+partition is released here, and on every supervisor tick (to see releases and expiries made by
+other processes sharing the Chronos store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chronos import (
+    GpuAmount,
+    Partition,
+    PartitionEnded,
+    ResourceExhausted,
+    Store,
+    parse_duration,
+)
+from cumulus_jupyter.errors import DeadlineExceeded
+
+
+@dataclass
+class PartitionRequest:
+    """What a kernel asks for; validated on construction (`InvalidArgument` otherwise)."""
+
+    amount: GpuAmount
+    duration_s: int
+    owner: str
+    devices: str | None = None
+    id: int = field(default_factory=itertools.count(1).__next__)
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def parse(
+        cls, amount: str | float, duration: str | float | None, owner: str, devices: str | None
+    ) -> PartitionRequest:
+        return cls(GpuAmount.parse(amount), parse_duration(duration), owner, devices or None)
+
+
+@dataclass
+class _Waiter:
+    request: PartitionRequest
+    future: asyncio.Future[Partition]
+    last_refusal: str = ""
+
+
+class PartitionBroker:
+    """Hands out partitions from a Chronos `Store` in FIFO order. Used from the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[_Waiter] = []
+        self.allocation_seconds: list[float] = []
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def queue(self) -> list[dict[str, Any]]:
+        """The waiting requests, head first, for ``/api/cumulus/queue``."""
+        now = time.monotonic()
+        return [
+            {
+                "position": position,
+                "request_id": w.request.id,
+                "owner": w.request.owner,
+                "amount": w.request.amount.value,
+                "waited_s": round(now - w.request.queued_at, 3),
+                "waiting_for": w.last_refusal,
+            }
+            for position, w in enumerate(self._queue, start=1)
+        ]
+
+    async def acquire(
+        self,
+        request: PartitionRequest,
+        *,
+        wait: bool = True,
+        timeout: float = 60.0,
+        on_queued: Callable[[int, str], None] | None = None,
+    ) -> Partition:
+        """A partition for ``request``: at once, after waiting in the queue, or an error."""
+        started = time.monotonic()
+        if not self._queue:
+            try:
+                return self._created(request, started)
+            except ResourceExhausted as exc:
+                if not wait:
+                    raise
+                refusal = str(exc)
+        else:
+            if not wait:
+                raise ResourceExhausted(
+                    f"{len(self._queue)} request(s) are already waiting for a partition",
+                    retry_after=10,
+                )
+            refusal = "requests ahead in the queue"
+        waiter = _Waiter(request, asyncio.get_running_loop().create_future(), refusal)
+        self._queue.append(waiter)
+        if on_queued is not None:
+            on_queued(len(self._queue), refusal)
+        claimed = False
+        try:
+            partition = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            claimed = True
+            return partition
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"waited {timeout:g} s in the queue for {request.amount} GPU and none came free "
+                f"({waiter.last_refusal})"
+            ) from None
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+            if not claimed:
+                self._give_back(waiter)
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        # the wait ended (timeout, cancellation) - possibly in the instant it was served
+        if not waiter.future.done():
+            waiter.future.cancel()
+        elif not waiter.future.cancelled() and waiter.future.exception() is None:
+            self.release(waiter.future.result().id, "unclaimed")
+
+    def _created(self, request: PartitionRequest, started: float) -> Partition:
+        partition = self.store.create(
+            request.amount, request.duration_s, devices=request.devices, owner=request.owner
+        )
+        self.allocation_seconds.append(time.monotonic() - started)
+        del self.allocation_seconds[:-1000]
+        return partition
+
+    def pump(self) -> None:
+        """Serve queued requests, head first, for as long as the head fits."""
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():
+                self._queue.pop(0)
+                continue
+            try:
+                partition = self._created(head.request, head.request.queued_at)
+            except ResourceExhausted as exc:
+                head.last_refusal = str(exc)
+                return
+            self._queue.pop(0)
+            head.future.set_result(partition)
+
+    def release(self, partition_id: str, reason: str = "released") -> None:
+        """Release a partition (already ended ones are fine) and let the queue move."""
+        with contextlib.suppress(PartitionEnded):
+            self.store.release(partition_id, reason)
+        self.pump()

@@ -1,0 +1,128 @@
+"""`CumulusProvisioner`: a jupyter_client kernel provisioner that runs each kernel in a Chronos
+partition, on whichever runtime the gateway is configured with.
+
+Called by jupyter_client's `KernelManager`:
+
+- `pre_launch` (from ``KernelManager.pre_start_kernel``) takes the partition: the amount and
+  duration come from the request's ``KERNEL_GPU`` / ``KERNEL_DURATION``, else the kernelspec's
+  ``gpu`` / ``duration`` config; it may wait in the broker's FIFO queue. It then builds the
+  kernel's environment: the confinement variables of `chronos.enforce` over the request's
+  ``KERNEL_*`` variables. On restart the partition is kept.
+- `launch_kernel` asks the runtime to start the process and confines it to the partition.
+- `poll` / `wait` / `send_signal` / `kill` / `terminate` act on the runtime's handle (the
+  inherited `LocalProvisioner` logic drives any handle with ``Popen``'s interface).
+- `cleanup` releases the partition, unless the kernel is restarting.
+- `get_provisioner_info` / `load_provisioner_info` let a restarted gateway adopt the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any, cast
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from traitlets import Unicode
+
+from chronos import Partition, confinement_env
+from cumulus_jupyter.errors import PartitionExpired
+from gateway.partitions import PartitionRequest
+
+if TYPE_CHECKING:
+    from gateway.manager import CumulusKernelManager
+
+# The gateway's own secrets never reach a kernel.
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|^JPY_|^JUPYTER_|^CHRONOS_STATE$", re.IGNORECASE)
+_FALSE = {"0", "false", "no", "off"}
+
+
+class CumulusProvisioner(LocalProvisioner):
+    """Kernels in Chronos partitions, started by the gateway's runtime."""
+
+    gpu = Unicode("0.5", config=True, help="GPU amount when the request names none.")
+    duration = Unicode("1h", config=True, help="Partition duration when the request names none.")
+
+    partition: Partition | None = None
+    runtime_info: dict[str, Any] | None = None
+
+    @property
+    def manager(self) -> CumulusKernelManager:
+        """The gateway's mapping kernel manager (our parent's parent)."""
+        return cast("CumulusKernelManager", cast(Any, self.parent).parent)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        request_env: dict[str, str] = dict(kwargs.pop("env", None) or {})
+        if self.partition is None:
+            self.partition = await self._acquire(request_env)
+        elif not self.manager.broker.store.get(self.partition.id).is_active:
+            raise PartitionExpired(
+                f"Partition {self.partition.id} has ended; start a new kernel for a new one"
+            )
+        try:
+            self.manager.partitions[self.kernel_id] = self.partition
+            kwargs["env"] = self._kernel_env(request_env, self.partition)
+            return await super().pre_launch(**kwargs)  # type: ignore[no-any-return]
+        except BaseException:
+            await self._release("launch failed")
+            raise
+
+    async def _acquire(self, env: dict[str, str]) -> Partition:
+        manager = self.manager
+        request = PartitionRequest.parse(
+            env.get("KERNEL_GPU") or self.gpu,
+            env.get("KERNEL_DURATION") or self.duration,
+            owner=env.get("KERNEL_USERNAME") or "anonymous",
+            devices=env.get("KERNEL_GPU_DEVICES"),
+        )
+        timeout = float(env.get("KERNEL_LAUNCH_TIMEOUT") or manager.launch_timeout)
+        wait = env.get("KERNEL_WAIT", "1").strip().lower() not in _FALSE
+        return await manager.broker.acquire(request, wait=wait, timeout=timeout)
+
+    def _kernel_env(self, request_env: dict[str, str], partition: Partition) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+        base |= self.kernel_spec.env or {}
+        base |= request_env
+        base |= confinement_env(partition, self.manager.broker.store.devices)
+        base["CUMULUS_KERNEL_ID"] = self.kernel_id
+        return base
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        assert self.partition is not None
+        try:
+            handle = await self.manager.runtime.launch(
+                cmd, kwargs["env"], kwargs.get("cwd"), self.kernel_id
+            )
+            self.process = cast(Any, handle)  # Popen's interface, as LocalProvisioner drives it
+            self.pid = handle.pid
+            self.pgid = handle.pid  # runtimes start kernels in their own process group
+            self.runtime_info = handle.info()
+            self.manager.broker.store.attach(self.partition.id, handle.pid)
+        except BaseException:
+            await self._release("launch failed")
+            raise
+        return self.connection_info
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        if not restart:
+            await self._release("kernel shut down")
+
+    async def _release(self, reason: str) -> None:
+        if self.partition is not None:
+            self.manager.broker.release(self.partition.id, reason)
+            self.manager.partitions.pop(self.kernel_id, None)
+            self.partition = None
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info["partition_id"] = self.partition.id if self.partition else None
+        info["runtime"] = self.runtime_info
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        partition_id = provisioner_info.get("partition_id")
+        self.partition = self.manager.broker.store.get(partition_id) if partition_id else None
+        self.runtime_info = provisioner_info.get("runtime")
+        self.process = cast(Any, self.manager.runtime.adopt(self.runtime_info or {}))

@@ -1,0 +1,117 @@
+"""The expiry supervisor: warns a kernel's clients before its partition ends, then stops it.
+
+Every tick (one second by default) it moves the partition queue, then for each kernel re-reads
+its partition from the store (so expiries and releases made by other processes count):
+
+- at T-5 min and T-1 min (for partitions shorter than 10 min: at 1/2 and 1/10 of the duration)
+  it sends the kernel's clients a stderr stream message and a ``cumulus`` message;
+- at T, or as soon as the partition is released under it, it tells them the partition expired,
+  shuts the kernel down (its provisioner releases the partition) and remembers why, so later
+  requests for that kernel get a 410 that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jupyter_client.session import Session
+
+from chronos import Partition, format_duration
+from gateway.manager import CumulusKernelManager, cumulus_model
+
+log = logging.getLogger("cumulus.supervisor")
+
+WARN_BEFORE_S = (300.0, 60.0)
+SHORT_PARTITION_S = 600.0
+
+
+def warning_offsets(partition: Partition) -> tuple[float, ...]:
+    """Seconds before expiry at which to warn."""
+    duration = partition.expires_at - partition.created_at
+    if duration >= SHORT_PARTITION_S:
+        return WARN_BEFORE_S
+    return (duration / 2, duration / 10)
+
+
+class ExpirySupervisor:
+    """Runs `tick` on the gateway's event loop."""
+
+    def __init__(self, manager: CumulusKernelManager) -> None:
+        self.manager = manager
+        self._warned: set[tuple[str, float]] = set()
+        self._ending: set[str] = set()
+
+    async def tick(self) -> None:
+        manager = self.manager
+        manager.broker.pump()
+        now = manager.now()
+        for kernel_id in list(manager.partitions):
+            partition = manager.refresh(kernel_id)
+            if partition is None or kernel_id in self._ending:
+                continue
+            left = partition.expires_at - now
+            if not partition.is_active or left <= 0:
+                await self.expire(kernel_id, partition)
+                continue
+            for offset in warning_offsets(partition):
+                if left <= offset and (kernel_id, offset) not in self._warned:
+                    self._warned.add((kernel_id, offset))
+                    self.warn(kernel_id, partition, left)
+                    break
+
+    def warn(self, kernel_id: str, partition: Partition, left: float) -> None:
+        text = (
+            f"Cumulus: partition {partition.id} ({partition.amount} GPU on "
+            f"{','.join(partition.device_ids)}) expires in {format_duration(left)}; "
+            "save your work. The kernel will be stopped then.\n"
+        )
+        broadcast(self.manager, kernel_id, text, "expiry_warning", partition, left)
+
+    async def expire(self, kernel_id: str, partition: Partition) -> None:
+        self._ending.add(kernel_id)
+        how = "was released" if partition.state.value == "released" else "expired"
+        reason = (
+            f"Partition {partition.id} ({partition.amount} GPU on "
+            f"{','.join(partition.device_ids)}) {how}; the kernel was stopped and the GPU "
+            "released. Start a new kernel (or a longer --duration) to go on."
+        )
+        broadcast(self.manager, kernel_id, reason + "\n", "expired", partition, 0.0)
+        self.manager.mark_ended(kernel_id, reason)
+        log.info("kernel %s: %s", kernel_id, reason)
+        try:
+            await self.manager.shutdown_kernel(kernel_id, now=True)
+        except KeyError:
+            pass  # already gone
+        finally:
+            self._ending.discard(kernel_id)
+            self._warned = {w for w in self._warned if w[0] != kernel_id}
+
+
+def broadcast(
+    manager: CumulusKernelManager,
+    kernel_id: str,
+    text: str,
+    event: str,
+    partition: Partition,
+    seconds_left: float,
+) -> None:
+    """Send a stderr stream message and a ``cumulus`` message to every client of a kernel,
+    through each websocket connection's own serialisation (both protocols)."""
+    try:
+        session: Session = manager.get_kernel(kernel_id).session
+    except KeyError:
+        return
+    content: dict[str, Any] = {
+        "event": event,
+        "seconds_left": round(seconds_left, 1),
+        "partition": cumulus_model(partition),
+        "message": text.strip(),
+    }
+    messages = [
+        session.msg("stream", {"name": "stderr", "text": text}),
+        session.msg("cumulus", content),
+    ]
+    for handler in list(manager.connections.get(kernel_id, ())):
+        for msg in messages:
+            handler.inject_iopub(session.serialize(msg))

@@ -1,0 +1,121 @@
+"""Start a real ``cumulus-gateway`` on loopback for a test, and stop it and every kernel it
+started (by PID) afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chronos import Store, discover
+from chronos.watchdog import live_process
+
+TOKEN = "test-token-" + "0" * 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gateway:
+    def __init__(
+        self, state: Path, log: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = TOKEN
+        self.log_path = log
+        self.args = list(args)
+        self.env = os.environ | {"CHRONOS_STATE": str(state)} | (env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        state.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> None:
+        command = [
+            str(Path(sys.executable).with_name("cumulus-gateway")), "--allow-root",
+            "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0",
+            f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.state.parent}",
+            "--CumulusGateway.supervise_interval=0.2", *self.args,
+        ]  # fmt: skip
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/api/cumulus/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway did not answer within 60 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, headers=self.headers(), timeout=60, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, headers=self.headers(), json=json, timeout=120, **kwargs)
+
+    def delete(self, path: str) -> httpx.Response:
+        return httpx.delete(self.url + path, headers=self.headers(), timeout=60)
+
+    def start_kernel(self, **env: str) -> dict[str, Any]:
+        response = self.post("/api/kernels", {"name": "cumulus-gpu", "env": env})
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        """SIGKILL: the gateway dies with no chance to clean up, as in a crash."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        if not self._log.closed:
+            self._log.close()
+        self.kill_kernels()
+
+    def kill_kernels(self) -> None:
+        """Any kernel process recorded in the state file that still runs: stop it by PID."""
+        if not self.state.exists():
+            return
+        with Store(discover({}), self.state) as store:
+            for partition in store.with_processes():
+                for ref in partition.processes:
+                    proc = live_process(ref)
+                    if proc is not None:
+                        proc.kill()
+                        proc.wait(timeout=30)
