@@ -8,6 +8,7 @@ asking after one hears "partition expired", with a 410, rather than a bare 404).
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
@@ -55,6 +56,20 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
         self.connections: dict[str, set[Any]] = {}  # kernel id -> open websocket handlers
+
+    async def start_kernel(
+        self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any
+    ) -> str:
+        """Start a kernel; when its launch fails (no partition, bad input) nothing of it stays
+        behind, so a later shutdown of all kernels does not wait on it."""
+        kernel_id = kernel_id or str(uuid.uuid4())
+        try:
+            started: str = await super().start_kernel(kernel_id=kernel_id, path=path, **kwargs)
+        except BaseException:
+            self._pending_kernels.pop(kernel_id, None)
+            self._kernels.pop(kernel_id, None)
+            raise
+        return started
 
     def kernel_model(self, kernel_id: str) -> dict[str, Any]:
         model: dict[str, Any] = super().kernel_model(kernel_id)

@@ -12,15 +12,12 @@ its partition from the store (so expiries and releases made by other processes c
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from jupyter_client.session import Session
 
 from chronos import Partition, format_duration
 from gateway.manager import CumulusKernelManager, cumulus_model
-
-log = logging.getLogger("cumulus.supervisor")
 
 WARN_BEFORE_S = (300.0, 60.0)
 SHORT_PARTITION_S = 600.0
@@ -66,7 +63,8 @@ class ExpirySupervisor:
             f"{','.join(partition.device_ids)}) expires in {format_duration(left)}; "
             "save your work. The kernel will be stopped then.\n"
         )
-        broadcast(self.manager, kernel_id, text, "expiry_warning", partition, left)
+        sent = broadcast(self.manager, kernel_id, text, "expiry_warning", partition, left)
+        self.manager.log.info("kernel %s: %s (told %d client(s))", kernel_id, text.strip(), sent)
 
     async def expire(self, kernel_id: str, partition: Partition) -> None:
         self._ending.add(kernel_id)
@@ -76,9 +74,9 @@ class ExpirySupervisor:
             f"{','.join(partition.device_ids)}) {how}; the kernel was stopped and the GPU "
             "released. Start a new kernel (or a longer --duration) to go on."
         )
-        broadcast(self.manager, kernel_id, reason + "\n", "expired", partition, 0.0)
+        sent = broadcast(self.manager, kernel_id, reason + "\n", "expired", partition, 0.0)
         self.manager.mark_ended(kernel_id, reason)
-        log.info("kernel %s: %s", kernel_id, reason)
+        self.manager.log.info("kernel %s: %s (told %d client(s))", kernel_id, reason, sent)
         try:
             await self.manager.shutdown_kernel(kernel_id, now=True)
         except KeyError:
@@ -95,13 +93,13 @@ def broadcast(
     event: str,
     partition: Partition,
     seconds_left: float,
-) -> None:
+) -> int:
     """Send a stderr stream message and a ``cumulus`` message to every client of a kernel,
     through each websocket connection's own serialisation (both protocols)."""
     try:
         session: Session = manager.get_kernel(kernel_id).session
     except KeyError:
-        return
+        return 0
     content: dict[str, Any] = {
         "event": event,
         "seconds_left": round(seconds_left, 1),
@@ -112,6 +110,8 @@ def broadcast(
         session.msg("stream", {"name": "stderr", "text": text}),
         session.msg("cumulus", content),
     ]
-    for handler in list(manager.connections.get(kernel_id, ())):
+    handlers = list(manager.connections.get(kernel_id, ()))
+    for handler in handlers:
         for msg in messages:
             handler.inject_iopub(session.serialize(msg))
+    return len(handlers)
