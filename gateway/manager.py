@@ -57,7 +57,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
         self.connections: dict[str, set[Any]] = {}  # kernel id -> open websocket handlers
 
-    async def start_kernel(
+    async def start_kernel(  # type: ignore[override]
         self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any
     ) -> str:
         """Start a kernel; when its launch fails (no partition, bad input) nothing of it stays
