@@ -151,7 +151,7 @@ class CumulusKernelHandler(_Errors, KernelHandler):
     @authorized
     async def delete(self, kernel_id: str) -> None:
         self.gone_or_missing(kernel_id)
-        await ensure_async(self.cumulus.shutdown_kernel(kernel_id))
+        await self.cumulus.shutdown_kernel(kernel_id)
         self.set_status(204)
         self.finish()
 
@@ -188,7 +188,7 @@ class CumulusKernelWebsocketHandler(KernelWebsocketHandler):
         await super().pre_get()
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
-        self.set_nodelay(True)
+        self.set_nodelay(self.settings.get("cumulus_tcp_nodelay", True))
         self.cumulus.connections.setdefault(kernel_id, set()).add(self)
         await super().open(kernel_id)
 

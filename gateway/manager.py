@@ -7,10 +7,13 @@ asking after one hears "partition expired", with a 410, rather than a bare 404).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
 
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from traitlets import Float, Unicode
 
@@ -18,6 +21,7 @@ from chronos import Partition, Store, discover
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.partitions import PartitionBroker
 from gateway.runtimes import Runtime, runtime_for
+from gateway.state import KernelRecord, KernelRecords
 
 
 def cumulus_model(partition: Partition) -> dict[str, Any]:
@@ -51,7 +55,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_kernel_name = BUILTIN_NAME
-        self.broker = PartitionBroker(Store(discover(), self.state_path or None))
+        store = Store(discover(), self.state_path or None)
+        self.broker = PartitionBroker(store)
+        self.records = KernelRecords(store.path)
         self.runtime: Runtime = runtime_for(self.runtime_name)
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
@@ -69,7 +75,91 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             self._pending_kernels.pop(kernel_id, None)
             self._kernels.pop(kernel_id, None)
             raise
+        await self._save(started)
         return started
+
+    async def restart_kernel(self, kernel_id: str, now: bool = False) -> None:  # type: ignore[override]
+        await super().restart_kernel(kernel_id, now=now)
+        await self._save(kernel_id)
+
+    async def shutdown_kernel(  # type: ignore[override]
+        self, kernel_id: str, now: bool = False, restart: bool = False
+    ) -> None:
+        await super().shutdown_kernel(kernel_id, now=now, restart=restart)
+        if not restart:
+            self.records.delete(kernel_id)
+
+    def _handle_kernel_died(self, kernel_id: str) -> None:
+        """The restarter gave up on a kernel: its partition must not outlive it."""
+        partition = self.partitions.pop(kernel_id, None)
+        if partition is not None:
+            self.broker.release(partition.id, "kernel died")
+            self.mark_ended(
+                kernel_id,
+                f"The kernel died and could not be restarted; partition {partition.id} was "
+                "released. Start a new kernel.",
+            )
+        self.records.delete(kernel_id)
+        super()._handle_kernel_died(kernel_id)
+
+    async def _save(self, kernel_id: str) -> None:
+        km = self.get_kernel(kernel_id)
+        assert km.provisioner is not None
+        info = await km.provisioner.get_provisioner_info()
+        self.records.save(kernel_id, km.kernel_name, dict(km.get_connection_info()), info)
+
+    async def adopt_kernels(self) -> None:
+        """After a restart: take back every recorded kernel whose process still runs; release
+        the partitions of those that died meanwhile."""
+        for record in self.records.all():
+            try:
+                adopted = await self._adopt(record)
+            except Exception:
+                self.log.exception("Could not adopt kernel %s", record.kernel_id)
+                adopted = False
+            if not adopted:
+                self._forget(record)
+
+    async def _adopt(self, record: KernelRecord) -> bool:
+        km = self.kernel_manager_factory(
+            connection_file=os.path.join(self.connection_dir, f"kernel-{record.kernel_id}.json"),
+            parent=self,
+            log=self.log,
+            kernel_name=record.kernel_name,
+            kernel_spec_manager=self.kernel_spec_manager,
+        )
+        km.load_connection_info(record.connection_info)
+        km.kernel_id = record.kernel_id
+        km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
+            record.kernel_id, km.kernel_spec, parent=km
+        )
+        await km.provisioner.load_provisioner_info(record.provisioner_info)
+        partition = km.provisioner.partition
+        if km.provisioner.process is None or partition is None or not partition.is_active:
+            return False
+        km.provisioner.connection_info = km.get_connection_info()
+        km.ready.set_result(None)
+        km._connect_control_socket()
+        km.start_restarter()
+        self._kernels[record.kernel_id] = km
+        self.partitions[record.kernel_id] = partition
+        self._kernel_connections[record.kernel_id] = 0
+        km.execution_state = "idle"
+        km.reason = ""
+        km.last_activity = utcnow()
+        await self._finish_kernel_start(record.kernel_id)
+        self.log.info("Adopted kernel %s (partition %s)", record.kernel_id, partition.id)
+        return True
+
+    def _forget(self, record: KernelRecord) -> None:
+        partition_id = record.provisioner_info.get("partition_id")
+        if partition_id:
+            self.broker.release(partition_id, "kernel gone while the gateway was down")
+        process = self.runtime.adopt(record.provisioner_info.get("runtime") or {})
+        if process is not None:  # its partition ended: the kernel must not run on
+            process.kill()
+        self.records.delete(record.kernel_id)
+        self.log.info("Kernel %s did not survive; its partition was released", record.kernel_id)
 
     def kernel_model(self, kernel_id: str) -> dict[str, Any]:
         model: dict[str, Any] = super().kernel_model(kernel_id)

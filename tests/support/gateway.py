@@ -36,7 +36,12 @@ class Gateway:
         self.token = TOKEN
         self.log_path = log
         self.args = list(args)
-        self.env = os.environ | {"CHRONOS_STATE": str(state)} | (env or {})
+        self.runtime_dir = state.parent / "runtime"
+        self.env = (
+            os.environ
+            | {"CHRONOS_STATE": str(state), "JUPYTER_RUNTIME_DIR": str(self.runtime_dir)}
+            | (env or {})
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         state.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -1,0 +1,218 @@
+"""Execute round trips and cold starts: direct jupyter_client vs our gateway vs Enterprise Gateway.
+
+All measured side by side in one run on this machine, and printed as ratios:
+
+- direct: jupyter_client to a local ipykernel over ZMQ (the floor);
+- gateway: `cumulus-gateway`'s kernel WebSocket, TCP_NODELAY on (as shipped) and off;
+- Enterprise Gateway 3.3, when ``--eg-bin`` names the bin directory of a virtualenv that has
+  ``jupyter_enterprise_gateway`` (``make bench`` builds one; its pins clash with ours).
+
+    python benchmarks/relay_latency.py [--n 200] [--eg-bin .bench/eg/bin] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from jupyter_client.manager import AsyncKernelManager
+
+TOKEN = "bench-" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def execute_request(session: str) -> tuple[str, dict[str, Any]]:
+    msg_id = uuid.uuid4().hex
+    return msg_id, {
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "bench",
+                   "session": session, "date": "2026-01-01T00:00:00Z", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": "pass", "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+    }  # fmt: skip
+
+
+async def direct(n: int) -> tuple[list[float], float]:
+    started = time.perf_counter()
+    km = AsyncKernelManager(kernel_name="python3")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    samples = []
+    try:
+        for i in range(n + 10):
+            t0 = time.perf_counter()
+            msg_id = kc.execute("pass")
+            while (await kc.get_shell_msg(timeout=30))["parent_header"].get("msg_id") != msg_id:
+                pass
+            if i == 0:
+                cold = time.perf_counter() - started
+            if i >= 10:
+                samples.append(time.perf_counter() - t0)
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+    return samples, cold
+
+
+async def over_websocket(base: str, kernel_id: str, n: int) -> list[float]:
+    session = uuid.uuid4().hex
+    url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels?session_id={session}"
+    samples = []
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"token {TOKEN}"}
+    ) as ws:
+        for i in range(n + 10):
+            msg_id, msg = execute_request(session)
+            t0 = time.perf_counter()
+            await ws.send(json.dumps(msg))
+            while True:
+                reply = json.loads(await ws.recv())
+                if reply["channel"] == "shell" and reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            if i >= 10:
+                samples.append(time.perf_counter() - t0)
+    return samples
+
+
+class Server:
+    """A gateway process on loopback, stopped (with its kernels) when done."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-gw-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [*command, f"--port={self.port}"], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{command[0]} exited: {Path(self.log.name).read_text()[-2000:]}"
+                )
+            try:
+                if (
+                    httpx.get(f"{self.url}/api/kernelspecs", headers=self.headers).status_code
+                    == 200
+                ):
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{command[0]} did not start")
+
+    headers = {"Authorization": f"token {TOKEN}"}
+
+    def start_kernel(self, body: dict[str, Any]) -> str:
+        r = httpx.post(f"{self.url}/api/kernels", headers=self.headers, json=body, timeout=120)
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def measure_gateway(server: Server, body: dict[str, Any], n: int) -> tuple[list[float], float]:
+    started = time.perf_counter()
+    kernel_id = server.start_kernel(body)
+    first = asyncio.run(over_websocket(server.url, kernel_id, 1))
+    cold = time.perf_counter() - started
+    del first
+    return asyncio.run(over_websocket(server.url, kernel_id, n)), cold
+
+
+def ours(state: Path, nodelay: bool) -> Server:
+    exe = str(Path(sys.executable).with_name("cumulus-gateway"))
+    return Server(
+        [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+         f"--CumulusGateway.tcp_nodelay={nodelay}"],
+        os.environ | {"CHRONOS_STATE": str(state)},
+    )  # fmt: skip
+
+
+def enterprise_gateway(bin_dir: Path) -> Server:
+    return Server(
+        [str(bin_dir / "jupyter-enterprisegateway"), "--ip=127.0.0.1",
+         f"--EnterpriseGatewayApp.auth_token={TOKEN}"],
+        os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "EG_KERNEL_LAUNCH_TIMEOUT": "60"},
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--eg-bin", type=Path, help="bin dir of a venv with Enterprise Gateway")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, dict[str, float]] = {}
+
+    def record(name: str, samples: list[float], cold: float) -> None:
+        results[name] = {
+            "median_ms": statistics.median(samples) * 1000,
+            "p90_ms": sorted(samples)[int(len(samples) * 0.9)] * 1000,
+            "cold_start_s": cold,
+        }
+
+    record("direct jupyter_client", *asyncio.run(direct(args.n)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for nodelay, name in (
+            (True, "cumulus gateway"),
+            (False, "cumulus gateway, no TCP_NODELAY"),
+        ):
+            server = ours(Path(tmp) / f"state-{nodelay}.sqlite3", nodelay)
+            try:
+                record(name, *measure_gateway(server, {"name": "cumulus-gpu"}, args.n))
+            finally:
+                server.stop()
+    if args.eg_bin:
+        server = enterprise_gateway(args.eg_bin)
+        try:
+            record("Enterprise Gateway 3.3", *measure_gateway(server, {"name": "python3"}, args.n))
+        finally:
+            server.stop()
+
+    floor = results["direct jupyter_client"]["median_ms"]
+    width = max(map(len, results))
+    print(
+        f"{'execute round trip':<{width}}  {'median':>9}  {'p90':>9}  {'vs direct':>9}  {'cold start':>10}"
+    )
+    for name, r in results.items():
+        print(f"{name:<{width}}  {r['median_ms']:>7.2f}ms  {r['p90_ms']:>7.2f}ms  "
+              f"{r['median_ms'] / floor:>8.2f}x  {r['cold_start_s']:>9.2f}s")  # fmt: skip
+    ours_ms = results["cumulus gateway"]["median_ms"]
+    print(f"cumulus gateway / direct: {ours_ms / floor:.2f}x (target <= 1.25x)")
+    if "Enterprise Gateway 3.3" in results:
+        eg = results["Enterprise Gateway 3.3"]["median_ms"]
+        print(f"Enterprise Gateway / cumulus gateway: {eg / ours_ms:.1f}x (target >= 5x)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The gateway against clients nobody here wrote: a Jupyter Server started with
+``--gateway-url`` pointing at it; and the security basics (tokens, junk on the WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.gateway import Gateway, free_port
+from tests.support.kernel_ws import KernelSocket
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def jupyter_server(gateway: Gateway, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A stock Jupyter Server whose kernels live on our gateway."""
+    port, token = free_port(), "front-token-0123456789"
+    log = (tmp_path / "jupyter-server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
+            "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+            f"--gateway-url={gateway.url}", f"--GatewayClient.auth_token={gateway.token}",
+            "--GatewayClient.request_timeout=120",
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "jupyter-server.log").read_text()
+            try:
+                if (
+                    httpx.get(
+                        f"{url}/api/status", headers={"Authorization": f"token {token}"}
+                    ).status_code
+                    == 200
+                ):
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_stock_jupyter_server_runs_kernels_through_the_gateway(
+    gateway: Gateway, jupyter_server: tuple[str, str]
+) -> None:
+    url, token = jupyter_server
+    headers = {"Authorization": f"token {token}"}
+    specs = httpx.get(f"{url}/api/kernelspecs", headers=headers, timeout=60).json()
+    assert "cumulus-gpu" in specs["kernelspecs"]
+    started = httpx.post(
+        f"{url}/api/kernels", headers=headers, json={"name": "cumulus-gpu"}, timeout=120
+    )
+    assert started.status_code == 201, started.text
+    kernel_id = started.json()["id"]
+    ours = gateway.get(
+        f"/api/kernels/{kernel_id}"
+    ).json()  # the front server forwarded the start to us
+    assert ours["cumulus"]["amount"] == 0.5
+
+    async def run() -> str:
+        ws = await KernelSocket.open(url, token, kernel_id)  # the front server's own WebSocket
+        try:
+            return (await ws.execute("import os; print(os.environ['CHRONOS_PARTITION_ID'])")).stdout
+        finally:
+            await ws.close()
+
+    assert asyncio.run(run()) == ours["cumulus"]["partition_id"] + "\n"
+    assert (
+        httpx.delete(f"{url}/api/kernels/{kernel_id}", headers=headers, timeout=60).status_code
+        == 204
+    )
+    assert gateway.get("/api/kernels").json() == []
+    assert gateway.get("/api/cumulus/partitions").json() == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/kernels",
+        "/api/kernelspecs",
+        "/api/cumulus/health",
+        "/api/cumulus/devices",
+        "/api/cumulus/partitions",
+        "/api/cumulus/queue",
+    ],
+)
+def test_every_endpoint_needs_the_token(gateway: Gateway, path: str) -> None:
+    assert httpx.get(gateway.url + path, timeout=30).status_code in (401, 403)
+    assert httpx.get(
+        gateway.url + path, headers={"Authorization": "token wrong"}, timeout=30
+    ).status_code in (401, 403)
+    assert httpx.post(gateway.url + "/api/kernels", json={}, timeout=30).status_code in (401, 403)
+
+
+def test_the_websocket_needs_the_token(gateway: Gateway) -> None:
+    model = gateway.start_kernel()
+
+    async def run() -> int:
+        url = gateway.url.replace("http", "ws") + f"/api/kernels/{model['id']}/channels"
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(url)
+        return int(info.value.response.status_code)
+
+    assert asyncio.run(run()) in (401, 403)
+
+
+def test_junk_on_the_websocket_does_not_hurt_the_kernel_or_the_gateway(gateway: Gateway) -> None:
+    model = gateway.start_kernel()
+
+    async def run() -> str:
+        ws = await KernelSocket.open(gateway.url, gateway.token, model["id"])
+        for junk in ("not json", '{"channel": "shell"}', "[]", '{"header": 1}'):
+            try:
+                await ws.ws.send(junk)
+            except websockets.ConnectionClosed:
+                break
+        await ws.close()
+        ws = await KernelSocket.open(gateway.url, gateway.token, model["id"])
+        try:
+            return (await ws.execute("print('still here')")).stdout
+        finally:
+            await ws.close()
+
+    assert asyncio.run(run()) == "still here\n"
+    assert gateway.get("/api/cumulus/health").json()["kernels"] == 1
