@@ -29,8 +29,17 @@ test: lint
 unit: setup
 	$(BIN)/pytest -m unit
 
-bench: setup
-	$(BIN)/python benchmarks/chronos_throughput.py
+EG_BIN := .bench/eg/bin
+
+# Enterprise Gateway 3.3 in its own virtualenv: its pins (jupyter_client<7, pyzmq<25) clash with ours
+$(EG_BIN)/jupyter-enterprisegateway:
+	$(PYTHON) -m venv .bench/eg
+	$(EG_BIN)/python -m pip install --quiet 'jupyter_enterprise_gateway==3.3.0' 'jupyter_client<7' 'ipykernel<6.30'
+
+bench: setup $(EG_BIN)/jupyter-enterprisegateway
+	mkdir -p .bench
+	$(BIN)/python benchmarks/chronos_throughput.py --json .bench/chronos.json
+	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
