@@ -14,6 +14,7 @@ from jupyter_server.serverapp import aliases as server_aliases
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, default
 
+from gateway import metrics
 from gateway.kernelspecs import CumulusKernelSpecManager
 from gateway.manager import CumulusKernelManager
 from gateway.provisioner import CumulusProvisioner
@@ -94,6 +95,7 @@ class CumulusGateway(ServerApp):
         super().initialize(argv, find_extensions, new_httpserver, starter_extension)
         manager = cast(CumulusKernelManager, self.kernel_manager)
         self.io_loop.run_sync(manager.adopt_kernels)
+        metrics.bind(manager)
         self.supervisor = ExpirySupervisor(manager)
         self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)
         self._supervise.start()

@@ -18,6 +18,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from traitlets import Float, Unicode
 
 from chronos import Partition, Store, discover
+from gateway import metrics
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.partitions import PartitionBroker
 from gateway.runtimes import Runtime, runtime_for
@@ -56,7 +57,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         super().__init__(**kwargs)
         self.default_kernel_name = BUILTIN_NAME
         store = Store(discover(), self.state_path or None)
-        self.broker = PartitionBroker(store)
+        self.broker = PartitionBroker(store, on_allocated=metrics.ALLOCATION.observe)
         self.records = KernelRecords(store.path)
         self.runtime: Runtime = runtime_for(self.runtime_name)
         self.partitions: dict[str, Partition] = {}

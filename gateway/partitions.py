@@ -57,10 +57,12 @@ class _Waiter:
 class PartitionBroker:
     """Hands out partitions from a Chronos `Store` in FIFO order. Used from the event loop."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, on_allocated: Callable[[float], None] = lambda seconds: None
+    ) -> None:
         self.store = store
+        self.on_allocated = on_allocated  # gets each allocation's latency, queueing included
         self._queue: list[_Waiter] = []
-        self.allocation_seconds: list[float] = []
 
     @property
     def queue_length(self) -> int:
@@ -136,8 +138,7 @@ class PartitionBroker:
         partition = self.store.create(
             request.amount, request.duration_s, devices=request.devices, owner=request.owner
         )
-        self.allocation_seconds.append(time.monotonic() - started)
-        del self.allocation_seconds[:-1000]
+        self.on_allocated(time.monotonic() - started)
         return partition
 
     def pump(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from chronos import Partition, format_duration
+from gateway import metrics
 from gateway.manager import CumulusKernelManager, cumulus_model
 
 WARN_BEFORE_S = (300.0, 60.0)
@@ -42,6 +43,7 @@ class ExpirySupervisor:
     async def tick(self) -> None:
         manager = self.manager
         manager.broker.pump()
+        metrics.update_devices(manager)
         now = manager.now()
         for kernel_id in list(manager.partitions):
             partition = manager.refresh(kernel_id)

@@ -1,0 +1,89 @@
+"""Operations: the OpenAPI document matches the app, /metrics, culling of idle kernels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import yaml
+
+from gateway.handlers import default_handlers
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.integration
+
+SPEC = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "gateway" / "openapi.yaml").read_text()
+)
+
+
+def schema(name: str) -> dict[str, Any]:
+    """A component schema, resolvable on its own (refs point into the whole document)."""
+    return {"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
+
+
+def check(instance: Any, ref: str) -> None:
+    jsonschema.Draft202012Validator(schema(ref)).validate(instance)
+
+
+def test_every_gateway_route_is_documented() -> None:
+    documented = set(SPEC["paths"])
+    for pattern, _ in default_handlers:
+        path = pattern.replace("(?P<kernel_id>\\w+-\\w+-\\w+-\\w+-\\w+)", "{kernel_id}")
+        if "(?P<action>" in path:
+            assert {
+                path.split("/(?P<action>")[0] + s for s in ("/interrupt", "/restart")
+            } <= documented
+        else:
+            assert path in documented, f"{pattern} is served but not in gateway/openapi.yaml"
+
+
+def test_live_responses_match_the_document(gateway: Gateway) -> None:
+    model = gateway.start_kernel(KERNEL_GPU="0.4")
+    check(model, "Kernel")
+    for item in gateway.get("/api/kernels").json():
+        check(item, "Kernel")
+    check(gateway.get(f"/api/kernels/{model['id']}").json(), "Kernel")
+    check(gateway.get("/api/kernelspecs").json(), "KernelSpecs")
+    check(gateway.get("/api/cumulus/health").json(), "Health")
+    for device in gateway.get("/api/cumulus/devices").json():
+        check(device, "Device")
+    for partition in gateway.get("/api/cumulus/partitions").json():
+        check(partition, "Partition")
+    check(gateway.post("/api/kernels", {"env": {"KERNEL_GPU": "7.5"}}).json(), "Error")
+    check(
+        gateway.post("/api/kernels", {"env": {"KERNEL_GPU": "0.7", "KERNEL_WAIT": "0"}}).json(),
+        "Error",
+    )
+
+
+def test_metrics_report_kernels_partitions_queue_and_allocation(gateway: Gateway) -> None:
+    gateway.start_kernel(KERNEL_GPU="0.5")
+    assert httpx.get(gateway.url + "/metrics", timeout=30).status_code in (401, 403)
+    text = gateway.get("/metrics").text
+    assert "cumulus_kernels 1.0" in text
+    assert "cumulus_partitions_active 1.0" in text
+    assert "cumulus_queue_length 0.0" in text
+    assert "cumulus_partition_allocation_seconds_count 1.0" in text
+    assert 'cumulus_device_free{device="gpu0"} 0.5' in text
+
+
+def test_idle_kernels_are_culled_and_their_partitions_released(tmp_path: Path) -> None:
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log",
+        "--CumulusKernelManager.cull_idle_timeout=1", "--CumulusKernelManager.cull_interval=1",
+    )  # fmt: skip
+    try:
+        model = gw.start_kernel()
+        deadline = time.monotonic() + 60
+        while gw.get("/api/kernels").json() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gw.get("/api/kernels").json() == []
+        assert gw.get("/api/cumulus/partitions").json() == []
+        assert "Culling kernel" in gw.log() or model["id"] in gw.log()
+    finally:
+        gw.stop()
