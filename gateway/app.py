@@ -15,6 +15,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, default
 
 from gateway import metrics
+from gateway.auth import CumulusIdentityProvider
 from gateway.kernelspecs import CumulusKernelSpecManager
 from gateway.manager import CumulusKernelManager
 from gateway.provisioner import CumulusProvisioner
@@ -42,6 +43,7 @@ class CumulusGateway(ServerApp):
 
     classes = [  # noqa: RUF012 - traitlets reads this class attribute
         *ServerApp.classes,
+        CumulusIdentityProvider,
         CumulusKernelManager,
         CumulusKernelSpecManager,
         CumulusProvisioner,
@@ -69,6 +71,10 @@ class CumulusGateway(ServerApp):
     @default("kernel_spec_manager_class")
     def _kernel_spec_manager_class(self) -> type:
         return CumulusKernelSpecManager
+
+    @default("identity_provider_class")
+    def _identity_provider_class(self) -> type:
+        return CumulusIdentityProvider
 
     @default("open_browser")
     def _open_browser(self) -> bool:

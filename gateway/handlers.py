@@ -32,6 +32,7 @@ from tornado import web
 
 from chronos import ChronosError, GpuAmount, parse_duration
 from cumulus_jupyter.errors import CumulusError
+from gateway.auth import CumulusIdentityProvider
 from gateway.manager import CumulusKernelManager
 
 MAX_BODY_BYTES = 64 * 1024
@@ -68,11 +69,31 @@ class _Errors(APIHandler):
         return cast(CumulusKernelManager, self.kernel_manager)
 
     def gone_or_missing(self, kernel_id: str) -> None:
-        """410 with the reason for a kernel whose partition ended; else nothing."""
-        if kernel_id not in self.cumulus:
-            reason = self.cumulus.end_reason(kernel_id)
-            if reason:
-                raise GatewayError(410, reason)
+        """410 with the reason for a kernel whose partition ended; 403 for another user's
+        kernel (per-user tokens); else nothing."""
+        check_kernel_access(self, self.cumulus, kernel_id)
+
+    def scoped_name(self) -> str | None:
+        return scoped_name(self)
+
+
+def scoped_name(handler: Any) -> str | None:
+    """The requesting user's name when they may touch only their own kernels."""
+    provider = handler.identity_provider
+    if isinstance(provider, CumulusIdentityProvider):
+        return provider.scoped_name(handler.current_user)
+    return None
+
+
+def check_kernel_access(handler: Any, km: CumulusKernelManager, kernel_id: str) -> None:
+    if kernel_id not in km:
+        reason = km.end_reason(kernel_id)
+        if reason:
+            raise GatewayError(410, reason)
+        return
+    user = scoped_name(handler)
+    if user is not None and km.owner_of(kernel_id) != user:
+        raise GatewayError(403, f"Kernel {kernel_id} belongs to another user")
 
 
 def validated_env(raw: object) -> dict[str, str]:
@@ -105,6 +126,18 @@ def validated_env(raw: object) -> dict[str, str]:
 class CumulusMainKernelHandler(_Errors, MainKernelHandler):
     @web.authenticated
     @authorized
+    async def get(self) -> None:
+        km = self.cumulus
+        user = self.scoped_name()
+        models = [
+            km.kernel_model(kernel_id)
+            for kernel_id in km.list_kernel_ids()
+            if user is None or km.owner_of(kernel_id) == user
+        ]
+        self.finish(json.dumps(models, default=str))
+
+    @web.authenticated
+    @authorized
     async def post(self) -> None:
         if len(self.request.body) > MAX_BODY_BYTES:
             raise GatewayError(413, f"request body over {MAX_BODY_BYTES} bytes")
@@ -117,6 +150,9 @@ class CumulusMainKernelHandler(_Errors, MainKernelHandler):
         if not isinstance(name, str) or name not in specs:
             raise GatewayError(404, f"Unknown kernelspec: {name}. Available: {', '.join(specs)}")
         env = validated_env(model.get("env"))
+        user = self.scoped_name()
+        if user is not None and env.setdefault("KERNEL_USERNAME", user) != user:
+            raise GatewayError(403, f"{user} may not start kernels as {env['KERNEL_USERNAME']}")
         try:  # refuse a bad amount or duration before any kernel machinery starts
             if "KERNEL_GPU" in env:
                 GpuAmount.parse(env["KERNEL_GPU"])
@@ -182,9 +218,10 @@ class CumulusKernelWebsocketHandler(KernelWebsocketHandler):
         return cast(CumulusKernelManager, self.kernel_manager)
 
     async def pre_get(self) -> None:
-        km = self.cumulus
-        if self.kernel_id not in km and km.end_reason(self.kernel_id):
-            raise web.HTTPError(410, km.end_reason(self.kernel_id))
+        try:
+            check_kernel_access(self, self.cumulus, self.kernel_id)
+        except GatewayError as exc:
+            raise web.HTTPError(exc.status_code, exc.log_message) from exc
         await super().pre_get()
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
@@ -238,7 +275,10 @@ class DevicesHandler(_Errors):
 class PartitionsHandler(_Errors):
     @web.authenticated
     async def get(self) -> None:
-        partitions = self.cumulus.broker.store.partitions()
+        user = self.scoped_name()
+        partitions = [
+            p for p in self.cumulus.broker.store.partitions() if user is None or p.owner == user
+        ]
         self.finish(json.dumps([p.to_json() for p in partitions]))
 
 

@@ -168,6 +168,10 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         model["cumulus"] = cumulus_model(partition) if partition else None
         return model
 
+    def owner_of(self, kernel_id: str) -> str | None:
+        partition = self.partitions.get(kernel_id)
+        return partition.owner if partition else None
+
     def end_reason(self, kernel_id: str) -> str | None:
         """Why a kernel that is gone ended, when its partition ended under it."""
         return self.ended.get(kernel_id)

@@ -144,3 +144,56 @@ def test_junk_on_the_websocket_does_not_hurt_the_kernel_or_the_gateway(gateway: 
 
     assert asyncio.run(run()) == "still here\n"
     assert gateway.get("/api/cumulus/health").json()["kernels"] == 1
+
+
+def test_per_user_tokens_scope_kernels_to_their_owner(tmp_path: Path) -> None:
+    ana, bo = "ana-token-" + "a" * 20, "bo-token-" + "b" * 20
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log",
+        f'--CumulusIdentityProvider.user_tokens={{"{ana}": "ana", "{bo}": "bo"}}',
+    )  # fmt: skip
+    try:
+
+        def call(method: str, path: str, token: str, **kwargs: object) -> httpx.Response:
+            return httpx.request(
+                method,
+                gw.url + path,
+                headers={"Authorization": f"token {token}"},
+                timeout=120,
+                **kwargs,
+            )  # type: ignore[arg-type]
+
+        as_ana = call("POST", "/api/kernels", ana, json={})
+        assert as_ana.status_code == 201 and as_ana.json()["cumulus"]["owner"] == "ana"
+        kernel = as_ana.json()["id"]
+        impersonation = call("POST", "/api/kernels", bo, json={"env": {"KERNEL_USERNAME": "ana"}})
+        assert (impersonation.status_code, impersonation.json()["message"]) == (
+            403,
+            "bo may not start kernels as ana",
+        )
+
+        assert [k["id"] for k in call("GET", "/api/kernels", ana).json()] == [kernel]
+        assert call("GET", "/api/kernels", bo).json() == []
+        assert call("GET", "/api/cumulus/partitions", bo).json() == []
+        for method, path in (
+            ("GET", f"/api/kernels/{kernel}"),
+            ("DELETE", f"/api/kernels/{kernel}"),
+            ("POST", f"/api/kernels/{kernel}/interrupt"),
+        ):
+            denied = call(method, path, bo)
+            assert (denied.status_code, denied.json()["message"]) == (
+                403,
+                f"Kernel {kernel} belongs to another user",
+            )
+
+        async def bo_connects() -> int:
+            url = gw.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(url, additional_headers={"Authorization": f"token {bo}"})
+            return int(info.value.response.status_code)
+
+        assert asyncio.run(bo_connects()) == 403
+        assert [k["id"] for k in gw.get("/api/kernels").json()] == [kernel]  # the operator sees all
+        assert call("DELETE", f"/api/kernels/{kernel}", ana).status_code == 204
+    finally:
+        gw.stop()
