@@ -17,6 +17,7 @@ from traitlets import Bool, Dict, Float, default
 from gateway import metrics
 from gateway.auth import CumulusIdentityProvider
 from gateway.kernelspecs import CumulusKernelSpecManager
+from gateway.logs import use_json
 from gateway.manager import CumulusKernelManager
 from gateway.provisioner import CumulusProvisioner
 from gateway.supervisor import ExpirySupervisor
@@ -56,6 +57,8 @@ class CumulusGateway(ServerApp):
         "~40 ms to every round trip; only the benchmark turns it off, to show that.",
     )
 
+    json_logs = Bool(False, config=True, help="Log one JSON object per line.")
+
     @default("config_file_name")
     def _config_file_name(self) -> str:
         return "cumulus_gateway_config"
@@ -86,6 +89,11 @@ class CumulusGateway(ServerApp):
     def init_server_extensions(self) -> None:
         self.jpserver_extensions = {}
         super().init_server_extensions()
+
+    def init_logging(self) -> None:
+        super().init_logging()
+        if self.json_logs:
+            use_json(self.log)
 
     def init_webapp(self) -> None:
         super().init_webapp()

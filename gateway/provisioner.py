@@ -98,6 +98,13 @@ class CumulusProvisioner(LocalProvisioner):
             self.pgid = handle.pid  # runtimes start kernels in their own process group
             self.runtime_info = handle.info()
             self.manager.broker.store.attach(self.partition.id, handle.pid)
+            self.log.info(
+                "kernel %s started in partition %s (%s GPU on %s), pid %d",
+                self.kernel_id, self.partition.id, self.partition.amount,
+                ",".join(self.partition.device_ids), handle.pid,
+                extra={"event": "kernel_started", "kernel_id": self.kernel_id,
+                       "partition_id": self.partition.id, "pid": handle.pid},
+            )  # fmt: skip
         except BaseException:
             await self._release("launch failed")
             raise

@@ -66,7 +66,10 @@ class ExpirySupervisor:
             "save your work. The kernel will be stopped then.\n"
         )
         sent = broadcast(self.manager, kernel_id, text, "expiry_warning", partition, left)
-        self.manager.log.info("kernel %s: %s (told %d client(s))", kernel_id, text.strip(), sent)
+        self.manager.log.info(
+            "kernel %s: %s (told %d client(s))", kernel_id, text.strip(), sent,
+            extra={"event": "expiry_warning", "kernel_id": kernel_id, "partition_id": partition.id},
+        )  # fmt: skip
 
     async def expire(self, kernel_id: str, partition: Partition) -> None:
         self._ending.add(kernel_id)
@@ -78,7 +81,10 @@ class ExpirySupervisor:
         )
         sent = broadcast(self.manager, kernel_id, reason + "\n", "expired", partition, 0.0)
         self.manager.mark_ended(kernel_id, reason)
-        self.manager.log.info("kernel %s: %s (told %d client(s))", kernel_id, reason, sent)
+        self.manager.log.info(
+            "kernel %s: %s (told %d client(s))", kernel_id, reason, sent,
+            extra={"event": "expired", "kernel_id": kernel_id, "partition_id": partition.id},
+        )  # fmt: skip
         try:
             await self.manager.shutdown_kernel(kernel_id, now=True)
         except KeyError:

@@ -87,3 +87,27 @@ def test_idle_kernels_are_culled_and_their_partitions_released(tmp_path: Path) -
         assert "Culling kernel" in gw.log() or model["id"] in gw.log()
     finally:
         gw.stop()
+
+
+def test_json_logs_are_one_object_per_line_with_kernel_events(tmp_path: Path) -> None:
+    import json
+
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3",
+        tmp_path / "gateway.log",
+        "--CumulusGateway.json_logs=True",
+    )
+    try:
+        model = gw.start_kernel()
+        gw.delete(f"/api/kernels/{model['id']}")
+    finally:
+        gw.stop()
+    entries = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+    assert len(entries) >= 3
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    started = [e for e in entries if e.get("event") == "kernel_started"]
+    assert (
+        started
+        and started[0]["kernel_id"] == model["id"]
+        and started[0]["partition_id"] == model["cumulus"]["partition_id"]
+    )
