@@ -14,6 +14,7 @@ from jupyter_server.serverapp import aliases as server_aliases
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, default
 
+from chronos import ChronosError
 from gateway import metrics
 from gateway.auth import CumulusIdentityProvider
 from gateway.kernelspecs import CumulusKernelSpecManager
@@ -89,6 +90,15 @@ class CumulusGateway(ServerApp):
     def init_server_extensions(self) -> None:
         self.jpserver_extensions = {}
         super().init_server_extensions()
+
+    def init_configurables(self) -> None:
+        """Creates the kernel manager (state file, devices, runtime): a bad setting there ends
+        start-up with its one-line message, not a traceback."""
+        try:
+            super().init_configurables()
+        except (ChronosError, ValueError) as exc:
+            self.log.critical("%s", exc)
+            self.exit(getattr(exc, "exit_code", 2))
 
     def init_logging(self) -> None:
         super().init_logging()

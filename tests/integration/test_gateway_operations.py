@@ -111,3 +111,30 @@ def test_json_logs_are_one_object_per_line_with_kernel_events(tmp_path: Path) ->
         and started[0]["kernel_id"] == model["id"]
         and started[0]["partition_id"] == model["cumulus"]["partition_id"]
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "state_bytes", "code", "message"),
+    [
+        (["--runtime", "nowhere"], None, 2, "Unknown runtime: nowhere. Choose one of: local"),
+        ([], b"not a database" * 100, 5, "is corrupt or not a Chronos store"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_clear_line(
+    tmp_path: Path, args: list[str], state_bytes: bytes | None, code: int, message: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    state = tmp_path / "state.sqlite3"
+    if state_bytes is not None:
+        state.write_bytes(state_bytes)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cumulus-gateway")), "--allow-root", "--port=0", *args],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"CHRONOS_STATE": str(state)},
+    )  # fmt: skip
+    assert done.returncode == code
+    critical = [line for line in done.stderr.splitlines() if "[C " in line]
+    assert len(critical) == 1 and message in critical[0]
+    assert "Traceback" not in done.stderr
