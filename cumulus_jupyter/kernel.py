@@ -1,0 +1,459 @@
+"""The Cumulus GPU kernel: a local proxy that relays a Jupyter front end to a remote kernel.
+
+``python -m cumulus_jupyter.kernel -f CONNECTION_FILE`` binds the five ZMQ channels the front end
+expects and relays every message to a kernel on the gateway (through `RemoteKernel`'s
+WebSocket), re-signing on the way back with the local session key. Messages travel as their raw
+JSON parts: nothing is decoded but the headers needed for routing.
+
+It answers ``kernel_info_request`` at once, even while the partition is being allocated or
+queued, and shows that progress in the first cell's output. Interrupt and restart go to the
+gateway's REST API (same partition); shutdown releases the partition. When the partition expires
+or the gateway cannot be reached, cells say why in the notebook, and "restart kernel" asks for a
+new partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import websockets
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from cumulus_jupyter.connection import GatewayClient, GatewaySettings
+from cumulus_jupyter.errors import CumulusError, PartitionExpired, Unavailable
+from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
+
+DELIM = b"<IDS|MSG>"
+ROUTED = ("shell", "control", "stdin")
+MAX_ROUTES = 10_000
+RECONNECT_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
+
+LANGUAGE_INFO = {
+    "name": "python",
+    "version": platform.python_version(),
+    "mimetype": "text/x-python",
+    "file_extension": ".py",
+    "pygments_lexer": "ipython3",
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "nbconvert_exporter": "python",
+}
+
+
+class ProxyKernel:
+    def __init__(
+        self,
+        connection: dict[str, Any],
+        settings: GatewaySettings,
+        options: dict[str, str],
+        sidecar: Path,
+    ) -> None:
+        self.connection = connection
+        self.sidecar = sidecar  # the remote kernel's id, kept across a restart
+        self.settings = settings
+        self.options = options
+        self.session = Session(
+            key=connection["key"].encode(),
+            signature_scheme=connection.get("signature_scheme", "hmac-sha256"),
+            username="cumulus",
+        )
+        self.context = zmq.asyncio.Context()
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.routes: OrderedDict[str, list[bytes]] = OrderedDict()
+        self.remote: RemoteKernel | None = None
+        self.client: GatewayClient | None = None
+        self.ready = asyncio.Event()
+        self.failure: CumulusError | None = None
+        self.pending: list[tuple[str, Parts]] = []
+        self.progress_parents: list[dict[str, Any]] = []
+        self.stopping = asyncio.Event()
+        self.background: set[asyncio.Future[None]] = set()
+        self.announcement = ""  # "partition p-... on gpu0 ready", for a first cell that missed it
+        self.busy_sent: set[str] = set()  # requests we said busy for before the remote did
+
+    # -- local sockets -------------------------------------------------------------------------
+
+    def _address(self, channel: str) -> str:
+        transport, ip = self.connection.get("transport", "tcp"), self.connection["ip"]
+        port = self.connection[f"{channel}_port"]
+        return f"{transport}://{ip}:{port}" if transport == "tcp" else f"{transport}://{ip}-{port}"
+
+    def bind(self) -> None:
+        for channel in ROUTED:
+            sock = self.context.socket(zmq.ROUTER)
+            sock.linger = 0
+            sock.bind(self._address(channel))
+            self.sockets[channel] = sock
+        iopub = self.context.socket(zmq.PUB)
+        iopub.linger = 0
+        iopub.bind(self._address("iopub"))
+        self.sockets["iopub"] = iopub
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        # the proxy's own liveness: echo, as ipykernel does
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        hb: zmq.Socket[bytes] = context.socket(zmq.REP)
+        hb.linger = 0
+        hb.bind(self._address("hb"))
+        with contextlib.suppress(zmq.ContextTerminated):
+            zmq.proxy(hb, hb)
+
+    def sign(self, parts: Parts) -> bytes:
+        return self.session.sign(parts[:4])
+
+    def send_raw(self, channel: str, idents: list[bytes], parts: Parts) -> None:
+        self.sockets[channel].send_multipart([*idents, DELIM, self.sign(parts), *parts], copy=False)
+
+    def publish_raw(self, parts: Parts) -> None:
+        msg_type = header_of(parts).get("msg_type", "")
+        topic = f"kernel.{self.remote.id if self.remote else 'cumulus'}.{msg_type}".encode()
+        self.send_raw("iopub", [topic], parts)
+
+    def reply(
+        self,
+        channel: str,
+        idents: list[bytes],
+        parent: dict[str, Any],
+        msg_type: str,
+        content: dict[str, Any],
+    ) -> None:
+        self.session.send(self.sockets[channel], msg_type, content, parent=parent, ident=idents)
+
+    def publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
+        self.session.send(
+            self.sockets["iopub"],
+            msg_type,
+            content,
+            parent=parent,
+            ident=[f"kernel.cumulus.{msg_type}".encode()],
+        )
+
+    def status(self, state: str, parent: dict[str, Any]) -> None:
+        self.publish("status", {"execution_state": state}, parent)
+
+    def stderr(self, text: str, parent: dict[str, Any]) -> None:
+        self.publish("stream", {"name": "stderr", "text": text}, parent)
+
+    # -- from the front end --------------------------------------------------------------------
+
+    async def serve(self, channel: str) -> None:
+        sock = self.sockets[channel]
+        while True:
+            frames = await sock.recv_multipart()
+            idents, rest = self.session.feed_identities(frames)
+            rest = [part if isinstance(part, bytes) else part.bytes for part in rest]
+            if len(rest) < 5 or (self.session.auth and self.sign(rest[1:5]) != rest[0]):
+                continue  # unsigned or malformed: ignore, as ipykernel does
+            parts = rest[1:]
+            header = header_of(parts)
+            self.routes[header.get("msg_id", "")] = idents
+            while len(self.routes) > MAX_ROUTES:
+                self.routes.popitem(last=False)
+            await self.handle(channel, idents, header, parts)
+
+    async def handle(
+        self, channel: str, idents: list[bytes], header: dict[str, Any], parts: Parts
+    ) -> None:
+        msg_type = header.get("msg_type", "")
+        if msg_type == "kernel_info_request" and not self.ready.is_set():
+            self.kernel_info(channel, idents, header)
+        elif msg_type == "interrupt_request":
+            await self.interrupt(channel, idents, header)
+        elif msg_type == "shutdown_request":
+            await self.shutdown(channel, idents, header, json.loads(parts[3]))
+        elif self.failure is not None:
+            self.fail(channel, idents, header, self.failure)
+        elif not self.ready.is_set():
+            self.pending.append((channel, parts))
+            if msg_type == "execute_request":
+                self.own_busy(header)
+                self.progress_parents.append(header)
+        else:
+            if msg_type == "execute_request" and self.announcement:
+                self.own_busy(header)
+                self.stderr(f"Cumulus: {self.announcement}\n", header)  # the first cell says where
+                self.announcement = ""
+            await self.forward(channel, parts)
+
+    def own_busy(self, header: dict[str, Any]) -> None:
+        """Say busy now (progress lines follow) and drop the remote kernel's own busy for the
+        same request later, so the front end sees exactly one busy ... idle."""
+        self.status("busy", header)
+        self.busy_sent.add(header.get("msg_id", ""))
+
+    async def forward(self, channel: str, parts: Parts) -> None:
+        assert self.remote is not None
+        try:
+            await self.remote.send(channel, parts)
+        except websockets.ConnectionClosed:
+            self.pending.append((channel, parts))  # sent once the connection is back
+
+    def kernel_info(self, channel: str, idents: list[bytes], parent: dict[str, Any]) -> None:
+        self.status("busy", parent)
+        gpu = self.options.get("gpu") or "default"
+        self.reply(channel, idents, parent, "kernel_info_reply", {
+            "status": "ok", "protocol_version": "5.3", "implementation": "cumulus",
+            "implementation_version": "0.1.0", "language_info": LANGUAGE_INFO,
+            "banner": f"Cumulus GPU kernel ({gpu} GPU) on {self.settings.url}", "help_links": [],
+        })  # fmt: skip
+        self.status("idle", parent)
+
+    def fail(
+        self, channel: str, idents: list[bytes], parent: dict[str, Any], exc: CumulusError
+    ) -> None:
+        name, text = type(exc).__name__, str(exc)
+        msg_type = parent.get("msg_type", "")
+        error: dict[str, Any] = {
+            "status": "error", "ename": name, "evalue": text, "traceback": [f"{name}: {text}"]
+        }  # fmt: skip
+        self.status("busy", parent)
+        if msg_type == "execute_request":
+            self.publish("error", {k: error[k] for k in ("ename", "evalue", "traceback")}, parent)
+            error["execution_count"] = 0
+        if msg_type.endswith("_request"):
+            self.reply(channel, idents, parent, msg_type.replace("_request", "_reply"), error)
+        self.status("idle", parent)
+
+    async def interrupt(self, channel: str, idents: list[bytes], parent: dict[str, Any]) -> None:
+        content: dict[str, Any] = {"status": "ok"}
+        if self.remote is not None and self.failure is None:
+            try:
+                await self.remote.interrupt()
+            except CumulusError as exc:
+                content = {
+                    "status": "error",
+                    "ename": type(exc).__name__,
+                    "evalue": str(exc),
+                    "traceback": [],
+                }
+        self.reply(channel, idents, parent, "interrupt_reply", content)
+
+    async def shutdown(
+        self, channel: str, idents: list[bytes], parent: dict[str, Any], content: dict[str, Any]
+    ) -> None:
+        """Shutdown ends the remote kernel and its partition. Restart restarts the remote kernel
+        in the same partition and leaves its id for the proxy process the front end starts next
+        (same connection file); after an expiry, restart means a new partition."""
+        restart = bool(content.get("restart"))
+        if restart and self.failure is None and self.remote is not None:
+            try:
+                await self.remote.restart()
+                self.sidecar.write_text(json.dumps({"kernel_id": self.remote.id}))
+                await self.remote.close()
+                self.remote = None  # handed over, not shut down
+            except CumulusError:
+                await self._drop_remote()
+        else:
+            await self._drop_remote()
+        self.reply(channel, idents, parent, "shutdown_reply", {"status": "ok", "restart": restart})
+        self.stopping.set()
+
+    async def _drop_remote(self) -> None:
+        """Shut the remote kernel down (its partition is released) and forget it."""
+        remote, self.remote = self.remote, None
+        if remote is None:
+            return  # none, or handed over to the next proxy process on restart
+        self.sidecar.unlink(missing_ok=True)
+        with contextlib.suppress(CumulusError, websockets.WebSocketException, OSError):
+            await remote.shutdown()
+
+    # -- the remote side -----------------------------------------------------------------------
+
+    def progress(self, line: str) -> None:
+        for parent in self.progress_parents:
+            self.stderr(f"Cumulus: {line}\n", parent)
+        if not self.progress_parents and "ready" in line:
+            self.announcement = line
+
+    async def connect_remote(self) -> None:
+        try:
+            if self.client is None:
+                self.client = GatewayClient(self.settings)
+            self.remote = await self._adopted(self.client) or await RemoteKernel.start(
+                self.client, gpu=self.options.get("gpu") or None,
+                duration=self.options.get("duration") or None, on_progress=self.progress,
+            )  # fmt: skip
+            self.sidecar.write_text(json.dumps({"kernel_id": self.remote.id}))
+            await self.remote.connect()
+        except CumulusError as exc:
+            self.give_up(exc)
+            return
+        if self.announcement and self.progress_parents:
+            self.stderr(f"Cumulus: {self.announcement}\n", self.progress_parents[0])
+            self.announcement = ""
+        self.ready.set()
+        self.progress_parents.clear()
+        await self._flush_pending()
+
+    async def _adopted(self, client: GatewayClient) -> RemoteKernel | None:
+        """The remote kernel a previous proxy process handed over on restart, if it lives."""
+        try:
+            kernel_id = json.loads(self.sidecar.read_text())["kernel_id"]
+            return await RemoteKernel.attach(client, str(kernel_id))
+        except (OSError, ValueError, KeyError, CumulusError):
+            self.sidecar.unlink(missing_ok=True)
+            return None
+
+    async def _flush_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for channel, parts in pending:
+            await self.forward(channel, parts)
+
+    def give_up(self, exc: CumulusError) -> None:
+        """No remote kernel (unreachable, refused, expired): say so to every waiting request
+        and to every later one, until the user restarts the kernel."""
+        self.failure = exc
+        self.sidecar.unlink(missing_ok=True)
+        pending, self.pending = self.pending, []
+        self.progress_parents.clear()
+        for channel, parts in pending:
+            header = header_of(parts)
+            self.fail(channel, self.routes.get(header.get("msg_id", ""), []), header, exc)
+
+    async def relay(self) -> None:
+        """Deliver everything the remote kernel sends; reconnect when the link drops."""
+        while not self.stopping.is_set():
+            await self.ready.wait()
+            remote = self.remote
+            if remote is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                channel, parts = await remote.recv()
+            except (websockets.ConnectionClosed, AttributeError):
+                if self.remote is remote and not self.stopping.is_set():
+                    await self.reconnect(remote)
+                continue
+            self.deliver(channel, parts)
+
+    def deliver(self, channel: str, parts: Parts) -> None:
+        if channel == "iopub":
+            msg_type = header_of(parts).get("msg_type")
+            if msg_type == "cumulus":
+                self.on_cumulus_event(json.loads(parts[3]), parent_of(parts))
+                return
+            if msg_type == "status" and self.busy_sent:
+                parent_id = parent_of(parts).get("msg_id", "")
+                if (
+                    parent_id in self.busy_sent
+                    and json.loads(parts[3]).get("execution_state") == "busy"
+                ):
+                    self.busy_sent.discard(parent_id)
+                    return
+            self.publish_raw(parts)
+        elif channel in ROUTED:
+            parent_id = parent_of(parts).get("msg_id", "")
+            idents = self.routes.get(parent_id)
+            if idents is not None:
+                self.send_raw(channel, idents, parts)
+
+    def foreign_or_duplicate_status(self, parts: Parts) -> bool:
+        """True for a status the front end must not see: the remote kernel's busy for a request
+        we already said busy for, or the busy/idle of a request the gateway itself made (its
+        kernel_info probe on every WebSocket connect), which would land mid-cell."""
+        parent_id = parent_of(parts).get("msg_id", "")
+        if not parent_id:
+            return False  # starting/restarting: everyone's news
+        if parent_id not in self.routes:
+            return True
+        if parent_id in self.busy_sent and json.loads(parts[3]).get("execution_state") == "busy":
+            self.busy_sent.discard(parent_id)
+            return True
+        return False
+
+    def on_cumulus_event(self, content: dict[str, Any], parent: dict[str, Any]) -> None:
+        if content.get("event") == "expired":
+            self.ready.clear()
+            self.give_up(PartitionExpired(str(content.get("message", "The partition expired"))))
+
+    async def reconnect(self, remote: RemoteKernel) -> None:
+        """The WebSocket dropped: come back with the same session id (the gateway buffers what
+        the kernel sent meanwhile), unless the kernel itself is gone."""
+        self.ready.clear()
+        for delay in RECONNECT_BACKOFF_S:
+            try:
+                await remote.client.request("GET", f"/api/kernels/{remote.id}")
+                await remote.connect()
+            except (PartitionExpired, CumulusError) as exc:
+                if isinstance(exc, Unavailable):
+                    await asyncio.sleep(delay)
+                    continue
+                self.remote = None
+                self.give_up(exc)
+                self.ready.set()
+                return
+            self.ready.set()
+            await self._flush_pending()
+            return
+        self.give_up(Unavailable(f"Lost the connection to the gateway at {self.settings.url}"))
+        self.ready.set()
+
+    async def run(self) -> None:
+        self.bind()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # interrupts arrive as messages
+        tasks = [asyncio.ensure_future(self.serve(c)) for c in ROUTED]
+        tasks.append(asyncio.ensure_future(self.connect_remote()))
+        tasks.append(asyncio.ensure_future(self.relay()))
+        await self.stopping.wait()
+        await asyncio.sleep(0.2)  # let the last replies leave
+        await self._drop_remote()
+        for task in tasks:
+            task.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+        self.context.destroy(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cumulus_jupyter.kernel")
+    parser.add_argument("-f", "--connection-file", required=True)
+    args, _ = parser.parse_known_args(argv)
+    try:
+        with open(args.connection_file) as f:
+            connection = json.load(f)
+        for key in (
+            "ip",
+            "key",
+            "shell_port",
+            "iopub_port",
+            "stdin_port",
+            "control_port",
+            "hb_port",
+        ):
+            connection[key]
+    except (OSError, ValueError, KeyError) as exc:
+        print(
+            f"Cumulus kernel: bad connection file {args.connection_file}: {exc!r}", file=sys.stderr
+        )
+        return 2
+    try:
+        settings = GatewaySettings.resolve()
+    except CumulusError as exc:
+        print(f"Cumulus kernel: {exc}", file=sys.stderr)
+        return 2
+    options = {
+        "gpu": os.environ.get("CUMULUS_GPU", ""),
+        "duration": os.environ.get("CUMULUS_DURATION", ""),
+    }
+    sidecar = Path(args.connection_file).with_suffix(".cumulus.json")
+    asyncio.run(ProxyKernel(connection, settings, options, sidecar).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""`RemoteKernel`: one kernel on a gateway, the async core every client drives.
+
+It starts (or attaches to) a kernel through the REST API, showing what it waits for while the
+partition is queued, then speaks the Jupyter protocol over the gateway's WebSocket in the
+``v1.kernel.websocket.jupyter.org`` framing: each message travels as its raw JSON parts plus
+binary buffers, so bulk data is never base64'd and nothing is re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+
+from cumulus_jupyter.connection import GatewayClient
+from cumulus_jupyter.errors import CumulusError, Unauthenticated, Unavailable
+
+V1 = "v1.kernel.websocket.jupyter.org"
+Parts = list[bytes]
+
+
+def encode_v1(channel: str, parts: Parts) -> bytes:
+    """Frame raw message parts (header, parent, metadata, content, buffers...) for the WS."""
+    name = channel.encode()
+    offsets = [8 * (2 + len(parts) + 1)]
+    offsets.append(offsets[-1] + len(name))
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
+    return b"".join([head, name, *parts])
+
+
+def decode_v1(frame: bytes) -> tuple[str, Parts]:
+    count = int.from_bytes(frame[:8], "little")
+    offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
+    offsets.append(len(frame))
+    channel = frame[offsets[0] : offsets[1]].decode()
+    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count)]
+
+
+def describe(cumulus: dict[str, Any]) -> str:
+    left = int(cumulus.get("seconds_left", 0))
+    return (
+        f"partition {cumulus['partition_id']} on {cumulus['device']} ready "
+        f"({cumulus['amount']:g} GPU, {cumulus['memory_bytes'] / 2**30:.1f} GiB, "
+        f"{left // 60}m{left % 60:02d}s left)"
+    )
+
+
+class RemoteKernel:
+    """A kernel on the gateway: start, connect, send, receive, interrupt, restart, shut down."""
+
+    def __init__(self, client: GatewayClient, model: dict[str, Any]) -> None:
+        self.client = client
+        self.model = model
+        self.session_id = uuid.uuid4().hex  # stable across reconnects: the gateway buffers
+        self._ws: Any = None
+
+    @property
+    def id(self) -> str:
+        return str(self.model["id"])
+
+    @property
+    def cumulus(self) -> dict[str, Any]:
+        return dict(self.model.get("cumulus") or {})
+
+    @classmethod
+    async def start(
+        cls,
+        client: GatewayClient,
+        *,
+        gpu: str | float | None = None,
+        duration: str | int | None = None,
+        name: str = "cumulus-gpu",
+        env: dict[str, str] | None = None,
+        launch_timeout: float = 600,
+        on_progress: Callable[[str], None] = lambda line: None,
+    ) -> RemoteKernel:
+        """Ask the gateway for a kernel in a new partition; report queue position meanwhile."""
+        await client.check()
+        request_env = dict(env or {})
+        if gpu is not None:
+            request_env["KERNEL_GPU"] = str(gpu)
+        if duration is not None:
+            request_env["KERNEL_DURATION"] = str(duration)
+        request_env.setdefault("KERNEL_LAUNCH_TIMEOUT", str(int(launch_timeout)))
+        started = time.monotonic()
+        creating = asyncio.ensure_future(
+            client.request(
+                "POST", "/api/kernels", json={"name": name, "env": request_env},
+                timeout=launch_timeout + 30,
+            )
+        )  # fmt: skip
+        try:
+            while not creating.done():
+                done, _ = await asyncio.wait({creating}, timeout=1.0)
+                if not done:
+                    on_progress(await cls._waiting_line(client, time.monotonic() - started))
+            model = creating.result()
+        finally:
+            if not creating.done():
+                creating.cancel()
+        kernel = cls(client, model)
+        on_progress(describe(kernel.cumulus) + f" after {time.monotonic() - started:.1f} s")
+        return kernel
+
+    @staticmethod
+    async def _waiting_line(client: GatewayClient, waited: float) -> str:
+        try:
+            queue = await client.request("GET", "/api/cumulus/queue")
+        except CumulusError:
+            queue = []
+        if queue:
+            head = queue[-1]
+            return (
+                f"waiting for a partition: queue position {head['position']} "
+                f"({head['waiting_for']}), {waited:.0f} s"
+            )
+        return f"starting the remote kernel, {waited:.0f} s"
+
+    @classmethod
+    async def attach(cls, client: GatewayClient, kernel_id: str) -> RemoteKernel:
+        return cls(client, await client.request("GET", f"/api/kernels/{kernel_id}"))
+
+    async def connect(self) -> None:
+        url = (
+            f"{self.client.settings.ws_url}/api/kernels/{self.id}/channels"
+            f"?session_id={self.session_id}"
+        )
+        try:
+            self._ws = await websockets.connect(
+                url,
+                subprotocols=[V1],  # type: ignore[list-item]
+                additional_headers=self.client.settings.headers,
+                max_size=None,
+                ping_interval=20,
+                compression=None,
+            )
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise Unauthenticated(
+                    f"The gateway refused the WebSocket for kernel {self.id}"
+                ) from exc
+            await self.client.request("GET", f"/api/kernels/{self.id}")  # raises 404/410 reason
+            raise Unavailable(
+                f"The gateway refused the WebSocket for kernel {self.id}: {status}"
+            ) from exc
+        except (OSError, websockets.WebSocketException) as exc:
+            raise Unavailable(f"Cannot open the kernel WebSocket at {url}: {exc}") from exc
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    async def send(self, channel: str, parts: Parts) -> None:
+        await self._ws.send(encode_v1(channel, parts))
+
+    async def recv(self) -> tuple[str, Parts]:
+        frame = await self._ws.recv()
+        return decode_v1(frame)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    async def interrupt(self) -> None:
+        await self.client.request("POST", f"/api/kernels/{self.id}/interrupt")
+
+    async def restart(self) -> None:
+        self.model = await self.client.request(
+            "POST", f"/api/kernels/{self.id}/restart", timeout=120
+        )
+
+    async def shutdown(self) -> None:
+        await self.close()
+        await self.client.request("DELETE", f"/api/kernels/{self.id}", timeout=120)
+
+
+def header_of(parts: Parts) -> dict[str, Any]:
+    return json.loads(parts[0]) if parts else {}
+
+
+def parent_of(parts: Parts) -> dict[str, Any]:
+    return json.loads(parts[1]) if len(parts) > 1 else {}

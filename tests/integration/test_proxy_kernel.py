@@ -1,0 +1,272 @@
+"""The Cumulus GPU kernel (local proxy) in front of a real gateway, driven by jupyter_client as
+any front end would: everything a local ipykernel does, plus partitions and their errors."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager, start_new_kernel
+
+from chronos import Store, discover
+from cumulus_jupyter import kernelspec
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+    """A gateway, and a Cumulus kernelspec pointing at it, installed in a private prefix."""
+    tmp = tmp_path_factory.mktemp("proxy")
+    gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(tmp / "share" / "jupyter"))
+        mp.setenv("CUMULUS_GATEWAY_URL", gw.url)
+        mp.setenv("CUMULUS_TOKEN", gw.token)
+        name, _ = kernelspec.install("0.5", "30m", prefix=str(tmp))
+        try:
+            yield gw, name
+        finally:
+            gw.stop()
+
+
+@pytest.fixture
+def kernel(proxied: tuple[Gateway, str]) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    km, kc = start_new_kernel(kernel_name=proxied[1], startup_timeout=60)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def run(
+    kc: BlockingKernelClient, code: str, **kwargs: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    outputs: list[dict[str, Any]] = []
+    reply = kc.execute_interactive(code, timeout=120, output_hook=outputs.append, **kwargs)
+    return reply["content"], outputs
+
+
+def text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == name
+    )
+
+
+def test_kernelspec_display_name_and_listing(proxied: tuple[Gateway, str]) -> None:
+    _, name = proxied
+    assert name == "cumulus-gpu-0.5-30m"
+    listed = subprocess.run(
+        [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spec = json.loads(listed.stdout)["kernelspecs"][name]["spec"]
+    assert (
+        spec["display_name"] == "Cumulus GPU (0.5 GPU, 30m)" and spec["interrupt_mode"] == "message"
+    )
+
+
+def test_execute_streams_results_errors_and_partition(
+    proxied: tuple[Gateway, str], kernel: Any
+) -> None:
+    gw, _ = proxied
+    _, kc = kernel
+    reply, outputs = run(
+        kc,
+        "import os, sys\nprint(os.environ['CHRONOS_GPU_AMOUNT']); print('err', file=sys.stderr); 6 * 7",
+    )
+    assert reply["status"] == "ok"
+    first_stderr = text(outputs, "stderr")
+    assert (
+        "Cumulus: partition p-" in first_stderr and "on gpu0 ready (0.5 GPU" in first_stderr
+    )  # progress in the first cell
+    assert text(outputs) == "0.5\n" and "err\n" in first_stderr
+    assert [
+        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
+    ] == ["42"]
+    reply, outputs = run(
+        kc, "from IPython.display import HTML, display; display(HTML('<b>hi</b>'))"
+    )
+    assert [
+        m["content"]["data"]["text/html"] for m in outputs if m["msg_type"] == "display_data"
+    ] == ["<b>hi</b>"]
+    reply, outputs = run(kc, "1 / 0")
+    assert reply["status"] == "error" and reply["ename"] == "ZeroDivisionError"
+    assert [m["msg_type"] for m in outputs if m["msg_type"] == "error"] == ["error"]
+    [model] = gw.get("/api/kernels").json()
+    assert model["cumulus"]["amount"] == 0.5
+
+
+def test_completion_inspection_history_and_is_complete(kernel: Any) -> None:
+    _, kc = kernel
+    run(kc, "zebra_count = 3")
+    complete = kc.complete("zebra_c", 7, reply=True, timeout=60)["content"]
+    assert "zebra_count" in complete["matches"]
+    inspect = kc.inspect("zebra_count", 5, reply=True, timeout=60)["content"]
+    assert inspect["found"] and "int" in inspect["data"]["text/plain"]
+    history = kc.history(hist_access_type="tail", n=5, reply=True, timeout=60)["content"]
+    assert any("zebra_count = 3" in entry[2] for entry in history["history"])
+    msg_id = kc.is_complete("for i in range(3):")
+    while (reply := kc.get_shell_msg(timeout=60))["parent_header"]["msg_id"] != msg_id:
+        pass
+    assert reply["content"]["status"] == "incomplete"
+
+
+def test_stdin_input_reaches_the_remote_kernel(kernel: Any) -> None:
+    _, kc = kernel
+
+    def answer(msg: dict[str, Any]) -> None:
+        assert msg["content"]["prompt"] == "name? "
+        kc.input("Ada")
+
+    reply, outputs = run(kc, "print('hello', input('name? '))", allow_stdin=True, stdin_hook=answer)
+    assert reply["status"] == "ok" and text(outputs) == "hello Ada\n"
+
+
+def test_comms_travel_both_ways(kernel: Any) -> None:
+    _, kc = kernel
+    run(
+        kc,
+        "def _t(comm, msg):\n    comm.on_msg(lambda m: comm.send({'echo': m['content']['data']['x'] * 2}))\nget_ipython().kernel.comm_manager.register_target('t', _t)",
+    )
+    kc.session.send(
+        kc.shell_channel.socket, "comm_open", {"comm_id": "c9", "target_name": "t", "data": {}}
+    )
+    kc.session.send(kc.shell_channel.socket, "comm_msg", {"comm_id": "c9", "data": {"x": 21}})
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["msg_type"] == "comm_msg":
+            assert msg["content"]["data"] == {"echo": 42}
+            break
+
+
+def test_interrupt_restart_keep_the_partition_and_shutdown_releases_it(
+    proxied: tuple[Gateway, str],
+) -> None:
+    gw, name = proxied
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    try:
+        run(kc, "x = 1")
+        [before] = gw.get("/api/kernels").json()
+        msg_id = kc.execute("import time; time.sleep(120)")
+        while kc.get_iopub_msg(timeout=60)["content"].get("execution_state") != "busy":
+            pass
+        km.interrupt_kernel()
+        while (reply := kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
+            pass
+        assert (
+            reply["content"]["status"] == "error"
+            and reply["content"]["ename"] == "KeyboardInterrupt"
+        )
+        km.restart_kernel()
+        kc.wait_for_ready(timeout=60)
+        reply, outputs = run(kc, "print('x' in dir())")
+        assert text(outputs) == "False\n"
+        [after] = gw.get("/api/kernels").json()
+        assert (
+            after["id"] == before["id"]
+            and after["cumulus"]["partition_id"] == before["cumulus"]["partition_id"]
+        )
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert gw.get("/api/kernels").json() == []
+    with Store(discover({}), gw.state) as store:
+        assert store.get(before["cumulus"]["partition_id"]).state.value == "released"
+
+
+def test_an_unreachable_gateway_is_explained_in_the_cell(
+    proxied: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, name = proxied
+    monkeypatch.setenv("CUMULUS_GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)  # kernel_info answers at once
+    try:
+        reply, outputs = run(kc, "print(1)")
+        assert reply["status"] == "error" and reply["ename"] == "Unavailable"
+        assert "Cannot reach the Cumulus gateway at http://127.0.0.1:9" in reply["evalue"]
+        assert [m["content"]["ename"] for m in outputs if m["msg_type"] == "error"] == [
+            "Unavailable"
+        ]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_wrong_token_is_explained_in_the_cell(
+    proxied: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, name = proxied
+    monkeypatch.setenv("CUMULUS_TOKEN", "wrong")
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    try:
+        reply, _ = run(kc, "print(1)")
+        assert reply["ename"] == "Unauthenticated" and "refused the token" in reply["evalue"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert gw.get("/api/kernels").json() == []
+
+
+def test_a_malformed_connection_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "conn.json"
+    bad.write_text("{not json")
+    done = subprocess.run(
+        [sys.executable, "-m", "cumulus_jupyter.kernel", "-f", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and f"bad connection file {bad}" in done.stderr
+
+
+def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
+    proxied: tuple[Gateway, str],
+) -> None:
+    import sqlite3
+    import time
+
+    gw, name = proxied
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    try:
+        run(kc, "y = 2")
+        [model] = gw.get("/api/kernels").json()
+        with sqlite3.connect(gw.state) as db:
+            db.execute(
+                "UPDATE partitions SET expires_at = ? WHERE id = ?",
+                (time.time() - 1, model["cumulus"]["partition_id"]),
+            )
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "expired" not in seen and time.monotonic() < deadline:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["msg_type"] == "stream":
+                seen += msg["content"]["text"]
+        assert f"Partition {model['cumulus']['partition_id']} (0.5 GPU on gpu0) expired" in seen
+        reply, _ = run(kc, "print(y)")
+        assert reply["status"] == "error" and reply["ename"] == "PartitionExpired"
+        km.restart_kernel()
+        kc.wait_for_ready(timeout=60)
+        reply, outputs = run(kc, "print('fresh')")
+        assert reply["status"] == "ok" and text(outputs) == "fresh\n"
+        [fresh] = gw.get("/api/kernels").json()
+        assert fresh["cumulus"]["partition_id"] != model["cumulus"]["partition_id"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
