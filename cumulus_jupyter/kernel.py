@@ -345,14 +345,10 @@ class ProxyKernel:
             if msg_type == "cumulus":
                 self.on_cumulus_event(json.loads(parts[3]), parent_of(parts))
                 return
-            if msg_type == "status" and self.busy_sent:
-                parent_id = parent_of(parts).get("msg_id", "")
-                if (
-                    parent_id in self.busy_sent
-                    and json.loads(parts[3]).get("execution_state") == "busy"
-                ):
-                    self.busy_sent.discard(parent_id)
-                    return
+            if msg_type == "iopub_welcome" or (
+                msg_type == "status" and self.foreign_or_duplicate_status(parts)
+            ):
+                return
             self.publish_raw(parts)
         elif channel in ROUTED:
             parent_id = parent_of(parts).get("msg_id", "")

@@ -48,7 +48,7 @@ class TestCumulusKernel(jupyter_kernel_test.KernelTests):
         },
     ]
     code_history_pattern = "1?2*"
-    supported_history_operations = ("tail", "range", "search")
+    supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 
