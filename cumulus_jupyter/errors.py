@@ -9,6 +9,7 @@
     ├── NotFound                  404  no such kernel, partition or session
     ├── PartitionExpired          410  the partition ended (expired or released)
     ├── ResourceExhausted         429  nothing fits now; ``retry_after`` says when to retry
+    ├── KernelDied                500  the remote kernel process died under a request
     ├── Internal                  500  a bug on our side
     ├── Unavailable               503  the gateway or its state is unreachable
     └── DeadlineExceeded          504  waited past the launch or request timeout
@@ -54,6 +55,12 @@ class ResourceExhausted(CumulusError):
     status = 429
 
 
+class KernelDied(CumulusError):
+    """The remote kernel died while working (its variables are gone); not a partition end."""
+
+    status = 500
+
+
 class Internal(CumulusError):
     status = 500
 
@@ -90,6 +97,7 @@ __all__ = [
     "DeadlineExceeded",
     "Internal",
     "InvalidArgument",
+    "KernelDied",
     "NotFound",
     "PartitionExpired",
     "PermissionDenied",

@@ -33,7 +33,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
-from cumulus_jupyter.errors import CumulusError, PartitionExpired, Unavailable
+from cumulus_jupyter.errors import CumulusError, KernelDied, PartitionExpired, Unavailable
 from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
 
 DELIM = b"<IDS|MSG>"
@@ -82,6 +82,7 @@ class ProxyKernel:
         self.background: set[asyncio.Future[None]] = set()
         self.announcement = ""  # "partition p-... on gpu0 ready", for a first cell that missed it
         self.busy_sent: set[str] = set()  # requests we said busy for before the remote did
+        self.outstanding: dict[str, tuple[list[bytes], dict[str, Any]]] = {}  # unanswered executes
 
     # -- local sockets -------------------------------------------------------------------------
 
@@ -160,6 +161,8 @@ class ProxyKernel:
             parts = rest[1:]
             header = header_of(parts)
             self.routes[header.get("msg_id", "")] = idents
+            if channel == "shell" and header.get("msg_type") == "execute_request":
+                self.outstanding[header.get("msg_id", "")] = (idents, header)
             while len(self.routes) > MAX_ROUTES:
                 self.routes.popitem(last=False)
             await self.handle(channel, idents, header, parts)
@@ -350,8 +353,12 @@ class ProxyKernel:
             ):
                 return
             self.publish_raw(parts)
+            if msg_type == "status" and not parent_of(parts).get("msg_id"):
+                self.on_kernel_state(json.loads(parts[3]).get("execution_state", ""))
         elif channel in ROUTED:
             parent_id = parent_of(parts).get("msg_id", "")
+            if channel == "shell":
+                self.outstanding.pop(parent_id, None)
             idents = self.routes.get(parent_id)
             if idents is not None:
                 self.send_raw(channel, idents, parts)
@@ -370,10 +377,31 @@ class ProxyKernel:
             return True
         return False
 
+    def on_kernel_state(self, state: str) -> None:
+        """The gateway says the remote kernel died ("restarting": it restarts it in the same
+        partition; "dead": it could not): cells it was running must end, not hang."""
+        if state not in ("restarting", "dead"):
+            return
+        how = "it was restarted in the same partition" if state == "restarting" else "it is gone"
+        died = KernelDied(
+            f"The remote kernel died while running this cell; {how} and its variables are lost"
+        )
+        outstanding, self.outstanding = self.outstanding, {}
+        for idents, header in outstanding.values():
+            self.fail("shell", idents, header, died)
+        if state == "dead":
+            self.give_up(died)
+
     def on_cumulus_event(self, content: dict[str, Any], parent: dict[str, Any]) -> None:
         if content.get("event") == "expired":
             self.ready.clear()
-            self.give_up(PartitionExpired(str(content.get("message", "The partition expired"))))
+            expired = PartitionExpired(str(content.get("message", "The partition expired")))
+            outstanding, self.outstanding = self.outstanding, {}
+            for idents, header in outstanding.values():
+                self.fail("shell", idents, header, expired)
+            self.give_up(expired)
+            self.ready.set()  # requests now get the expiry error at once
+            self.status("dead", {})  # front ends show the kernel as dead until restarted
 
     async def reconnect(self, remote: RemoteKernel) -> None:
         """The WebSocket dropped: come back with the same session id (the gateway buffers what

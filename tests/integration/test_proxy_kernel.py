@@ -250,6 +250,7 @@ def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
                 (time.time() - 1, model["cumulus"]["partition_id"]),
             )
         seen = ""
+        seen_states: list[str] = []
         deadline = time.monotonic() + 60
         while "expired" not in seen and time.monotonic() < deadline:
             try:
@@ -258,9 +259,19 @@ def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
                 continue
             if msg["msg_type"] == "stream":
                 seen += msg["content"]["text"]
+            if msg["msg_type"] == "status":
+                seen_states.append(msg["content"]["execution_state"])
+        for _ in range(20):  # the dead status follows the message
+            try:
+                msg = kc.get_iopub_msg(timeout=0.5)
+            except queue.Empty:
+                break
+            if msg["msg_type"] == "status":
+                seen_states.append(msg["content"]["execution_state"])
         assert f"Partition {model['cumulus']['partition_id']} (0.5 GPU on gpu0) expired" in seen
         reply, _ = run(kc, "print(y)")
         assert reply["status"] == "error" and reply["ename"] == "PartitionExpired"
+        assert "dead" in seen_states
         km.restart_kernel()
         kc.wait_for_ready(timeout=60)
         reply, outputs = run(kc, "print('fresh')")
@@ -270,3 +281,86 @@ def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+
+def test_a_remote_kernel_dying_mid_cell_ends_the_cell_with_a_clear_error(kernel: Any) -> None:
+    _, kc = kernel
+    run(kc, "z = 1")
+    reply, outputs = run(kc, "import os; os._exit(1)")
+    assert reply["status"] == "error" and reply["ename"] == "KernelDied"
+    assert "restarted in the same partition" in reply["evalue"]
+    reply, outputs = run(kc, "print('z' in dir())")  # the gateway restarted it: usable, but fresh
+    assert reply["status"] == "ok" and text(outputs) == "False\n"
+
+
+def test_a_url_that_is_not_a_gateway_is_explained(
+    proxied: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.support.gateway import free_port
+
+    _, name = proxied
+    port = free_port()
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv("CUMULUS_GATEWAY_URL", f"http://127.0.0.1:{port}")
+        km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+        try:
+            reply, _ = run(kc, "print(1)")
+            assert reply["ename"] == "Unavailable" and "is not a Cumulus gateway" in reply["evalue"]
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+
+
+def test_a_dropped_connection_is_resumed_and_no_output_is_lost(
+    proxied: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tests.support.tcp_relay import TcpRelay
+
+    gw, name = proxied
+    relay = TcpRelay(gw.port)
+    monkeypatch.setenv("CUMULUS_GATEWAY_URL", f"http://127.0.0.1:{relay.port}")
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    try:
+        run(kc, "pass")
+        msg_id = kc.execute(
+            "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.1)"
+        )
+        lines = ""
+        cut = False
+        while True:
+            msg = kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                lines += msg["content"]["text"]
+                if not cut and "5\n" in lines:
+                    relay.cut()  # the link drops mid-cell
+                    cut = True
+                    time.sleep(0.5)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert relay.cuts == 1
+        assert lines == "".join(f"{i}\n" for i in range(30))
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        relay.close()
