@@ -364,3 +364,50 @@ def test_a_dropped_connection_is_resumed_and_no_output_is_lost(
         kc.stop_channels()
         km.shutdown_kernel(now=False)
         relay.close()
+
+
+def test_kernelspecs_install_side_by_side_and_uninstall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    cli = [sys.executable, "-m", "cumulus_jupyter.cli", "kernelspec"]
+    for gpu, duration in (("0.5", "1h"), ("2", "30m")):
+        done = subprocess.run(
+            [*cli, "install", "--prefix", str(tmp_path), "--gpu", gpu, "--duration", duration],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "Installed kernelspec cumulus-gpu-" in done.stdout
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["kernelspecs"]
+    assert listed["cumulus-gpu-0.5-1h"]["spec"]["display_name"] == "Cumulus GPU (0.5 GPU, 1h)"
+    assert listed["cumulus-gpu-2-30m"]["spec"]["display_name"] == "Cumulus GPU (2 GPU, 30m)"
+    bad = subprocess.run(
+        [*cli, "install", "--prefix", str(tmp_path), "--gpu", "2.3"], capture_output=True, text=True
+    )
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "Invalid GPU amount: 2.3. Must be 0.1-0.9 or whole number 1-8\n",
+    )
+    removed = subprocess.run(
+        [*cli, "uninstall", "cumulus-gpu-2-30m"], capture_output=True, text=True
+    )
+    assert removed.returncode == 0, removed.stderr
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["kernelspecs"]
+    assert "cumulus-gpu-2-30m" not in listed and "cumulus-gpu-0.5-1h" in listed
+    missing = subprocess.run([*cli, "uninstall", "nope"], capture_output=True, text=True)
+    assert (missing.returncode, missing.stderr) == (3, "No kernelspec named nope\n")
