@@ -1,0 +1,129 @@
+"""JupyterLab in a real browser (Debian's chromium driven by Playwright): pick "Cumulus GPU" in
+the kernel picker, run a cell on the remote kernel, read its output on the page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cumulus_jupyter import kernelspec
+from tests.support.gateway import Gateway, free_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(
+    os.environ.get("CUMULUS_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts")
+)
+CELL = "import os\nprint('partition', os.environ['CHRONOS_PARTITION_ID'], 'gpu', os.environ['CHRONOS_GPU_AMOUNT'])"
+
+
+def notebook() -> dict[str, object]:
+    return {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {}, "outputs": [], "source": CELL}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[str, str, Gateway]]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: the test setup (make test) installs it")
+        pytest.skip("Debian's chromium is not installed here (make test installs it)")
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
+    port, token = free_port(), "lab-token-0123456789abcdef"
+    env = os.environ | {
+        "JUPYTER_PATH": str(tmp_path / "share" / "jupyter"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "CUMULUS_GATEWAY_URL": gw.url,
+        "CUMULUS_TOKEN": gw.token,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])
+        kernelspec.install("0.5", "30m", prefix=str(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "demo.ipynb").write_text(json.dumps(notebook()))
+    log = (tmp_path / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={work}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+            try:
+                if (
+                    httpx.get(
+                        f"{url}/api/status", headers={"Authorization": f"token {token}"}
+                    ).status_code
+                    == 200
+                ):
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        yield url, token, gw
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+        gw.stop()
+
+
+@pytest.mark.timeout(300)
+def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gateway]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, token, gw = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab/tree/demo.ipynb?token={token}", timeout=120_000)
+            dialog = page.locator(".jp-Dialog")
+            dialog.wait_for(timeout=120_000)
+            picker = dialog.locator("select")
+            labels = picker.locator("option").all_inner_texts()
+            assert "Cumulus GPU (0.5 GPU, 30m)" in labels, labels
+            picker.select_option(label="Cumulus GPU (0.5 GPU, 30m)")
+            dialog.locator(".jp-mod-accept").click()
+            # the kernel answers kernel_info at once, while its partition is still being taken
+            page.get_by_text("Cumulus GPU (0.5 GPU, 30m) | Idle").wait_for(timeout=120_000)
+            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+            page.keyboard.press("Shift+Enter")
+            output = page.locator(
+                ".jp-OutputArea-output", has_text=re.compile(r"partition p-\w+ gpu 0\.5")
+            )
+            output.first.wait_for(timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cumulus-gpu.png"))
+            text = output.first.inner_text()
+        finally:
+            browser.close()
+    [kernel] = gw.get("/api/kernels").json()
+    assert f"partition {kernel['cumulus']['partition_id']} gpu 0.5" in text
