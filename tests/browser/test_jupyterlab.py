@@ -28,11 +28,23 @@ ARTIFACTS = Path(
 CELL = "import os\nprint('partition', os.environ['CHRONOS_PARTITION_ID'], 'gpu', os.environ['CHRONOS_GPU_AMOUNT'])"
 
 
+SLIDER = "import ipywidgets\nslider = ipywidgets.IntSlider(value=3, min=0, max=10)\nslider"
+READ_SLIDER = "print('slider at', slider.value)"
+
+
 def notebook() -> dict[str, object]:
-    return {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {}, "outputs": [], "source": CELL}],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
-    }  # fmt: skip
+    cells = [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": f"c{i}",
+            "metadata": {},
+            "outputs": [],
+            "source": source,
+        }
+        for i, source in enumerate((CELL, SLIDER, READ_SLIDER))
+    ]
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
 @pytest.fixture
@@ -121,8 +133,21 @@ def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gate
                 ".jp-OutputArea-output", has_text=re.compile(r"partition p-\w+ gpu 0\.5")
             )
             output.first.wait_for(timeout=120_000)
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cumulus-gpu.png"))
             text = output.first.inner_text()
+            # an ipywidgets slider renders, and moving it changes the value in the remote kernel
+            page.keyboard.press("Shift+Enter")
+            handle = page.locator(".jp-OutputArea-output .widget-slider .noUi-handle")
+            handle.first.wait_for(timeout=120_000)
+            handle.first.focus()
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            page.locator(".widget-readout", has_text="5").first.wait_for(timeout=60_000)
+            page.locator(".jp-Notebook .jp-Cell .cm-content").nth(2).click()
+            page.keyboard.press("Shift+Enter")
+            page.locator(".jp-OutputArea-output", has_text="slider at 5").first.wait_for(
+                timeout=120_000
+            )
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cumulus-gpu.png"))
         finally:
             browser.close()
     [kernel] = gw.get("/api/kernels").json()
