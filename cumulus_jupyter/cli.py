@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--gateway", help="gateway URL (default: $CUMULUS_GATEWAY_URL at run time)"
     )
+    install.add_argument(
+        "--sync",
+        action="store_true",
+        help="on start, copy the notebook's directory to the remote working directory "
+        "(hidden files skipped; at most $CUMULUS_SYNC_MAX_MB, default 100)",
+    )
     remove = ks_sub.add_parser("uninstall", help="remove a kernelspec")
     remove.add_argument("name")
     ks_sub.add_parser("list", help="list installed Cumulus GPU kernelspecs")
@@ -46,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = sys.prefix if args.sys_prefix else args.prefix
             name, where = kernelspec.install(
                 args.gpu, args.duration, name=args.name, user=args.user, prefix=prefix,
-                gateway=args.gateway,
+                gateway=args.gateway, sync=args.sync,
             )  # fmt: skip
             print(
                 json.dumps({"name": name, "path": where})

@@ -23,6 +23,7 @@ import platform
 import signal
 import sys
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from cumulus_jupyter import archive
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import CumulusError, KernelDied, PartitionExpired, Unavailable
 from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
@@ -82,6 +84,8 @@ class ProxyKernel:
         self.background: set[asyncio.Future[None]] = set()
         self.announcement = ""  # "partition p-... on gpu0 ready", for a first cell that missed it
         self.busy_sent: set[str] = set()  # requests we said busy for before the remote did
+        self.internal: dict[str, asyncio.Future[Parts]] = {}  # the proxy's own requests/comms
+        self.own_comms: set[str] = set()
         self.outstanding: dict[str, tuple[list[bytes], dict[str, Any]]] = {}  # unanswered executes
 
     # -- local sockets -------------------------------------------------------------------------
@@ -187,7 +191,7 @@ class ProxyKernel:
         else:
             if msg_type == "execute_request" and self.announcement:
                 self.own_busy(header)
-                self.stderr(f"Cumulus: {self.announcement}\n", header)  # the first cell says where
+                self.stderr(self.announcement, header)  # the first cell says where it runs
                 self.announcement = ""
             await self.forward(channel, parts)
 
@@ -275,11 +279,13 @@ class ProxyKernel:
 
     # -- the remote side -----------------------------------------------------------------------
 
-    def progress(self, line: str) -> None:
+    def progress(self, line: str, keep: bool = False) -> None:
+        """Show a line in the cells waiting for the kernel; a line worth keeping ("ready",
+        "synced") is kept for the first cell when none is waiting yet."""
         for parent in self.progress_parents:
             self.stderr(f"Cumulus: {line}\n", parent)
-        if not self.progress_parents and "ready" in line:
-            self.announcement = line
+        if not self.progress_parents and (keep or "ready" in line):
+            self.announcement += f"Cumulus: {line}\n"
 
     async def connect_remote(self) -> None:
         try:
@@ -294,12 +300,81 @@ class ProxyKernel:
         except CumulusError as exc:
             self.give_up(exc)
             return
-        if self.announcement and self.progress_parents:
-            self.stderr(f"Cumulus: {self.announcement}\n", self.progress_parents[0])
-            self.announcement = ""
+        self._announce_to_waiting()
+        if self.options.get("sync", "").lower() in ("1", "true", "yes"):
+            await self.sync_files()
+            self._announce_to_waiting()
         self.ready.set()
         self.progress_parents.clear()
         await self._flush_pending()
+
+    def _announce_to_waiting(self) -> None:
+        if self.announcement and self.progress_parents:
+            self.stderr(self.announcement, self.progress_parents[0])
+            self.announcement = ""
+
+    async def sync_files(self) -> None:
+        """Send the notebook's directory (this process's working directory) to the remote
+        kernel's work directory, which becomes its working directory. Opt-in (``--sync``),
+        size-capped, traversal-safe on the remote side; a failure is reported, not fatal."""
+        limit = int(float(os.environ.get("CUMULUS_SYNC_MAX_MB", "100")) * 2**20)
+        try:
+            data, summary = archive.pack(Path.cwd(), limit)
+            register = (
+                "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
+            )
+            await self.internal_request("execute_request", {
+                "code": register, "silent": True, "store_history": False,
+                "user_expressions": {}, "allow_stdin": False, "stop_on_error": False,
+            })  # fmt: skip
+            result = await self.internal_comm("cumulus.sync", {"max_bytes": limit}, [data])
+        except (CumulusError, OSError, TimeoutError) as exc:
+            self.progress(f"could not sync {Path.cwd()}: {exc}", keep=True)
+            return
+        if result.get("ok"):
+            self.progress(f"synced {summary} from {Path.cwd()} to {result['path']}", keep=True)
+        else:
+            self.progress(f"sync refused: {result.get('error')}", keep=True)
+
+    def _message_parts(self, msg_type: str, content: dict[str, Any]) -> tuple[str, Parts]:
+        msg = self.session.msg(msg_type, content)
+        parts = [
+            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
+        ]
+        return str(msg["header"]["msg_id"]), parts
+
+    async def internal_request(self, msg_type: str, content: dict[str, Any]) -> Parts:
+        """A shell request of the proxy's own; its reply is not shown to the front end."""
+        assert self.remote is not None
+        msg_id, parts = self._message_parts(msg_type, content)
+        reply: asyncio.Future[Parts] = asyncio.get_running_loop().create_future()
+        self.internal[msg_id] = reply
+        await self.remote.send("shell", parts)
+        return await asyncio.wait_for(self._deliver_until(reply), 120)
+
+    async def internal_comm(
+        self, target: str, data: dict[str, Any], buffers: Parts
+    ) -> dict[str, Any]:
+        """Open a comm to ``target`` with buffers; the first message back is the answer."""
+        assert self.remote is not None
+        comm_id = uuid.uuid4().hex
+        answer: asyncio.Future[Parts] = asyncio.get_running_loop().create_future()
+        self.internal[comm_id] = answer
+        self.own_comms.add(comm_id)
+        _, parts = self._message_parts(
+            "comm_open", {"comm_id": comm_id, "target_name": target, "data": data}
+        )
+        await self.remote.send("shell", [*parts, *buffers])
+        reply = await asyncio.wait_for(self._deliver_until(answer), 120)
+        return dict(json.loads(reply[3])["data"])
+
+    async def _deliver_until(self, done: asyncio.Future[Parts]) -> Parts:
+        # the relay loop waits for `ready`, which is not set yet: read the socket here
+        assert self.remote is not None
+        while not done.done():
+            channel, parts = await self.remote.recv()
+            self.deliver(channel, parts)
+        return done.result()
 
     async def _adopted(self, client: GatewayClient) -> RemoteKernel | None:
         """The remote kernel a previous proxy process handed over on restart, if it lives."""
@@ -343,6 +418,8 @@ class ProxyKernel:
             self.deliver(channel, parts)
 
     def deliver(self, channel: str, parts: Parts) -> None:
+        if self._internal(channel, parts):
+            return
         if channel == "iopub":
             msg_type = header_of(parts).get("msg_type")
             if msg_type == "cumulus":
@@ -362,6 +439,23 @@ class ProxyKernel:
             idents = self.routes.get(parent_id)
             if idents is not None:
                 self.send_raw(channel, idents, parts)
+
+    def _internal(self, channel: str, parts: Parts) -> bool:
+        """Answers to the proxy's own requests and comms: resolved here, never shown."""
+        if not self.internal and not self.own_comms:
+            return False
+        key = parent_of(parts).get("msg_id", "")
+        if channel == "iopub" and header_of(parts).get("msg_type") in ("comm_msg", "comm_close"):
+            key = json.loads(parts[3]).get("comm_id", "")
+            if key in self.own_comms and key not in self.internal:
+                return True  # the rest of a comm of ours (its close)
+        if key not in self.internal:
+            return False
+        if channel != "iopub" or header_of(parts).get("msg_type") == "comm_msg":
+            future = self.internal.pop(key)
+            if not future.done():
+                future.set_result(parts)
+        return True
 
     def foreign_or_duplicate_status(self, parts: Parts) -> bool:
         """True for a status the front end must not see: the remote kernel's busy for a request
@@ -471,8 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Cumulus kernel: {exc}", file=sys.stderr)
         return 2
     options = {
-        "gpu": os.environ.get("CUMULUS_GPU", ""),
-        "duration": os.environ.get("CUMULUS_DURATION", ""),
+        key: os.environ.get(f"CUMULUS_{key.upper()}", "") for key in ("gpu", "duration", "sync")
     }
     sidecar = Path(args.connection_file).with_suffix(".cumulus.json")
     asyncio.run(ProxyKernel(connection, settings, options, sidecar).run())

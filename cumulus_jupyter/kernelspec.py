@@ -27,8 +27,12 @@ def default_name(gpu: GpuAmount, duration_s: int) -> str:
     return f"cumulus-gpu-{gpu}-{format_duration(duration_s)}".lower()
 
 
-def spec(gpu: GpuAmount, duration_s: int, gateway: str | None = None) -> dict[str, Any]:
+def spec(
+    gpu: GpuAmount, duration_s: int, gateway: str | None = None, sync: bool = False
+) -> dict[str, Any]:
     env = {"CUMULUS_GPU": str(gpu), "CUMULUS_DURATION": str(duration_s)}
+    if sync:
+        env["CUMULUS_SYNC"] = "1"
     if gateway:
         env["CUMULUS_GATEWAY_URL"] = gateway
     return {
@@ -49,6 +53,7 @@ def install(
     user: bool = False,
     prefix: str | None = None,
     gateway: str | None = None,
+    sync: bool = False,
 ) -> tuple[str, str]:
     """Install a kernelspec; returns (name, directory). Amount and duration are validated by
     the same rules as everywhere else."""
@@ -64,7 +69,9 @@ def install(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / name
         folder.mkdir()
-        (folder / "kernel.json").write_text(json.dumps(spec(amount, seconds, gateway), indent=2))
+        (folder / "kernel.json").write_text(
+            json.dumps(spec(amount, seconds, gateway, sync), indent=2)
+        )
         for logo in sorted(RESOURCES.glob("logo-*.png")):
             (folder / logo.name).write_bytes(logo.read_bytes())
         where = KernelSpecManager().install_kernel_spec(

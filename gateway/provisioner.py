@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import TYPE_CHECKING, Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -26,6 +27,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Unicode
 
 from chronos import Partition, confinement_env
+from cumulus_jupyter.archive import workdir
 from cumulus_jupyter.errors import PartitionExpired
 from gateway.partitions import PartitionRequest
 
@@ -114,6 +116,8 @@ class CumulusProvisioner(LocalProvisioner):
         await super().cleanup(restart=restart)
         if not restart:
             await self._release("kernel shut down")
+            # files the Cumulus GPU kernel synced for this kernel: scratch, gone with it
+            shutil.rmtree(workdir(self.kernel_id), ignore_errors=True)
 
     async def _release(self, reason: str) -> None:
         if self.partition is not None:

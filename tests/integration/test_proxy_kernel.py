@@ -4,6 +4,7 @@ any front end would: everything a local ipykernel does, plus partitions and thei
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -411,3 +412,38 @@ def test_kernelspecs_install_side_by_side_and_uninstall(
     assert "cumulus-gpu-2-30m" not in listed and "cumulus-gpu-0.5-1h" in listed
     missing = subprocess.run([*cli, "uninstall", "nope"], capture_output=True, text=True)
     assert (missing.returncode, missing.stderr) == (3, "No kernelspec named nope\n")
+
+
+def test_opt_in_sync_copies_the_notebook_directory(
+    proxied: tuple[Gateway, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, _ = proxied
+    prefix = tmp_path / "prefix"
+    monkeypatch.setenv(
+        "JUPYTER_PATH", f"{prefix / 'share' / 'jupyter'}{os.pathsep}{os.environ['JUPYTER_PATH']}"
+    )
+    name, _ = kernelspec.install("0.2", "1h", name="cumulus-sync", prefix=str(prefix), sync=True)
+    notebook_dir = tmp_path / "notebooks"
+    (notebook_dir / "data").mkdir(parents=True)
+    (notebook_dir / "data" / "numbers.csv").write_text("1,2,3\n")
+    (notebook_dir / ".secret").write_text("not sent")
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60, cwd=str(notebook_dir))
+    try:
+        reply, outputs = run(
+            kc,
+            "import os; print(open('data/numbers.csv').read().strip(), os.path.exists('.secret'))",
+        )
+        assert reply["status"] == "ok", text(outputs, "stderr")
+        assert text(outputs) == "1,2,3 False\n"
+        lines = text(outputs, "stderr").splitlines()
+        assert lines[0].startswith("Cumulus: partition p-")
+        assert lines[1].startswith(f"Cumulus: synced 1 file (0.0 MiB) from {notebook_dir} to ")
+        assert "cumulus-work-" in lines[1]  # the remote kernel's own work directory
+        remote_dir = Path(lines[1].rsplit(" to ", 1)[1])
+        assert (remote_dir / "data" / "numbers.csv").read_text() == "1,2,3\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert gw.get("/api/kernels").json() == []
+    assert not remote_dir.exists()  # scratch goes with the kernel
+    assert not remote_dir.exists()  # scratch goes with the kernel

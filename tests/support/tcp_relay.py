@@ -69,3 +69,6 @@ class TcpRelay:
 
         self.loop.call_soon_threadsafe(stop)
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()

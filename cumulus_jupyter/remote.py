@@ -1,0 +1,46 @@
+"""What runs inside the remote kernel: comm targets the local side talks to.
+
+``import cumulus_jupyter.remote as r; r.register()`` (sent silently by the Cumulus GPU kernel)
+registers ``cumulus.sync``: a comm whose first message carries a directory archive as a binary
+buffer; it is unpacked (`cumulus_jupyter.archive.unpack`, traversal-safe and size-capped) into
+this kernel's work directory, which becomes the working directory, and the comm answers with
+what it wrote or why it refused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cumulus_jupyter import archive
+from cumulus_jupyter.errors import CumulusError, InvalidArgument
+
+SYNC_TARGET = "cumulus.sync"
+
+
+def _on_sync_open(comm: Any, open_msg: dict[str, Any]) -> None:
+    data = open_msg.get("content", {}).get("data", {})
+    buffers = open_msg.get("buffers") or []
+    kernel_id = os.environ.get("CUMULUS_KERNEL_ID", str(os.getpid()))
+    try:
+        if not buffers:
+            raise InvalidArgument("no archive was sent")
+        limit = int(data.get("max_bytes", archive.DEFAULT_MAX_BYTES))
+        target = archive.workdir(kernel_id)
+        summary = archive.unpack(bytes(buffers[0]), target, limit)
+        os.chdir(target)
+        comm.send({"ok": True, "files": summary.files, "bytes": summary.bytes, "path": str(target)})
+    except (CumulusError, OSError, ValueError) as exc:
+        comm.send({"ok": False, "error": str(exc)})
+    finally:
+        comm.close()
+
+
+def register() -> None:
+    """Register the comm targets in the running IPython kernel (idempotent)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    shell.kernel.comm_manager.register_target(SYNC_TARGET, _on_sync_open)
