@@ -52,39 +52,11 @@ def execute_request(session: str) -> tuple[str, dict[str, Any]]:
     }  # fmt: skip
 
 
-async def direct(n: int) -> tuple[list[float], float]:
+async def through_jupyter_client(kernel_name: str, n: int) -> tuple[list[float], float]:
+    """Start ``kernel_name`` with jupyter_client and time ``pass`` round trips (the first one,
+    from the start, is the cold start)."""
     started = time.perf_counter()
-    km = AsyncKernelManager(kernel_name="python3")
-    await km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=60)
-    samples = []
-    try:
-        for i in range(n + 10):
-            t0 = time.perf_counter()
-            msg_id = kc.execute("pass")
-            while (await kc.get_shell_msg(timeout=30))["parent_header"].get("msg_id") != msg_id:
-                pass
-            if i == 0:
-                cold = time.perf_counter() - started
-            if i >= 10:
-                samples.append(time.perf_counter() - t0)
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel(now=True)
-    return samples, cold
-
-
-async def through_proxy(gateway: Server, tmp: Path, n: int) -> tuple[list[float], float]:
-    """The Cumulus GPU kernel (local proxy) in front of the gateway, driven by jupyter_client."""
-    from cumulus_jupyter import kernelspec
-
-    os.environ |= {"JUPYTER_PATH": str(tmp / "share" / "jupyter"),
-                   "CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}  # fmt: skip
-    name, _ = kernelspec.install("0.5", "1h", name="cumulus-bench", prefix=str(tmp))
-    started = time.perf_counter()
-    km = AsyncKernelManager(kernel_name=name)
+    km = AsyncKernelManager(kernel_name=kernel_name)
     await km.start_kernel()
     kc = km.client()
     kc.start_channels()
@@ -104,6 +76,16 @@ async def through_proxy(gateway: Server, tmp: Path, n: int) -> tuple[list[float]
         kc.stop_channels()
         await km.shutdown_kernel()
     return samples, cold
+
+
+async def through_proxy(gateway: Server, tmp: Path, n: int) -> tuple[list[float], float]:
+    """The Cumulus GPU kernel (local proxy) in front of the gateway, driven by jupyter_client."""
+    from cumulus_jupyter import kernelspec
+
+    os.environ |= {"JUPYTER_PATH": str(tmp / "share" / "jupyter"),
+                   "CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}  # fmt: skip
+    name, _ = kernelspec.install("0.5", "1h", name="cumulus-bench", prefix=str(tmp))
+    return await through_jupyter_client(name, n)
 
 
 async def over_websocket(base: str, kernel_id: str, n: int) -> list[float]:
@@ -213,7 +195,7 @@ def main() -> None:
             "cold_start_s": cold,
         }
 
-    record("direct jupyter_client", *asyncio.run(direct(args.n)))
+    record("direct jupyter_client", *asyncio.run(through_jupyter_client("python3", args.n)))
     with tempfile.TemporaryDirectory() as tmp:
         for nodelay, name in (
             (True, "cumulus gateway"),

@@ -7,17 +7,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cumulus_jupyter import kernelspec
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway
+from tests.support.jupyter import jupyter_server
 
 pytestmark = pytest.mark.browser
 
@@ -54,7 +51,6 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, Gateway]]:
             pytest.fail("chromium is missing: the test setup (make test) installs it")
         pytest.skip("Debian's chromium is not installed here (make test installs it)")
     gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
-    port, token = free_port(), "lab-token-0123456789abcdef"
     env = os.environ | {
         "JUPYTER_PATH": str(tmp_path / "share" / "jupyter"),
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
@@ -69,37 +65,10 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, Gateway]]:
     work = tmp_path / "work"
     work.mkdir()
     (work / "demo.ipynb").write_text(json.dumps(notebook()))
-    log = (tmp_path / "lab.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "lab.log").read_text()
-            try:
-                if (
-                    httpx.get(
-                        f"{url}/api/status", headers={"Authorization": f"token {token}"}
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        yield url, token, gw
+        with jupyter_server("jupyterlab", work, tmp_path / "lab.log", env=env) as (url, token):
+            yield url, token, gw
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
         gw.stop()
 
 

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +11,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway
+from tests.support.jupyter import jupyter_server as run_jupyter
 from tests.support.kernel_ws import KernelSocket
 
 pytestmark = pytest.mark.integration
@@ -23,42 +21,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def jupyter_server(gateway: Gateway, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A stock Jupyter Server whose kernels live on our gateway."""
-    port, token = free_port(), "front-token-0123456789"
-    log = (tmp_path / "jupyter-server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
-            "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
-            f"--gateway-url={gateway.url}", f"--GatewayClient.auth_token={gateway.token}",
-            "--GatewayClient.request_timeout=120",
-        ],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "jupyter-server.log").read_text()
-            try:
-                if (
-                    httpx.get(
-                        f"{url}/api/status", headers={"Authorization": f"token {token}"}
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
+    with run_jupyter(
+        "jupyter_server", tmp_path, tmp_path / "jupyter-server.log",
+        f"--gateway-url={gateway.url}", f"--GatewayClient.auth_token={gateway.token}",
+        "--GatewayClient.request_timeout=120",
+    ) as server:  # fmt: skip
+        yield server
 
 
 def test_a_stock_jupyter_server_runs_kernels_through_the_gateway(
