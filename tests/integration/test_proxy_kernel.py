@@ -447,3 +447,36 @@ def test_opt_in_sync_copies_the_notebook_directory(
     assert gw.get("/api/kernels").json() == []
     assert not remote_dir.exists()  # scratch goes with the kernel
     assert not remote_dir.exists()  # scratch goes with the kernel
+
+
+def test_the_first_cell_shows_the_queue_while_waiting_for_a_partition(
+    proxied: tuple[Gateway, str],
+) -> None:
+    import threading
+
+    gw, name = proxied
+    blocker = gw.start_kernel(KERNEL_GPU="0.9")
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)  # answers while queued
+    try:
+        msg_id = kc.execute("print('finally running')")
+        seen = ""
+        released = threading.Event()
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                seen += msg["content"]["text"]
+                if "queue position 1" in seen and not released.is_set():
+                    released.set()
+                    assert gw.delete(f"/api/kernels/{blocker['id']}").status_code == 204
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert (
+            "Cumulus: waiting for a partition: queue position 1 (no device has 0.5 free (largest free: 0.1 on gpu0))"
+            in seen
+        )
+        assert "Cumulus: partition p-" in seen and seen.endswith("finally running\n")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
