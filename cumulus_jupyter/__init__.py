@@ -1,9 +1,18 @@
 """Cumulus Jupyter: run notebook cells and kernels on a fraction of a shared GPU.
 
-The client side (magic, proxy kernel, function API) grows here; today it holds the error tree
-shared with the gateway.
+``%load_ext cumulus_jupyter`` registers ``%%cumulus`` and ``%cumulus``; the Cumulus GPU kernel is
+`cumulus_jupyter.kernel`; `cumulus_jupyter.errors` holds the error tree shared with the gateway.
 """
+
+from typing import Any
 
 from cumulus_jupyter.errors import CumulusError
 
-__all__ = ["CumulusError"]
+__all__ = ["CumulusError", "load_ipython_extension"]
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext cumulus_jupyter``."""
+    from cumulus_jupyter.magic import load_ipython_extension as load
+
+    load(shell)

@@ -16,6 +16,34 @@ from cumulus_jupyter import archive
 from cumulus_jupyter.errors import CumulusError, InvalidArgument
 
 SYNC_TARGET = "cumulus.sync"
+VARS_TARGET = "cumulus.vars"
+
+
+def _on_vars_open(comm: Any, open_msg: dict[str, Any]) -> None:
+    """``push``: unpickle the buffers into the user namespace; ``pull``: pickle the named
+    variables back, protocol 5, buffers out of band. One comm per operation."""
+    from IPython import get_ipython
+
+    from cumulus_jupyter import transfer
+
+    namespace = get_ipython().user_ns
+    data = open_msg.get("content", {}).get("data", {})
+    try:
+        if data.get("op") == "push":
+            values = transfer.unpack_namespace(data["entries"], open_msg.get("buffers") or [])
+            namespace.update(values)
+            comm.send({"ok": True, "names": sorted(values)})
+        elif data.get("op") == "pull":
+            names = [n for n in data.get("names", []) if n in namespace]
+            entries, frames = transfer.pack_namespace({n: namespace[n] for n in names})
+            missing = [n for n in data.get("names", []) if n not in namespace]
+            comm.send({"ok": True, "entries": entries, "missing": missing}, buffers=frames)
+        else:
+            comm.send({"ok": False, "error": f"unknown operation {data.get('op')!r}"})
+    except Exception as exc:  # report anything (unpicklable values first of all) to the caller
+        comm.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        comm.close()
 
 
 def _on_sync_open(comm: Any, open_msg: dict[str, Any]) -> None:
@@ -44,3 +72,4 @@ def register() -> None:
     if shell is None or not hasattr(shell, "kernel"):
         return
     shell.kernel.comm_manager.register_target(SYNC_TARGET, _on_sync_open)
+    shell.kernel.comm_manager.register_target(VARS_TARGET, _on_vars_open)

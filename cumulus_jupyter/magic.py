@@ -1,0 +1,207 @@
+"""``%%cumulus`` and ``%cumulus``: run a cell on a fraction of a remote GPU.
+
+::
+
+    %load_ext cumulus_jupyter
+    %%cumulus --gpu 0.5 --duration 30m
+    y = x @ x.T          # x is pushed (it changed since last time); y comes back
+
+Consecutive cells with the same ``--session`` (default: one per GPU amount) share one remote
+kernel and partition. ``%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import types
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import publish_display_data
+from traitlets import Unicode
+
+from cumulus_jupyter.connection import GatewaySettings
+from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired
+from cumulus_jupyter.session import RemoteSession
+from cumulus_jupyter.transfer import cell_names
+
+
+class RemoteError(CumulusError):
+    """An exception raised by the remote kernel, shown with the remote traceback."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue, self.remote_traceback = ename, evalue, traceback
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a local trace
+        return [*self.remote_traceback, f"(raised in the remote kernel: {self.ename})"]
+
+
+def _options(line: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "gpu": "0.5", "duration": "1h", "session": None, "push": [], "pull": [],
+        "no_push": False, "no_pull": False, "gateway": None,
+    }  # fmt: skip
+    words = shlex.split(line)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        key = word.lstrip("-").replace("-", "_")
+        if word in ("--no-push", "--no-pull"):
+            opts[key] = True
+        elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull"):
+            if i + 1 >= len(words):
+                raise InvalidArgument(f"{word} needs a value")
+            value = words[i + 1]
+            opts[key] = [n for n in value.split(",") if n] if key in ("push", "pull") else value
+            i += 1
+        else:
+            raise InvalidArgument(
+                f"Unknown option: {word}. Use --gpu, --duration, --session, --push, --pull, "
+                "--no-push, --no-pull, --gateway"
+            )
+        i += 1
+    return opts
+
+
+@magics_class
+class CumulusMagics(Magics):
+    gateway_url = Unicode("", config=True, help="Gateway URL (default: $CUMULUS_GATEWAY_URL).")
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.sessions: dict[str, RemoteSession] = {}
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        assert self.shell is not None
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
+    def _session(self, opts: dict[str, Any]) -> RemoteSession:
+        name = opts["session"] or f"gpu-{opts['gpu']}"
+        session = self.sessions.get(name)
+        if session is not None and not session.alive:
+            print(
+                f"Cumulus: session {name} lost ({session.lost}); starting a new one",
+                file=sys.stderr,
+            )
+            self.sessions.pop(name, None)
+            session = None
+        if session is None:
+            settings = GatewaySettings.resolve(opts["gateway"] or self.gateway_url or None)
+            session = RemoteSession(name, settings)
+            session.start(
+                opts["gpu"],
+                opts["duration"],
+                lambda line: print(f"Cumulus: {line}", file=sys.stderr, flush=True),
+            )
+            self.sessions[name] = session
+        return session
+
+    @cell_magic
+    def cumulus(self, line: str, cell: str) -> None:
+        """Run the cell remotely in a GPU partition; see the module docstring."""
+        try:
+            self._run_cell(line, cell)
+        except CumulusError as exc:
+            if isinstance(exc, RemoteError):
+                raise
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            if isinstance(exc, PartitionExpired):
+                print(
+                    "Run the cell again for a new partition (add a longer --duration).",
+                    file=sys.stderr,
+                )
+
+    def _run_cell(self, line: str, cell: str) -> None:
+        opts = _options(line)
+        session = self._session(opts)
+        names = cell_names(cell)
+        ns = self.ns
+        if not opts["no_push"]:
+            wanted = [n for n in dict.fromkeys([*names.reads, *opts["push"]]) if n in ns]
+            values = {n: ns[n] for n in wanted if not isinstance(ns[n], types.ModuleType)}
+            missing = [n for n in opts["push"] if n not in ns]
+            if missing:
+                raise InvalidArgument(
+                    f"--push names what does not exist here: {', '.join(missing)}"
+                )
+            session.push(values)
+        reply = session.execute(cell, self._show)
+        content = reply["content"]
+        if content.get("status") == "error":
+            raise RemoteError(
+                content.get("ename", "Error"),
+                content.get("evalue", ""),
+                content.get("traceback", []),
+            )
+        if not opts["no_pull"]:
+            values, _ = session.pull(list(dict.fromkeys([*names.assigns, *opts["pull"]])))
+            ns.update(values)
+
+    @staticmethod
+    def _show(message: dict[str, Any]) -> None:
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream":
+            stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
+            stream.write(content.get("text", ""))
+            stream.flush()
+        elif kind in ("display_data", "execute_result", "update_display_data"):
+            publish_display_data(content.get("data", {}), content.get("metadata", {}))  # type: ignore[no-untyped-call]
+        # an "error" output is raised as RemoteError from the reply, with its traceback
+
+    @line_magic("cumulus")  # type: ignore[arg-type]
+    def cumulus_line(self, line: str) -> None:
+        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES"""
+        words = shlex.split(line)
+        command, args = (words[0], words[1:]) if words else ("status", [])
+        try:
+            if command in ("status", "sessions"):
+                if not self.sessions:
+                    print("No Cumulus sessions.")
+                for name, session in self.sessions.items():
+                    if not session.alive:
+                        print(f"{name}: lost ({session.lost})")
+                        continue
+                    info = session.info()
+                    left = int(info.get("seconds_left", 0))
+                    print(
+                        f"{name}: partition {info.get('partition_id')} on {info.get('device')}, "
+                        f"{info.get('amount')} GPU, {left // 60}m{left % 60:02d}s left"
+                    )
+            elif command == "release":
+                for name in args or list(self.sessions):
+                    if name not in self.sessions:
+                        raise InvalidArgument(f"No session named {name}")
+                    self.sessions.pop(name).release()
+                    print(f"Released session {name}")
+            elif command in ("push", "pull"):
+                if not self.sessions:
+                    raise InvalidArgument("No session yet: run a %%cumulus cell first")
+                session = next(iter(self.sessions.values()))
+                names = [n for arg in args for n in arg.split(",") if n]
+                if command == "push":
+                    missing = [n for n in names if n not in self.ns]
+                    if missing:
+                        raise InvalidArgument(f"Nothing named {', '.join(missing)} here")
+                    sent = session.push({n: self.ns[n] for n in names}, force=True)
+                    print(f"Pushed {', '.join(sent)}")
+                else:
+                    values, missing = session.pull(names)
+                    self.ns.update(values)
+                    print(
+                        f"Pulled {', '.join(values) or 'nothing'}"
+                        + (f"; not there: {', '.join(missing)}" if missing else "")
+                    )
+            else:
+                raise InvalidArgument(
+                    f"Unknown %cumulus command: {command}. "
+                    "Use status, sessions, release, push, pull"
+                )
+        except CumulusError as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def load_ipython_extension(shell: Any) -> None:
+    shell.register_magics(CumulusMagics)

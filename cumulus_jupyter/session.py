@@ -1,0 +1,242 @@
+"""`RemoteSession`: a named remote kernel the magic and `run` use across calls.
+
+It owns one `RemoteKernel` and one reader task on the background loop that routes what arrives
+to whoever waits for it: outputs of an execute to that execute's queue, comm answers to the
+comm that asked. Sync methods (`execute`, `push`, `pull`) wait in the caller's thread, which is
+where outputs are shown, live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from jupyter_client.session import Session
+
+from cumulus_jupyter import loop, transfer
+from cumulus_jupyter.connection import GatewayClient, GatewaySettings
+from cumulus_jupyter.errors import CumulusError, Internal, KernelDied, PartitionExpired
+from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
+
+Message = dict[str, Any]
+REGISTER = "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
+
+
+def _parse(parts: Parts) -> Message:
+    header, parent, metadata, content = (json.loads(p) for p in parts[:4])
+    return {
+        "header": header, "parent_header": parent, "metadata": metadata, "content": content,
+        "buffers": parts[4:], "msg_type": header.get("msg_type"),
+    }  # fmt: skip
+
+
+class RemoteSession:
+    def __init__(self, name: str, settings: GatewaySettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.kernel: RemoteKernel | None = None
+        self.session = Session(username="cumulus")
+        self._routes: dict[str, queue.Queue[Message]] = {}
+        self._reader: asyncio.Future[None] | None = None
+        self.pushed: dict[str, str] = {}  # name -> fingerprint of what the remote has
+        self.lost: CumulusError | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, gpu: str, duration: str, on_progress: Callable[[str], None]) -> None:
+        loop.call(self._start(gpu, duration, on_progress))
+
+    async def _start(self, gpu: str, duration: str, on_progress: Callable[[str], None]) -> None:
+        client = GatewayClient(self.settings)
+        self.kernel = await RemoteKernel.start(
+            client, gpu=gpu, duration=duration, on_progress=on_progress
+        )
+        await self.kernel.connect()
+        self._reader = asyncio.ensure_future(self._read())
+        reply = await self._execute_async(REGISTER, silent=True)
+        if reply["content"].get("status") != "ok":
+            raise Internal(
+                f"the remote kernel could not load cumulus_jupyter.remote: {reply['content']}"
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.kernel is not None and self.lost is None
+
+    def info(self) -> dict[str, Any]:
+        model = (
+            loop.call(self.kernel.client.request("GET", f"/api/kernels/{self.kernel.id}"))
+            if self.kernel
+            else {}
+        )
+        return dict(model.get("cumulus") or {})
+
+    def release(self) -> None:
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            loop.call(self._release(kernel))
+
+    async def _release(self, kernel: RemoteKernel) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        try:
+            await kernel.shutdown()
+        finally:
+            await kernel.client.aclose()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        assert self.kernel is not None
+        try:
+            while True:
+                channel, parts = await self.kernel.recv()
+                key = parent_of(parts).get("msg_id", "")
+                if header_of(parts).get("msg_type") in ("comm_msg", "comm_close"):
+                    key = json.loads(parts[3]).get("comm_id", key)
+                target = self._routes.get(key)
+                if target is not None:
+                    message = _parse(parts)
+                    message["channel"] = channel
+                    target.put(message)
+                elif (
+                    header_of(parts).get("msg_type") == "cumulus"
+                    and json.loads(parts[3]).get("event") == "expired"
+                ):
+                    self._lose(
+                        PartitionExpired(json.loads(parts[3]).get("message", "partition expired"))
+                    )
+        except Exception as exc:  # the link is gone: everyone waiting must hear it
+            self._lose(
+                self.lost or KernelDied(f"lost the remote kernel of session {self.name}: {exc}")
+            )
+
+    def _lose(self, error: CumulusError) -> None:
+        self.lost = error
+        for target in self._routes.values():
+            target.put({"msg_type": "_lost", "error": error})
+
+    async def _send(self, msg_type: str, content: dict[str, Any], buffers: list[Any] = ()) -> str:  # type: ignore[assignment]
+        assert self.kernel is not None
+        msg = self.session.msg(msg_type, content)
+        parts = [
+            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
+        ]
+        await self.kernel.send("shell", [*parts, *(bytes(b) for b in buffers)])
+        return str(msg["header"]["msg_id"])
+
+    async def _execute_async(self, code: str, silent: bool = False) -> Message:
+        inbox: queue.Queue[Message] = queue.Queue()
+        msg_id = await self._start_execute(code, inbox, silent)
+        try:
+            while True:
+                message = await asyncio.to_thread(inbox.get)
+                if message["msg_type"] == "execute_reply":
+                    return message
+        finally:
+            self._routes.pop(msg_id, None)
+
+    def execute(self, code: str, on_output: Callable[[Message], None]) -> Message:
+        """Run ``code``; ``on_output`` gets every output message in this thread, as it comes."""
+        if self.lost is not None:
+            raise self.lost
+        inbox: queue.Queue[Message] = queue.Queue()
+        msg_id = loop.call(self._start_execute(code, inbox))
+        reply: Message | None = None
+        idle = False
+        try:
+            while reply is None or not idle:
+                message = inbox.get()
+                kind = message["msg_type"]
+                if kind == "_lost":
+                    raise message["error"]
+                if kind == "execute_reply":
+                    reply = message
+                elif kind == "status":
+                    idle = message["content"].get("execution_state") == "idle"
+                elif kind != "execute_input":
+                    on_output(message)
+        except KeyboardInterrupt:
+            loop.call(self.kernel.interrupt())  # type: ignore[union-attr]
+            raise
+        finally:
+            self._routes.pop(msg_id, None)
+        return reply
+
+    async def _start_execute(
+        self, code: str, inbox: queue.Queue[Message], silent: bool = False
+    ) -> str:
+        content = {
+            "code": code, "silent": silent, "store_history": not silent,
+            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True,
+        }  # fmt: skip
+        msg = self.session.msg("execute_request", content)
+        msg_id = str(msg["header"]["msg_id"])
+        self._routes[msg_id] = inbox
+        parts = [
+            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
+        ]
+        assert self.kernel is not None
+        await self.kernel.send("shell", parts)
+        return msg_id
+
+    def _comm(self, data: dict[str, Any], buffers: list[Any]) -> Message:
+        if self.lost is not None:
+            raise self.lost
+        comm_id = uuid.uuid4().hex
+        inbox: queue.Queue[Message] = queue.Queue()
+        self._routes[comm_id] = inbox
+        try:
+            loop.call(
+                self._send(
+                    "comm_open",
+                    {"comm_id": comm_id, "target_name": "cumulus.vars", "data": data},
+                    buffers,
+                )
+            )
+            while True:
+                message = inbox.get(timeout=600)
+                if message["msg_type"] == "_lost":
+                    raise message["error"]
+                if message["msg_type"] == "comm_msg":
+                    return message
+        finally:
+            self._routes.pop(comm_id, None)
+
+    # -- variables -----------------------------------------------------------------------------
+
+    def push(self, values: dict[str, Any], force: bool = False) -> list[str]:
+        """Send the values that changed since the last push; returns the names sent."""
+        changed: dict[str, Any] = {}
+        prints: dict[str, str] = {}
+        for name, value in values.items():
+            payload, buffers = transfer.dumps(name, value)
+            prints[name] = transfer.fingerprint(payload, buffers)
+            if force or self.pushed.get(name) != prints[name]:
+                changed[name] = value
+        if not changed:
+            return []
+        entries, frames = transfer.pack_namespace(changed)
+        answer = self._comm({"op": "push", "entries": entries}, frames)["content"]["data"]
+        if not answer.get("ok"):
+            raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")
+        self.pushed.update({n: prints[n] for n in changed})
+        return sorted(changed)
+
+    def pull(self, names: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The remote values of ``names`` (those that exist) and the names that do not."""
+        if not names:
+            return {}, []
+        message = self._comm({"op": "pull", "names": names}, [])
+        answer = message["content"]["data"]
+        if not answer.get("ok"):
+            raise Internal(f"could not bring the variables back: {answer.get('error')}")
+        values = transfer.unpack_namespace(answer["entries"], message["buffers"])
+        for name, value in values.items():  # what we now hold is what the remote holds
+            payload, buffers = transfer.dumps(name, value)
+            self.pushed[name] = transfer.fingerprint(payload, buffers)
+        return values, list(answer.get("missing", []))

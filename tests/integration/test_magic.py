@@ -1,0 +1,128 @@
+"""``%%cumulus`` in a real local ipykernel, against a real gateway: remote execution, variables
+both ways, sessions, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import start_new_kernel
+
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def notebook(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
+    """A local ipykernel (the user's notebook) with the extension loaded, and a gateway."""
+    tmp = tmp_path_factory.mktemp("magic")
+    gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUMULUS_GATEWAY_URL", gw.url)
+        mp.setenv("CUMULUS_TOKEN", gw.token)
+        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    try:
+        run(kc, "%load_ext cumulus_jupyter")
+        yield kc, gw
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        gw.stop()
+
+
+def run(
+    kc: BlockingKernelClient, code: str
+) -> tuple[dict[str, Any], str, str, list[dict[str, Any]]]:
+    outputs: list[dict[str, Any]] = []
+    reply = kc.execute_interactive(code, timeout=180, output_hook=outputs.append)["content"]
+    out = "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+    err = "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )
+    return reply, out, err, outputs
+
+
+def test_a_cell_runs_remotely_with_variables_both_ways(notebook: Any) -> None:
+    kc, gw = notebook
+    run(kc, "import numpy as np\nx = np.arange(6.0).reshape(2, 3)")
+    reply, out, err, _ = run(
+        kc,
+        "%%cumulus --gpu 0.5 --duration 30m\nimport numpy as np, os\ny = x @ x.T\nwhere = os.environ['CHRONOS_PARTITION_ID']\nprint(y.shape)",
+    )
+    assert reply["status"] == "ok", err
+    assert out == "(2, 2)\n"
+    assert "Cumulus: partition p-" in err and "ready (0.5 GPU" in err
+    reply, out, _, _ = run(kc, "print(y.tolist(), where.startswith('p-'))")  # y and where came back
+    assert out == "[[5.0, 14.0], [14.0, 50.0]] True\n"
+    [kernel] = gw.get("/api/kernels").json()
+    assert kernel["cumulus"]["amount"] == 0.5
+
+
+def test_sessions_reuse_one_remote_kernel_until_released(notebook: Any) -> None:
+    kc, gw = notebook
+    run(kc, "%%cumulus --session s1\nimport os\nremote_pid = os.getpid()")
+    run(kc, "first = remote_pid")
+    run(kc, "%%cumulus --session s1\nimport os\nremote_pid = os.getpid()")
+    _, out, _, _ = run(kc, "print(first == remote_pid)")
+    assert out == "True\n"
+    _, out, _, _ = run(kc, "%cumulus status")
+    assert "s1: partition p-" in out and "0.5 GPU" in out
+    before = len(gw.get("/api/cumulus/partitions").json())
+    _, out, _, _ = run(kc, "%cumulus release s1")
+    assert out == "Released session s1\n"
+    assert len(gw.get("/api/cumulus/partitions").json()) == before - 1
+
+
+def test_notebook_functions_classes_and_lambdas_travel_by_value(notebook: Any) -> None:
+    kc, _ = notebook
+    run(
+        kc,
+        "def double(a):\n    return a * 2\nclass Box:\n    def __init__(self, v): self.v = v\nsquare = lambda n: n * n\nfactor = 3\ndef scaled(n):\n    return n * factor",
+    )
+    reply, _, err, _ = run(kc, "%%cumulus\nresult = (double(21), Box(7).v, square(4), scaled(5))")
+    assert reply["status"] == "ok", err
+    _, out, _, _ = run(kc, "print(result)")
+    assert out == "(42, 7, 16, 15)\n"
+
+
+def test_a_remote_exception_is_raised_locally_with_the_remote_traceback(notebook: Any) -> None:
+    kc, _ = notebook
+    reply, _, _, _outputs = run(kc, "%%cumulus\ndef inner():\n    return 1 / 0\ninner()")
+    assert reply["status"] == "error" and reply["ename"] == "RemoteError"
+    traceback = "\n".join(reply["traceback"])
+    assert "ZeroDivisionError" in traceback and "inner()" in traceback
+
+
+def test_an_unpicklable_variable_is_named_and_nothing_runs(notebook: Any) -> None:
+    kc, _ = notebook
+    run(kc, "gen = (i for i in range(3))\nmarker = 'local'")
+    _reply, out, err, _ = run(kc, "%%cumulus\nmarker = 'remote'\nprint(list(gen))")
+    assert "Cannot send 'gen' (generator)" in err
+    _, out, _, _ = run(kc, "print(marker)")
+    assert out == "local\n"
+
+
+def test_rich_outputs_and_bad_options(notebook: Any) -> None:
+    kc, _ = notebook
+    _, _, _, outputs = run(
+        kc,
+        "%%cumulus\nfrom IPython.display import HTML, display\ndisplay(HTML('<table><tr><td>1</td></tr></table>'))",
+    )
+    assert [
+        m["content"]["data"]["text/html"] for m in outputs if m["msg_type"] == "display_data"
+    ] == ["<table><tr><td>1</td></tr></table>"]
+    _, _, err, _ = run(kc, "%%cumulus --gpu 2.3\npass")
+    assert "InvalidArgument: Invalid GPU amount: 2.3. Must be 0.1-0.9 or whole number 1-8" in err
+    _, _, err, _ = run(kc, "%%cumulus --frobnicate\npass")
+    assert "Unknown option: --frobnicate" in err
