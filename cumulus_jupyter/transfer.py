@@ -44,6 +44,16 @@ class _Names(ast.NodeVisitor):
         elif node.id not in self.stored:
             self.stored.append(node.id)
 
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        # `acc += i` reads acc before it writes it
+        if isinstance(node.target, ast.Name):
+            if node.target.id not in self.stored and node.target.id not in self.loaded:
+                self.loaded.append(node.target.id)
+            self.visit(node.value)
+            self._define(node.target.id)
+        else:
+            self.generic_visit(node)
+
     def _define(self, name: str) -> None:
         if name not in self.stored:
             self.stored.append(name)
