@@ -43,6 +43,7 @@ class RemoteSession:
         self._routes: dict[str, queue.Queue[Message]] = {}
         self._reader: asyncio.Future[None] | None = None
         self.pushed: dict[str, str] = {}  # name -> fingerprint of what the remote has
+        self.sent_bytes = 0  # variables pushed so far, for status and tests
         self.lost: CumulusError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -221,6 +222,7 @@ class RemoteSession:
         if not changed:
             return []
         entries, frames = transfer.pack_namespace(changed)
+        self.sent_bytes += sum(memoryview(f).nbytes for f in frames)
         answer = self._comm({"op": "push", "entries": entries}, frames)["content"]["data"]
         if not answer.get("ok"):
             raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")

@@ -12,7 +12,7 @@ from typing import Any, cast
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.serverapp import aliases as server_aliases
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, default
+from traitlets import Bool, Dict, Float, Int, default
 
 from chronos import ChronosError
 from gateway import metrics
@@ -59,6 +59,13 @@ class CumulusGateway(ServerApp):
     )
 
     json_logs = Bool(False, config=True, help="Log one JSON object per line.")
+
+    max_message_bytes = Int(
+        4 * 2**30,
+        config=True,
+        help="Largest kernel WebSocket message accepted (variables travel as binary buffers; "
+        "tornado's default of 10 MiB would cut off any array above that).",
+    )
 
     @default("config_file_name")
     def _config_file_name(self) -> str:
@@ -108,6 +115,7 @@ class CumulusGateway(ServerApp):
     def init_webapp(self) -> None:
         super().init_webapp()
         self.web_app.settings["cumulus_tcp_nodelay"] = self.tcp_nodelay
+        self.web_app.settings["websocket_max_message_size"] = self.max_message_bytes
 
     def initialize(
         self,

@@ -126,3 +126,25 @@ def test_rich_outputs_and_bad_options(notebook: Any) -> None:
     assert "InvalidArgument: Invalid GPU amount: 2.3. Must be 0.1-0.9 or whole number 1-8" in err
     _, _, err, _ = run(kc, "%%cumulus --frobnicate\npass")
     assert "Unknown option: --frobnicate" in err
+
+
+def test_an_unchanged_large_array_is_not_sent_again(notebook: Any) -> None:
+    kc, _ = notebook
+    run(
+        kc,
+        "import numpy as np\nbig = np.ones(4_000_000)\nmagics = get_ipython().magics_manager.registry['CumulusMagics']",
+    )
+    run(kc, "%%cumulus --session big\ntotal = big.sum()")
+    reply, out, err, outs = run(
+        kc, "sent = magics.sessions['big'].sent_bytes\nprint(total, sent >= big.nbytes)"
+    )
+    assert reply["status"] == "ok", (reply, err, outs)
+    assert out == "4000000.0 True\n"
+    run(kc, "%%cumulus --session big\ntotal = big.sum() * 2")
+    _, out, _, _ = run(kc, "print(total, magics.sessions['big'].sent_bytes == sent)")
+    assert out == "8000000.0 True\n"  # the 32 MB array did not travel twice
+    run(kc, "big[0] = 5")
+    run(kc, "%%cumulus --session big\ntotal = big.sum()")
+    _, out, _, _ = run(kc, "print(total, magics.sessions['big'].sent_bytes > sent)")
+    assert out == "4000004.0 True\n"
+    run(kc, "%cumulus release big")
