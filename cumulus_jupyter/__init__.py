@@ -8,7 +8,16 @@ from typing import Any
 
 from cumulus_jupyter.errors import CumulusError
 
-__all__ = ["CumulusError", "load_ipython_extension"]
+__all__ = ["CumulusError", "load_ipython_extension", "remote", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # the function API pulls in the client stack; the gateway imports only `errors`
+    if name in ("run", "remote"):
+        from cumulus_jupyter import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cumulus_jupyter' has no attribute {name!r}")
 
 
 def load_ipython_extension(shell: Any) -> None:
