@@ -41,14 +41,14 @@ class RemoteError(CumulusError):
 def _options(line: str) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "gpu": "0.5", "duration": "1h", "session": None, "push": [], "pull": [],
-        "no_push": False, "no_pull": False, "gateway": None,
+        "no_push": False, "no_pull": False, "gateway": None, "renew": False,
     }  # fmt: skip
     words = shlex.split(line)
     i = 0
     while i < len(words):
         word = words[i]
         key = word.lstrip("-").replace("-", "_")
-        if word in ("--no-push", "--no-pull"):
+        if word in ("--no-push", "--no-pull", "--renew"):
             opts[key] = True
         elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull"):
             if i + 1 >= len(words):
@@ -59,7 +59,7 @@ def _options(line: str) -> dict[str, Any]:
         else:
             raise InvalidArgument(
                 f"Unknown option: {word}. Use --gpu, --duration, --session, --push, --pull, "
-                "--no-push, --no-pull, --gateway"
+                "--no-push, --no-pull, --renew, --gateway"
             )
         i += 1
     return opts
@@ -80,24 +80,30 @@ class CumulusMagics(Magics):
 
     def _session(self, opts: dict[str, Any]) -> RemoteSession:
         name = opts["session"] or f"gpu-{opts['gpu']}"
-        session = self.sessions.get(name)
-        if session is not None and not session.alive:
-            print(
-                f"Cumulus: session {name} lost ({session.lost}); starting a new one",
-                file=sys.stderr,
+        old = self.sessions.get(name)
+        if old is not None and old.alive:
+            return old
+        if old is not None and isinstance(old.lost, PartitionExpired) and not opts["renew"]:
+            raise PartitionExpired(
+                f"Session {name}: {old.lost} Run the cell with --renew for a new partition "
+                "(the session's variables are sent again), with a longer --duration if needed."
             )
-            self.sessions.pop(name, None)
-            session = None
-        if session is None:
-            settings = GatewaySettings.resolve(opts["gateway"] or self.gateway_url or None)
-            session = RemoteSession(name, settings)
-            session.start(
-                opts["gpu"],
-                opts["duration"],
-                lambda line: print(f"Cumulus: {line}", file=sys.stderr, flush=True),
-            )
-            self.sessions[name] = session
+        if old is not None:
+            print(f"Cumulus: session {name} lost ({old.lost}); starting a new one", file=sys.stderr)
+        settings = GatewaySettings.resolve(opts["gateway"] or self.gateway_url or None)
+        session = RemoteSession(name, settings)
+        session.start(opts["gpu"], opts["duration"], self._progress)
+        self.sessions[name] = session
+        if old is not None and opts["renew"]:
+            again = {n: self.ns[n] for n in old.pushed if n in self.ns}
+            session.push(again)
+            if again:
+                print(f"Cumulus: sent again: {', '.join(sorted(again))}", file=sys.stderr)
         return session
+
+    @staticmethod
+    def _progress(line: str) -> None:
+        print(f"Cumulus: {line}", file=sys.stderr, flush=True)
 
     @cell_magic
     def cumulus(self, line: str, cell: str) -> None:

@@ -19,11 +19,17 @@ from jupyter_client.session import Session
 
 from cumulus_jupyter import loop, transfer
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
-from cumulus_jupyter.errors import CumulusError, Internal, KernelDied, PartitionExpired
+from cumulus_jupyter.errors import (
+    CumulusError,
+    Internal,
+    KernelDied,
+    PartitionExpired,
+)
 from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
 
 Message = dict[str, Any]
 REGISTER = "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
+VERSIONS = "__import__('cumulus_jupyter.transfer', fromlist=['versions']).versions()"
 
 
 def _parse(parts: Parts) -> Message:
@@ -130,9 +136,11 @@ class RemoteSession:
         await self.kernel.send("shell", [*parts, *(bytes(b) for b in buffers)])
         return str(msg["header"]["msg_id"])
 
-    async def _execute_async(self, code: str, silent: bool = False) -> Message:
+    async def _execute_async(
+        self, code: str, silent: bool = False, expressions: dict[str, str] | None = None
+    ) -> Message:
         inbox: queue.Queue[Message] = queue.Queue()
-        msg_id = await self._start_execute(code, inbox, silent)
+        msg_id = await self._start_execute(code, inbox, silent, expressions)
         try:
             while True:
                 message = await asyncio.to_thread(inbox.get)
@@ -169,11 +177,15 @@ class RemoteSession:
         return reply
 
     async def _start_execute(
-        self, code: str, inbox: queue.Queue[Message], silent: bool = False
+        self,
+        code: str,
+        inbox: queue.Queue[Message],
+        silent: bool = False,
+        expressions: dict[str, str] | None = None,
     ) -> str:
         content = {
             "code": code, "silent": silent, "store_history": not silent,
-            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True,
+            "user_expressions": expressions or {}, "allow_stdin": False, "stop_on_error": True,
         }  # fmt: skip
         msg = self.session.msg("execute_request", content)
         msg_id = str(msg["header"]["msg_id"])

@@ -170,5 +170,29 @@ def unpack_namespace(entries: list[dict[str, Any]], frames: list[Any]) -> dict[s
     return out
 
 
-def python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
+def versions() -> dict[str, str]:
+    """What decides whether pickles made here load there."""
+    found = {"python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    for module in ("cloudpickle", "dill", "numpy"):
+        try:
+            found[module] = str(__import__(module).__version__)
+        except ImportError:
+            found[module] = "absent"
+    return found
+
+
+def compare_versions(local: dict[str, str], remote: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(errors, warnings): Python minor and cloudpickle major must match (code travels by
+    value); other differences are worth a line."""
+    errors, warnings = [], []
+    for name in sorted(set(local) | set(remote)):
+        mine, theirs = local.get(name, "absent"), remote.get(name, "absent")
+        if mine == theirs:
+            continue
+        line = f"{name} {mine} here, {theirs} in the remote kernel"
+        major_differs = mine.split(".")[0] != theirs.split(".")[0]
+        if name == "python" or (name == "cloudpickle" and major_differs):
+            errors.append(line)
+        else:
+            warnings.append(line)
+    return errors, warnings

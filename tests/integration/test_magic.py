@@ -148,3 +148,60 @@ def test_an_unchanged_large_array_is_not_sent_again(notebook: Any) -> None:
     _, out, _, _ = run(kc, "print(total, magics.sessions['big'].sent_bytes > sent)")
     assert out == "4000004.0 True\n"
     run(kc, "%cumulus release big")
+
+
+def test_interrupting_the_local_cell_interrupts_the_remote_one(notebook: Any) -> None:
+    import os
+    import signal
+
+    kc, _ = notebook
+    _, out, _, _ = run(kc, "import os; print(os.getpid())")
+    local_pid = int(out)
+    run(kc, "%%cumulus --session intr\nready = 1")
+    msg_id = kc.execute(
+        "%%cumulus --session intr\nimport time\nprint('sleeping', flush=True)\ntime.sleep(120)"
+    )
+    while True:  # wait until the remote cell runs
+        msg = kc.get_iopub_msg(timeout=120)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    os.kill(local_pid, signal.SIGINT)  # what the notebook's interrupt button does
+    while (reply := kc.get_shell_msg(timeout=120))["parent_header"].get("msg_id") != msg_id:
+        pass
+    assert (
+        reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    )
+    _, out, _, _ = run(kc, "%%cumulus --session intr\nprint('still usable', ready)")
+    assert out == "still usable 1\n"
+    run(kc, "%cumulus release intr")
+
+
+def test_an_expired_session_says_so_and_the_next_cell_gets_a_new_partition(notebook: Any) -> None:
+    import sqlite3
+    import time
+
+    kc, gw = notebook
+    run(kc, "%%cumulus --session exp --duration 1h\nkeep = 41")
+    _, out, _, _ = run(
+        kc,
+        "print(get_ipython().magics_manager.registry['CumulusMagics'].sessions['exp'].kernel.id)",
+    )
+    kernel_id = out.strip()
+    partition_id = gw.get(f"/api/kernels/{kernel_id}").json()["cumulus"]["partition_id"]
+    with sqlite3.connect(gw.state) as db:
+        db.execute(
+            "UPDATE partitions SET expires_at = ? WHERE id = ?", (time.time() - 1, partition_id)
+        )
+    deadline = time.monotonic() + 60
+    while gw.get(f"/api/kernels/{kernel_id}").status_code != 410 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _, out, err, _ = run(kc, "%%cumulus --session exp\nprint(keep)")
+    assert out == ""
+    assert (
+        f"PartitionExpired: Session exp: Partition {partition_id} (0.5 GPU on gpu0) expired" in err
+    )
+    assert "Run the cell with --renew for a new partition" in err
+    _, out, err, _ = run(kc, "%%cumulus --session exp --renew\nprint(keep + 1)")
+    assert out == "42\n"  # keep came back from the old partition and was sent to the new one
+    assert "Cumulus: sent again: keep" in err
+    run(kc, "%cumulus release exp")

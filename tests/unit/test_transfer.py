@@ -83,3 +83,14 @@ def test_fingerprints_change_only_with_the_value() -> None:
     assert transfer.fingerprint(*transfer.dumps("a", a)) == first
     a[3] = 99
     assert transfer.fingerprint(*transfer.dumps("a", a)) != first
+
+
+def test_version_guard() -> None:
+    here = {"python": "3.11", "cloudpickle": "3.1.2", "dill": "0.4.1", "numpy": "2.4.6"}
+    assert transfer.compare_versions(here, dict(here)) == ([], [])
+    errors, warnings = transfer.compare_versions(here, here | {"python": "3.12", "numpy": "1.26.4"})
+    assert errors == ["python 3.11 here, 3.12 in the remote kernel"]
+    assert warnings == ["numpy 2.4.6 here, 1.26.4 in the remote kernel"]
+    errors, _ = transfer.compare_versions(here, here | {"cloudpickle": "2.2.1"})
+    assert errors == ["cloudpickle 3.1.2 here, 2.2.1 in the remote kernel"]
+    assert transfer.versions()["python"].count(".") == 1
