@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -41,7 +42,7 @@ class RemoteError(CumulusError):
 def _options(line: str) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "gpu": "0.5", "duration": "1h", "session": None, "push": [], "pull": [],
-        "no_push": False, "no_pull": False, "gateway": None, "renew": False,
+        "no_push": False, "no_pull": False, "gateway": None, "renew": False, "requirements": None,
     }  # fmt: skip
     words = shlex.split(line)
     i = 0
@@ -50,7 +51,8 @@ def _options(line: str) -> dict[str, Any]:
         key = word.lstrip("-").replace("-", "_")
         if word in ("--no-push", "--no-pull", "--renew"):
             opts[key] = True
-        elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull"):
+        elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull",
+                      "--requirements"):  # fmt: skip
             if i + 1 >= len(words):
                 raise InvalidArgument(f"{word} needs a value")
             value = words[i + 1]
@@ -123,6 +125,8 @@ class CumulusMagics(Magics):
     def _run_cell(self, line: str, cell: str) -> None:
         opts = _options(line)
         session = self._session(opts)
+        if opts["requirements"]:
+            session.install(_requirements(opts["requirements"]), self._show)
         names = cell_names(cell)
         ns = self.ns
         if not opts["no_push"]:
@@ -159,7 +163,8 @@ class CumulusMagics(Magics):
 
     @line_magic("cumulus")  # type: ignore[arg-type]
     def cumulus_line(self, line: str) -> None:
-        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES"""
+        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES | sync DIR |
+        pip install PACKAGES"""
         words = shlex.split(line)
         command, args = (words[0], words[1:]) if words else ("status", [])
         try:
@@ -182,6 +187,18 @@ class CumulusMagics(Magics):
                         raise InvalidArgument(f"No session named {name}")
                     self.sessions.pop(name).release()
                     print(f"Released session {name}")
+            elif command in ("sync", "pip"):
+                if not self.sessions:
+                    raise InvalidArgument("No session yet: run a %%cumulus cell first")
+                session = next(iter(self.sessions.values()))
+                if command == "sync":
+                    if len(args) != 1:
+                        raise InvalidArgument("Usage: %cumulus sync DIR")
+                    print(f"Cumulus: {session.sync(args[0])}")
+                else:
+                    if args[:1] != ["install"] or len(args) < 2:
+                        raise InvalidArgument("Usage: %cumulus pip install PACKAGE ...")
+                    session.install(args[1:], self._show)
             elif command in ("push", "pull"):
                 if not self.sessions:
                     raise InvalidArgument("No session yet: run a %%cumulus cell first")
@@ -203,10 +220,18 @@ class CumulusMagics(Magics):
             else:
                 raise InvalidArgument(
                     f"Unknown %cumulus command: {command}. "
-                    "Use status, sessions, release, push, pull"
+                    "Use status, sessions, release, push, pull, sync, pip install"
                 )
         except CumulusError as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _requirements(spec: str) -> list[str]:
+    """``--requirements FILE`` (a requirements file) or ``--requirements "pkg1 pkg2"``."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return ["-r", str(path.resolve())]
+    return spec.replace(",", " ").split()
 
 
 def load_ipython_extension(shell: Any) -> None:

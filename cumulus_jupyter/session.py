@@ -8,6 +8,7 @@ where outputs are shown, live.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import queue
@@ -17,11 +18,12 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from cumulus_jupyter import loop, transfer
+from cumulus_jupyter import archive, loop, transfer
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import (
     CumulusError,
     Internal,
+    InvalidArgument,
     KernelDied,
     PartitionExpired,
 )
@@ -64,11 +66,24 @@ class RemoteSession:
         )
         await self.kernel.connect()
         self._reader = asyncio.ensure_future(self._read())
-        reply = await self._execute_async(REGISTER, silent=True)
+        reply = await self._execute_async(REGISTER, silent=True, expressions={"v": VERSIONS})
         if reply["content"].get("status") != "ok":
             raise Internal(
                 f"the remote kernel could not load cumulus_jupyter.remote: {reply['content']}"
             )
+        found = reply["content"].get("user_expressions", {}).get("v", {})
+        remote = ast.literal_eval(found.get("data", {}).get("text/plain", "{}"))
+        errors, warnings = transfer.compare_versions(transfer.versions(), remote)
+        if errors:
+            kernel, self.kernel = self.kernel, None
+            await self._release(kernel)
+            raise InvalidArgument(
+                "Variables cannot travel between these Pythons: "
+                + "; ".join(errors)
+                + ". Use a kernel environment with the same versions."
+            )
+        for line in warnings:
+            on_progress(f"note: {line}")
 
     @property
     def alive(self) -> bool:
@@ -197,7 +212,9 @@ class RemoteSession:
         await self.kernel.send("shell", parts)
         return msg_id
 
-    def _comm(self, data: dict[str, Any], buffers: list[Any]) -> Message:
+    def _comm(
+        self, data: dict[str, Any], buffers: list[Any], target: str = "cumulus.vars"
+    ) -> Message:
         if self.lost is not None:
             raise self.lost
         comm_id = uuid.uuid4().hex
@@ -207,7 +224,7 @@ class RemoteSession:
             loop.call(
                 self._send(
                     "comm_open",
-                    {"comm_id": comm_id, "target_name": "cumulus.vars", "data": data},
+                    {"comm_id": comm_id, "target_name": target, "data": data},
                     buffers,
                 )
             )
@@ -219,6 +236,23 @@ class RemoteSession:
                     return message
         finally:
             self._routes.pop(comm_id, None)
+
+    def sync(self, directory: str, max_bytes: int = archive.DEFAULT_MAX_BYTES) -> str:
+        """Upload ``directory`` into the remote kernel's work directory (its new cwd)."""
+        data, summary = archive.pack(directory, max_bytes)
+        answer = self._comm({"max_bytes": max_bytes}, [data], target="cumulus.sync")["content"][
+            "data"
+        ]
+        if not answer.get("ok"):
+            raise InvalidArgument(f"sync refused: {answer.get('error')}")
+        return f"synced {summary} to {answer['path']}"
+
+    def install(self, requirements: list[str], on_output: Callable[[Message], None]) -> None:
+        """pip-install into this session's overlay (see `cumulus_jupyter.remote.install`)."""
+        code = f"print(_cumulus_remote.install({requirements!r}))"
+        reply = self.execute(code, on_output)["content"]
+        if reply.get("status") != "ok":
+            raise InvalidArgument(f"{reply.get('ename')}: {reply.get('evalue')}")
 
     # -- variables -----------------------------------------------------------------------------
 

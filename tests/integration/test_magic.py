@@ -205,3 +205,75 @@ def test_an_expired_session_says_so_and_the_next_cell_gets_a_new_partition(noteb
     assert out == "42\n"  # keep came back from the old partition and was sent to the new one
     assert "Cumulus: sent again: keep" in err
     run(kc, "%cumulus release exp")
+
+
+def make_wheel(folder: Any, name: str = "cumulus_probe_pkg", version: str = "1.0") -> None:
+    """A minimal, valid wheel built by hand (tests reach no package index)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": b"VALUE = 'from the overlay'\n",
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for path, data in files.items()
+    ]
+    files[f"{name}-{version}.dist-info/RECORD"] = (
+        "\n".join([*record, f"{name}-{version}.dist-info/RECORD,,"]) + "\n"
+    ).encode()
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+
+
+def test_pip_install_goes_into_an_overlay_never_the_gateway_environment(
+    notebook: Any, tmp_path: Any
+) -> None:
+    from importlib.util import find_spec
+
+    kc, _ = notebook
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels)
+    run(kc, "%%cumulus --session deps\nstarted = True")
+    _, out, err, _ = run(
+        kc, f"%cumulus pip install --no-index --find-links {wheels} cumulus_probe_pkg"
+    )
+    assert "installed --no-index" in out and "overlays" in out, err
+    _, out, err, _ = run(
+        kc, "%%cumulus --session deps\nimport cumulus_probe_pkg\nprint(cumulus_probe_pkg.VALUE)"
+    )
+    assert out == "from the overlay\n", err
+    assert (
+        find_spec("cumulus_probe_pkg") is None
+    )  # the gateway's (and this) environment is untouched
+    _, out, _, _ = run(
+        kc,
+        f"%%cumulus --session deps --requirements '--no-index --find-links {wheels} cumulus_probe_pkg'\nprint('again')",
+    )
+    assert out.startswith("cached --no-index") and out.endswith(
+        "again\n"
+    )  # same requirements: instant
+    run(kc, "%cumulus release deps")
+
+
+def test_sync_uploads_a_directory_into_the_remote_working_directory(
+    notebook: Any, tmp_path: Any
+) -> None:
+    kc, _ = notebook
+    data = tmp_path / "project"
+    (data / "configs").mkdir(parents=True)
+    (data / "configs" / "run.json").write_text('{"lr": 0.1}')
+    run(kc, "%%cumulus --session files\nstarted = True")
+    _, out, err, _ = run(kc, f"%cumulus sync {data}")
+    assert out.startswith("Cumulus: synced 1 file (0.0 MiB) to "), err
+    _, out, _, _ = run(
+        kc,
+        "%%cumulus --session files\nimport json\nprint(json.load(open('configs/run.json'))['lr'])",
+    )
+    assert out == "0.1\n"
+    run(kc, "%cumulus release files")
