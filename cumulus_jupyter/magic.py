@@ -74,6 +74,7 @@ class CumulusMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.sessions: dict[str, RemoteSession] = {}
+        self.current = ""  # the session the last %%cumulus cell used: line commands act on it
 
     @property
     def ns(self) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class CumulusMagics(Magics):
         name = opts["session"] or f"gpu-{opts['gpu']}"
         old = self.sessions.get(name)
         if old is not None and old.alive:
+            self.current = name
             return old
         if old is not None and isinstance(old.lost, PartitionExpired) and not opts["renew"]:
             raise PartitionExpired(
@@ -96,12 +98,29 @@ class CumulusMagics(Magics):
         session = RemoteSession(name, settings)
         session.start(opts["gpu"], opts["duration"], self._progress)
         self.sessions[name] = session
+        self.current = name
         if old is not None and opts["renew"]:
             again = {n: self.ns[n] for n in old.pushed if n in self.ns}
             session.push(again)
             if again:
                 print(f"Cumulus: sent again: {', '.join(sorted(again))}", file=sys.stderr)
         return session
+
+    def _target(self, args: list[str]) -> tuple[RemoteSession, list[str]]:
+        """``--session NAME`` among the arguments, else the session the last cell used."""
+        name = self.current
+        if "--session" in args:
+            at = args.index("--session")
+            if at + 1 >= len(args):
+                raise InvalidArgument("--session needs a value")
+            name, args = args[at + 1], args[:at] + args[at + 2 :]
+        session = self.sessions.get(name)
+        if session is None:
+            raise InvalidArgument(
+                f"No session {name!r}: run a %%cumulus cell first" if name else
+                "No session yet: run a %%cumulus cell first"
+            )  # fmt: skip
+        return session, args
 
     @staticmethod
     def _progress(line: str) -> None:
@@ -188,9 +207,7 @@ class CumulusMagics(Magics):
                     self.sessions.pop(name).release()
                     print(f"Released session {name}")
             elif command in ("sync", "pip"):
-                if not self.sessions:
-                    raise InvalidArgument("No session yet: run a %%cumulus cell first")
-                session = next(iter(self.sessions.values()))
+                session, args = self._target(args)
                 if command == "sync":
                     if len(args) != 1:
                         raise InvalidArgument("Usage: %cumulus sync DIR")
@@ -200,9 +217,7 @@ class CumulusMagics(Magics):
                         raise InvalidArgument("Usage: %cumulus pip install PACKAGE ...")
                     session.install(args[1:], self._show)
             elif command in ("push", "pull"):
-                if not self.sessions:
-                    raise InvalidArgument("No session yet: run a %%cumulus cell first")
-                session = next(iter(self.sessions.values()))
+                session, args = self._target(args)
                 names = [n for arg in args for n in arg.split(",") if n]
                 if command == "push":
                     missing = [n for n in names if n not in self.ns]

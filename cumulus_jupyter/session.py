@@ -229,7 +229,12 @@ class RemoteSession:
                 )
             )
             while True:
-                message = inbox.get(timeout=600)
+                try:
+                    message = inbox.get(timeout=600)
+                except queue.Empty:
+                    raise Internal(
+                        f"the remote kernel of session {self.name} did not answer"
+                    ) from None
                 if message["msg_type"] == "_lost":
                     raise message["error"]
                 if message["msg_type"] == "comm_msg":

@@ -37,11 +37,12 @@ class Gateway:
         self.log_path = log
         self.args = list(args)
         self.runtime_dir = state.parent / "runtime"
-        self.env = (
-            os.environ
-            | {"CHRONOS_STATE": str(state), "JUPYTER_RUNTIME_DIR": str(self.runtime_dir)}
-            | (env or {})
-        )
+        self.env = os.environ | (env or {})
+        self.env |= {
+            "CHRONOS_STATE": str(state),
+            "JUPYTER_RUNTIME_DIR": str(self.runtime_dir),
+            "CUMULUS_OVERLAYS": str(state.parent / "overlays"),  # remote pip installs stay here
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         state.parent.mkdir(parents=True, exist_ok=True)
         try:
