@@ -20,11 +20,11 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
-from traitlets import Unicode
+from traitlets import Float, Unicode
 
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired
-from cumulus_jupyter.session import RemoteSession
+from cumulus_jupyter.session import RemoteRef, RemoteSession
 from cumulus_jupyter.transfer import cell_names
 
 
@@ -70,6 +70,9 @@ def _options(line: str) -> dict[str, Any]:
 @magics_class
 class CumulusMagics(Magics):
     gateway_url = Unicode("", config=True, help="Gateway URL (default: $CUMULUS_GATEWAY_URL).")
+    ref_threshold_mb = Float(
+        64.0, config=True, help="Assigned values larger than this stay remote as RemoteRefs."
+    )
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
@@ -150,7 +153,9 @@ class CumulusMagics(Magics):
         ns = self.ns
         if not opts["no_push"]:
             wanted = [n for n in dict.fromkeys([*names.reads, *opts["push"]]) if n in ns]
-            values = {n: ns[n] for n in wanted if not isinstance(ns[n], types.ModuleType)}
+            values = {
+                n: ns[n] for n in wanted if not isinstance(ns[n], types.ModuleType | RemoteRef)
+            }
             missing = [n for n in opts["push"] if n not in ns]
             if missing:
                 raise InvalidArgument(
@@ -166,8 +171,10 @@ class CumulusMagics(Magics):
                 content.get("traceback", []),
             )
         if not opts["no_pull"]:
-            values, _ = session.pull(list(dict.fromkeys([*names.assigns, *opts["pull"]])))
-            ns.update(values)
+            limit = int(self.ref_threshold_mb * 2**20)
+            assigned, _ = session.pull([n for n in names.assigns if n not in opts["pull"]], limit)
+            explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
+            ns.update(assigned | explicit)
 
     @staticmethod
     def _show(message: dict[str, Any]) -> None:

@@ -42,9 +42,15 @@ def _on_vars_open(comm: Any, open_msg: dict[str, Any]) -> None:
             comm.send({"ok": True, "names": sorted(values)})
         elif data.get("op") == "pull":
             names = [n for n in data.get("names", []) if n in namespace]
-            entries, frames = transfer.pack_namespace({n: namespace[n] for n in names})
+            limit = data.get("max_bytes")
+            refs = {n: transfer.describe(namespace[n]) for n in names if limit is not None
+                    and transfer.size_of(n, namespace[n]) > int(limit)}  # fmt: skip
+            entries, frames = transfer.pack_namespace(
+                {n: namespace[n] for n in names if n not in refs}
+            )
             missing = [n for n in data.get("names", []) if n not in namespace]
-            comm.send({"ok": True, "entries": entries, "missing": missing}, buffers=frames)
+            reply = {"ok": True, "entries": entries, "missing": missing, "refs": refs}
+            comm.send(reply, buffers=frames)
         else:
             comm.send({"ok": False, "error": f"unknown operation {data.get('op')!r}"})
     except Exception as exc:  # report anything (unpicklable values first of all) to the caller

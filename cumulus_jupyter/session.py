@@ -42,6 +42,28 @@ def _parse(parts: Parts) -> Message:
     }  # fmt: skip
 
 
+class RemoteRef:
+    """A value that stayed in the remote kernel because it is large: ``.fetch()`` brings it."""
+
+    def __init__(self, session: RemoteSession, name: str, info: dict[str, Any]) -> None:
+        self.session, self.name, self.info = session, name, info
+
+    def fetch(self) -> Any:
+        values, missing = self.session.pull([self.name])
+        if missing:
+            raise Internal(f"{self.name} is no longer in session {self.session.name}")
+        return values[self.name]
+
+    def __repr__(self) -> str:
+        shape = f" {self.info['shape']}" if "shape" in self.info else ""
+        dtype = f" {self.info['dtype']}" if "dtype" in self.info else ""
+        size = self.info.get("bytes", 0) / 2**20
+        return (
+            f"RemoteRef({self.name}: {self.info.get('type')}{dtype}{shape}, {size:.1f} MiB, "
+            f"in session {self.session.name}; .fetch() brings it here)"
+        )
+
+
 class RemoteSession:
     def __init__(self, name: str, settings: GatewaySettings) -> None:
         self.name = name
@@ -280,16 +302,24 @@ class RemoteSession:
         self.pushed.update({n: prints[n] for n in changed})
         return sorted(changed)
 
-    def pull(self, names: list[str]) -> tuple[dict[str, Any], list[str]]:
-        """The remote values of ``names`` (those that exist) and the names that do not."""
+    def pull(
+        self, names: list[str], max_bytes: int | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The remote values of ``names`` (those that exist) and the names that do not. Values
+        over ``max_bytes`` stay remote and come back as `RemoteRef`s."""
         if not names:
             return {}, []
-        message = self._comm({"op": "pull", "names": names}, [])
+        message = self._comm({"op": "pull", "names": names, "max_bytes": max_bytes}, [])
         answer = message["content"]["data"]
         if not answer.get("ok"):
             raise Internal(f"could not bring the variables back: {answer.get('error')}")
-        values = transfer.unpack_namespace(answer["entries"], message["buffers"])
+        values: dict[str, Any] = transfer.unpack_namespace(answer["entries"], message["buffers"])
+        for name, info in (answer.get("refs") or {}).items():
+            values[name] = RemoteRef(self, name, info)
+            self.pushed.pop(name, None)
         for name, value in values.items():  # what we now hold is what the remote holds
+            if isinstance(value, RemoteRef):
+                continue
             payload, buffers = transfer.dumps(name, value)
             self.pushed[name] = transfer.fingerprint(payload, buffers)
         return values, list(answer.get("missing", []))

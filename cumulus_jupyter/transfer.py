@@ -170,6 +170,22 @@ def unpack_namespace(entries: list[dict[str, Any]], frames: list[Any]) -> dict[s
     return out
 
 
+def size_of(name: str, value: Any) -> int:
+    """Bytes ``value`` takes to send (its pickle and out-of-band buffers)."""
+    payload, buffers = dumps(name, value)
+    return len(payload) + sum(b.raw().nbytes for b in buffers)
+
+
+def describe(value: Any) -> dict[str, Any]:
+    """What a `RemoteRef` shows of a value it does not hold."""
+    info: dict[str, Any] = {"type": type(value).__name__}
+    for attribute in ("shape", "dtype"):
+        if hasattr(value, attribute):
+            info[attribute] = str(getattr(value, attribute))
+    info["bytes"] = size_of("value", value)
+    return info
+
+
 def versions() -> dict[str, str]:
     """What decides whether pickles made here load there."""
     found = {"python": f"{sys.version_info.major}.{sys.version_info.minor}"}

@@ -277,3 +277,30 @@ def test_sync_uploads_a_directory_into_the_remote_working_directory(
     )
     assert out == "0.1\n"
     run(kc, "%cumulus release files")
+
+
+def test_large_results_stay_remote_as_refs_until_fetched(notebook: Any) -> None:
+    kc, _ = notebook
+    run(kc, "get_ipython().magics_manager.registry['CumulusMagics'].ref_threshold_mb = 1")
+    reply, _, err, _ = run(
+        kc, "%%cumulus --session refs\nimport numpy as np\nhuge = np.ones((1000, 1000))\nsmall = 3"
+    )
+    assert reply["status"] == "ok", err
+    _, out, _, _ = run(kc, "print(repr(huge)); print(small)")
+    assert out.splitlines() == [
+        "RemoteRef(huge: ndarray float64 (1000, 1000), 7.6 MiB, in session refs; .fetch() brings it here)",
+        "3",
+    ]
+    _, out, _, _ = run(
+        kc, "%%cumulus --session refs\nprint(huge.sum())"
+    )  # the ref is not sent back
+    assert out == "1000000.0\n"
+    _, out, _, _ = run(kc, "print(huge.fetch().shape)")
+    assert out == "(1000, 1000)\n"
+    _, out, _, _ = run(kc, "%%cumulus --session refs --pull huge\nhuge = huge * 2")
+    _, out, _, _ = run(kc, "print(type(huge).__name__, huge[0, 0])")
+    assert out == "ndarray 2.0\n"
+    run(
+        kc,
+        "get_ipython().magics_manager.registry['CumulusMagics'].ref_threshold_mb = 64\n%cumulus release refs",
+    )
