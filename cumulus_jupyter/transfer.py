@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
+import importlib.metadata
 import pickle
 import sys
 from collections.abc import Iterable, Mapping
@@ -119,9 +121,46 @@ def cell_names(code: str) -> CellNames:
     return CellNames(reads=reads, assigns=list(visitor.stored))
 
 
+_by_value: set[str] = set()
+_scanned = {"modules": 0}
+# ours are installed wherever a remote kernel runs, editable installs included
+_OURS = {"cumulus_jupyter", "chronos", "gateway"}
+
+
+@functools.cache
+def _installed_top_levels() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+def register_local_modules() -> list[str]:
+    """Have cloudpickle send local modules by value: those imported here from files that no
+    installed distribution provides (a ``helpers.py`` beside the notebook), which the remote
+    kernel cannot import. Installed packages and the standard library still go by reference."""
+    if len(sys.modules) == _scanned["modules"]:
+        return []  # nothing imported since the last look
+    _scanned["modules"] = len(sys.modules)
+    installed = _installed_top_levels() | _OURS
+    added = []
+    for name, module in list(sys.modules.items()):
+        top = name.split(".")[0]
+        if (
+            "." in name or top in _by_value or top in installed or top in sys.stdlib_module_names
+            or top == "__main__" or not getattr(module, "__file__", None)
+        ):  # fmt: skip
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            continue
+        _by_value.add(top)
+        added.append(top)
+    return added
+
+
 def dumps(name: str, value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``value`` (protocol 5, out-of-band buffers); `InvalidArgument` names the variable
     and the reason when neither cloudpickle nor dill can."""
+    register_local_modules()
     buffers: list[pickle.PickleBuffer] = []
     try:
         return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers

@@ -304,3 +304,21 @@ def test_large_results_stay_remote_as_refs_until_fetched(notebook: Any) -> None:
         kc,
         "get_ipython().magics_manager.registry['CumulusMagics'].ref_threshold_mb = 64\n%cumulus release refs",
     )
+
+
+def test_objects_from_a_local_module_the_remote_cannot_import_go_by_value(
+    notebook: Any, tmp_path: Any
+) -> None:
+    kc, _ = notebook
+    (tmp_path / "helpers_local_mod.py").write_text(
+        "class Point:\n    def __init__(self, v):\n        self.v = v\n    def double(self):\n        return self.v * 2\n"
+    )
+    run(
+        kc,
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom helpers_local_mod import Point\np = Point(21)",
+    )
+    reply, _, err, _ = run(kc, "%%cumulus --session local-mod\nanswer = p.double()\nq = Point(5)")
+    assert reply["status"] == "ok", err
+    _, out, _, _ = run(kc, "print(answer, q.double())")
+    assert out == "42 10\n"
+    run(kc, "%cumulus release local-mod")
