@@ -94,3 +94,13 @@ def test_version_guard() -> None:
     errors, _ = transfer.compare_versions(here, here | {"cloudpickle": "2.2.1"})
     assert errors == ["cloudpickle 3.1.2 here, 2.2.1 in the remote kernel"]
     assert transfer.versions()["python"].count(".") == 1
+
+
+def test_pandas_frames_round_trip() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(1000), "b": np.linspace(0, 1, 1000), "c": ["x"] * 1000})
+    frame.index = pd.date_range("2026-01-01", periods=1000, freq="h")
+    back = round_trip(frame)
+    assert isinstance(back, pd.DataFrame)
+    pd.testing.assert_frame_equal(back, frame)
