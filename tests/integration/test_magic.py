@@ -322,3 +322,22 @@ def test_objects_from_a_local_module_the_remote_cannot_import_go_by_value(
     _, out, _, _ = run(kc, "print(answer, q.double())")
     assert out == "42 10\n"
     run(kc, "%cumulus release local-mod")
+
+
+def test_a_matplotlib_figure_appears_in_the_local_cell(notebook: Any) -> None:
+    kc, _ = notebook
+    reply, _, err, outputs = run(
+        kc,
+        "%%cumulus --session plots\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()",
+    )
+    assert reply["status"] == "ok", err
+    images = [
+        m["content"]["data"]["image/png"]
+        for m in outputs
+        if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]
+    ]
+    assert len(images) == 1
+    import base64
+
+    assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    run(kc, "%cumulus release plots")
