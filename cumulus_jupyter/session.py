@@ -170,7 +170,7 @@ class RemoteSession:
         parts = [
             self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
         ]
-        await self.kernel.send("shell", [*parts, *(bytes(b) for b in buffers)])
+        await self.kernel.send("shell", [*parts, *buffers])
         return str(msg["header"]["msg_id"])
 
     async def _execute_async(
@@ -287,14 +287,15 @@ class RemoteSession:
         """Send the values that changed since the last push; returns the names sent."""
         changed: dict[str, Any] = {}
         prints: dict[str, str] = {}
+        pickled: dict[str, transfer.Pickled] = {}
         for name, value in values.items():
-            payload, buffers = transfer.dumps(name, value)
-            prints[name] = transfer.fingerprint(payload, buffers)
+            pickled[name] = transfer.dumps(name, value)
+            prints[name] = transfer.fingerprint(*pickled[name])
             if force or self.pushed.get(name) != prints[name]:
                 changed[name] = value
         if not changed:
             return []
-        entries, frames = transfer.pack_namespace(changed)
+        entries, frames = transfer.pack_namespace(changed, pickled)
         self.sent_bytes += sum(memoryview(f).nbytes for f in frames)
         answer = self._comm({"op": "push", "entries": entries}, frames)["content"]["data"]
         if not answer.get("ok"):

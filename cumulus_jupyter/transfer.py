@@ -187,12 +187,18 @@ def fingerprint(payload: bytes, buffers: list[pickle.PickleBuffer]) -> str:
     return digest.hexdigest()
 
 
-def pack_namespace(values: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Descriptions (name, buffer range) and the flat list of buffers for a set of variables."""
+Pickled = tuple[bytes, list[pickle.PickleBuffer]]
+
+
+def pack_namespace(
+    values: Mapping[str, Any], pickled: Mapping[str, Pickled] | None = None
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Descriptions (name, buffer range) and the flat list of buffers for a set of variables;
+    ``pickled`` reuses what was already pickled (for the fingerprint) instead of pickling again."""
     entries: list[dict[str, Any]] = []
     frames: list[Any] = []
     for name, value in values.items():
-        payload, buffers = dumps(name, value)
+        payload, buffers = (pickled or {}).get(name) or dumps(name, value)
         entries.append({"name": name, "start": len(frames), "count": 1 + len(buffers)})
         frames.append(payload)
         frames.extend(b.raw() for b in buffers)
