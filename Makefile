@@ -43,6 +43,7 @@ bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	mkdir -p .bench
 	$(BIN)/python benchmarks/chronos_throughput.py --json .bench/chronos.json
 	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json
+	$(BIN)/python benchmarks/transfer.py --json .bench/transfer.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
