@@ -8,7 +8,6 @@ start time so that a recycled PID is never mistaken for a kernel.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,10 +103,3 @@ class LocalRuntime(Runtime):
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         return LocalProcess(proc, started)
-
-
-def pgid_of(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
