@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateway", help="gateway URL (default: $CUMULUS_GATEWAY_URL at run time)"
     )
     install.add_argument(
+        "--token-file", help="file holding the gateway token (its path goes in the kernelspec)"
+    )
+    install.add_argument(
         "--sync",
         action="store_true",
         help="on start, copy the notebook's directory to the remote working directory "
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = sys.prefix if args.sys_prefix else args.prefix
             name, where = kernelspec.install(
                 args.gpu, args.duration, name=args.name, user=args.user, prefix=prefix,
-                gateway=args.gateway, sync=args.sync,
+                gateway=args.gateway, sync=args.sync, token_file=args.token_file,
             )  # fmt: skip
             print(
                 json.dumps({"name": name, "path": where})

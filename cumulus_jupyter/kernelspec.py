@@ -28,9 +28,15 @@ def default_name(gpu: GpuAmount, duration_s: int) -> str:
 
 
 def spec(
-    gpu: GpuAmount, duration_s: int, gateway: str | None = None, sync: bool = False
+    gpu: GpuAmount,
+    duration_s: int,
+    gateway: str | None = None,
+    sync: bool = False,
+    token_file: str | None = None,
 ) -> dict[str, Any]:
     env = {"CUMULUS_GPU": str(gpu), "CUMULUS_DURATION": str(duration_s)}
+    if token_file:  # the path of the token, never the token itself
+        env["CUMULUS_TOKEN_FILE"] = token_file
     if sync:
         env["CUMULUS_SYNC"] = "1"
     if gateway:
@@ -54,6 +60,7 @@ def install(
     prefix: str | None = None,
     gateway: str | None = None,
     sync: bool = False,
+    token_file: str | None = None,
 ) -> tuple[str, str]:
     """Install a kernelspec; returns (name, directory). Amount and duration are validated by
     the same rules as everywhere else."""
@@ -70,7 +77,7 @@ def install(
         folder = Path(tmp) / name
         folder.mkdir()
         (folder / "kernel.json").write_text(
-            json.dumps(spec(amount, seconds, gateway, sync), indent=2)
+            json.dumps(spec(amount, seconds, gateway, sync, token_file), indent=2)
         )
         for logo in sorted(RESOURCES.glob("logo-*.png")):
             (folder / logo.name).write_bytes(logo.read_bytes())
