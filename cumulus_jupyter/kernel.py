@@ -77,6 +77,8 @@ class ProxyKernel:
         self.remote: RemoteKernel | None = None
         self.client: GatewayClient | None = None
         self.ready = asyncio.Event()
+        self.accepting = asyncio.Event()  # cleared while a restarted remote kernel comes up
+        self.accepting.set()
         self.failure: CumulusError | None = None
         self.pending: list[tuple[str, Parts]] = []
         self.progress_parents: list[dict[str, Any]] = []
@@ -183,7 +185,7 @@ class ProxyKernel:
             await self.shutdown(channel, idents, header, json.loads(parts[3]))
         elif self.failure is not None:
             self.fail(channel, idents, header, self.failure)
-        elif not self.ready.is_set():
+        elif not self.ready.is_set() or not self.accepting.is_set():
             self.pending.append((channel, parts))
             if msg_type == "execute_request":
                 self.own_busy(header)
@@ -485,6 +487,31 @@ class ProxyKernel:
             self.fail("shell", idents, header, died)
         if state == "dead":
             self.give_up(died)
+        elif self.accepting.is_set():
+            # requests sent while the new kernel process starts can be lost in the old
+            # connection: hold them until it answers
+            self.accepting.clear()
+            self.background.add(asyncio.ensure_future(self._probe_until_ready()))
+
+    async def _probe_until_ready(self, attempts: int = 60) -> None:
+        """Ask the restarted remote kernel for kernel_info until it answers (the relay loop
+        delivers the reply to us), then let held requests through."""
+        try:
+            for _ in range(attempts):
+                if self.remote is None:
+                    break
+                msg_id, parts = self._message_parts("kernel_info_request", {})
+                answer: asyncio.Future[Parts] = asyncio.get_running_loop().create_future()
+                self.internal[msg_id] = answer
+                try:
+                    await self.remote.send("shell", parts)
+                    await asyncio.wait_for(answer, 2)
+                    break
+                except (TimeoutError, websockets.ConnectionClosed):
+                    self.internal.pop(msg_id, None)
+        finally:
+            self.accepting.set()
+            await self._flush_pending()
 
     def on_cumulus_event(self, content: dict[str, Any], parent: dict[str, Any]) -> None:
         if content.get("event") == "expired":
