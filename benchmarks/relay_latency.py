@@ -67,7 +67,7 @@ async def through_jupyter_client(kernel_name: str, n: int) -> tuple[list[float],
             t0 = time.perf_counter()
             msg_id = kc.execute("pass")
             while (await kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
-                pass
+                continue  # replies to other requests
             if i == 0:
                 cold = time.perf_counter() - started
             if i >= 10:

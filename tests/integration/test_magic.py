@@ -11,6 +11,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
 
 from tests.support.gateway import Gateway
+from tests.support.messages import shell_reply
 
 pytestmark = pytest.mark.integration
 
@@ -166,8 +167,7 @@ def test_interrupting_the_local_cell_interrupts_the_remote_one(notebook: Any) ->
         if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
             break
     os.kill(local_pid, signal.SIGINT)  # what the notebook's interrupt button does
-    while (reply := kc.get_shell_msg(timeout=120))["parent_header"].get("msg_id") != msg_id:
-        pass
+    reply = shell_reply(kc, msg_id, timeout=120)
     assert (
         reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     )

@@ -19,6 +19,7 @@ from jupyter_client.manager import KernelManager, start_new_kernel
 from chronos import Store, discover
 from cumulus_jupyter import kernelspec
 from tests.support.gateway import Gateway
+from tests.support.messages import iopub_message, shell_reply
 
 pytestmark = pytest.mark.integration
 
@@ -120,9 +121,7 @@ def test_completion_inspection_history_and_is_complete(kernel: Any) -> None:
     assert inspect["found"] and "int" in inspect["data"]["text/plain"]
     history = kc.history(hist_access_type="tail", n=5, reply=True, timeout=60)["content"]
     assert any("zebra_count = 3" in entry[2] for entry in history["history"])
-    msg_id = kc.is_complete("for i in range(3):")
-    while (reply := kc.get_shell_msg(timeout=60))["parent_header"]["msg_id"] != msg_id:
-        pass
+    reply = shell_reply(kc, kc.is_complete("for i in range(3):"))
     assert reply["content"]["status"] == "incomplete"
 
 
@@ -163,11 +162,9 @@ def test_interrupt_restart_keep_the_partition_and_shutdown_releases_it(
         run(kc, "x = 1")
         [before] = gw.get("/api/kernels").json()
         msg_id = kc.execute("import time; time.sleep(120)")
-        while kc.get_iopub_msg(timeout=60)["content"].get("execution_state") != "busy":
-            pass
+        iopub_message(kc, lambda m: m["content"].get("execution_state") == "busy")
         km.interrupt_kernel()
-        while (reply := kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
-            pass
+        reply = shell_reply(kc, msg_id)
         assert (
             reply["content"]["status"] == "error"
             and reply["content"]["ename"] == "KeyboardInterrupt"

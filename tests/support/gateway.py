@@ -3,6 +3,7 @@ started (by PID) afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,11 +68,9 @@ class Gateway:
             if self.proc.poll() is not None:
                 self._log.close()
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if self.get("/api/cumulus/health").status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
             time.sleep(0.1)
         raise RuntimeError(f"gateway did not answer within 60 s:\n{self.log()}")
 

@@ -38,11 +38,10 @@ class TcpRelay:
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
+                with contextlib.suppress(ConnectionError, OSError):  # a cut link ends the pipe
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
             finally:
                 dst.close()
 
