@@ -77,6 +77,7 @@ class GatewayClient:
 
     def __init__(self, settings: GatewaySettings, timeout: float = 30.0) -> None:
         self.settings = settings
+        self.health: dict[str, Any] = {}  # what the last check() learnt
         self._http = httpx.AsyncClient(
             base_url=settings.url, headers=settings.headers, timeout=timeout
         )
@@ -134,4 +135,5 @@ class GatewayClient:
             raise
         if not isinstance(health, dict) or health.get("status") != "ok":
             raise Unavailable(f"{self.settings.url} is not a Cumulus gateway")
+        self.health = health
         return health

@@ -12,6 +12,7 @@
     ├── KernelDied                500  the remote kernel process died under a request
     ├── Internal                  500  a bug on our side
     ├── Unavailable               503  the gateway or its state is unreachable
+    │   └── DataChannelError      502  a bulk transfer to or from a kernel was refused or broke off
     └── DeadlineExceeded          504  waited past the launch or request timeout
 
 Foreign errors (Chronos, httpx, zmq, sqlite, docker) are mapped onto this tree at one boundary
@@ -69,6 +70,12 @@ class Unavailable(CumulusError):
     status = 503
 
 
+class DataChannelError(Unavailable):
+    """The data path between the gateway and a kernel refused or broke off a transfer."""
+
+    status = 502
+
+
 class DeadlineExceeded(CumulusError, TimeoutError):
     status = 504
 
@@ -94,6 +101,7 @@ def error_for_status(status: int) -> type[CumulusError]:
 
 __all__ = [
     "CumulusError",
+    "DataChannelError",
     "DeadlineExceeded",
     "Internal",
     "InvalidArgument",

@@ -4,7 +4,10 @@
 registers ``cumulus.sync``: a comm whose first message carries a directory archive as a binary
 buffer; it is unpacked (`cumulus_jupyter.archive.unpack`, traversal-safe and size-capped) into
 this kernel's work directory, which becomes the working directory, and the comm answers with
-what it wrote or why it refused.
+what it wrote or why it refused; and ``cumulus.vars``: ``push`` puts unpickled values into the
+user namespace, ``pull`` pickles named ones back. Large buffers do not ride in those messages:
+`register` also opens the kernel's data port (`cumulus_jupyter.datachannel.DataServer`), where
+the gateway stages them, and the comm names the staged transfer instead.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from cumulus_jupyter import archive
+from cumulus_jupyter.datachannel import DataServer
 from cumulus_jupyter.errors import CumulusError, InvalidArgument
 
 SYNC_TARGET = "cumulus.sync"
@@ -37,7 +42,9 @@ def _on_vars_open(comm: Any, open_msg: dict[str, Any]) -> None:
     data = open_msg.get("content", {}).get("data", {})
     try:
         if data.get("op") == "push":
-            values = transfer.unpack_namespace(data["entries"], open_msg.get("buffers") or [])
+            staged = data.get("staged")
+            buffers = _server().claim(staged) if staged else open_msg.get("buffers") or []
+            values = transfer.unpack_namespace(data["entries"], buffers)
             namespace.update(values)
             comm.send({"ok": True, "names": sorted(values)})
         elif data.get("op") == "pull":
@@ -49,7 +56,14 @@ def _on_vars_open(comm: Any, open_msg: dict[str, Any]) -> None:
                 {n: namespace[n] for n in names if n not in refs}
             )
             missing = [n for n in data.get("names", []) if n not in namespace]
-            reply = {"ok": True, "entries": entries, "missing": missing, "refs": refs}
+            reply: dict[str, Any] = {
+                "ok": True, "entries": entries, "missing": missing, "refs": refs
+            }  # fmt: skip
+            stage_above = data.get("stage_above")
+            if _DATA and stage_above is not None and _nbytes(frames) >= int(stage_above):
+                transfer_id = uuid.uuid4().hex  # the client fetches it over the data path
+                _server().stage(transfer_id, frames)
+                reply["staged"], frames = transfer_id, []
             comm.send(reply, buffers=frames)
         else:
             comm.send({"ok": False, "error": f"unknown operation {data.get('op')!r}"})
@@ -75,6 +89,37 @@ def _on_sync_open(comm: Any, open_msg: dict[str, Any]) -> None:
         comm.send({"ok": False, "error": str(exc)})
     finally:
         comm.close()
+
+
+_DATA: list[DataServer] = []  # the kernel's data port, once register() opened it
+
+
+def _server() -> DataServer:
+    if not _DATA:
+        raise InvalidArgument("this kernel has no data port (CUMULUS_DATA_PORT was not set)")
+    return _DATA[0]
+
+
+def _nbytes(frames: list[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def data_port() -> int | None:
+    """The data port this kernel listens on, or None (then variables travel in messages)."""
+    return int(_DATA[0].address[1]) if _DATA else None
+
+
+def _open_data_port(key: bytes) -> None:
+    port = os.environ.get("CUMULUS_DATA_PORT")
+    if _DATA or not port:
+        return
+    try:
+        host = os.environ.get("CUMULUS_DATA_HOST", "127.0.0.1")
+        unix = os.environ.get("CUMULUS_DATA_SOCKET") or None
+        _DATA.append(DataServer(key, host, int(port), unix))
+    except (OSError, ValueError, CumulusError) as exc:
+        print(f"cumulus: no data port ({exc}); large variables travel in messages",
+              file=sys.stderr)  # fmt: skip
 
 
 def overlay_root() -> Path:
@@ -125,3 +170,4 @@ def register() -> None:
         return
     shell.kernel.comm_manager.register_target(SYNC_TARGET, _on_sync_open)
     shell.kernel.comm_manager.register_target(VARS_TARGET, _on_vars_open)
+    _open_data_port(shell.kernel.session.key)

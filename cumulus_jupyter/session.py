@@ -18,10 +18,11 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from cumulus_jupyter import archive, loop, transfer
+from cumulus_jupyter import archive, datachannel, loop, transfer
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import (
     CumulusError,
+    DataChannelError,
     Internal,
     InvalidArgument,
     KernelDied,
@@ -32,6 +33,7 @@ from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent
 Message = dict[str, Any]
 REGISTER = "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
 VERSIONS = "__import__('cumulus_jupyter.transfer', fromlist=['versions']).versions()"
+DATA_PORT = "_cumulus_remote.data_port()"
 
 
 def _parse(parts: Parts) -> Message:
@@ -74,6 +76,10 @@ class RemoteSession:
         self._reader: asyncio.Future[None] | None = None
         self.pushed: dict[str, str] = {}  # name -> fingerprint of what the remote has
         self.sent_bytes = 0  # variables pushed so far, for status and tests
+        self.data_path = False  # large buffers go over the gateway's data endpoint
+        self.data_bytes = 0  # of which this many took the data path
+        self.data_error = ""  # why the data path was given up, if it was
+        self.max_transfer_bytes = 0  # the gateway's cap on one transfer (0: none)
         self.lost: CumulusError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -88,13 +94,17 @@ class RemoteSession:
         )
         await self.kernel.connect()
         self._reader = asyncio.ensure_future(self._read())
-        reply = await self._execute_async(REGISTER, silent=True, expressions={"v": VERSIONS})
+        reply = await self._execute_async(
+            REGISTER, silent=True, expressions={"v": VERSIONS, "d": DATA_PORT}
+        )
         if reply["content"].get("status") != "ok":
             raise Internal(
                 f"the remote kernel could not load cumulus_jupyter.remote: {reply['content']}"
             )
-        found = reply["content"].get("user_expressions", {}).get("v", {})
-        remote = ast.literal_eval(found.get("data", {}).get("text/plain", "{}"))
+        found = reply["content"].get("user_expressions", {})
+        remote = ast.literal_eval(found.get("v", {}).get("data", {}).get("text/plain", "{}"))
+        self.data_path = found.get("d", {}).get("data", {}).get("text/plain", "None") != "None"
+        self.max_transfer_bytes = int(client.health.get("max_transfer_bytes") or 0)
         errors, warnings = transfer.compare_versions(transfer.versions(), remote)
         if errors:
             kernel, self.kernel = self.kernel, None
@@ -281,6 +291,25 @@ class RemoteSession:
         if reply.get("status") != "ok":
             raise InvalidArgument(f"{reply.get('ename')}: {reply.get('evalue')}")
 
+    # -- the data path (cumulus_jupyter.datachannel) ---------------------------------------------
+
+    def _upload(self, frames: list[Any]) -> str:
+        assert self.kernel is not None
+        transfer_id = uuid.uuid4().hex
+        datachannel.upload(
+            self.settings.url, self.settings.headers, self.kernel.id, transfer_id, frames
+        )
+        self.data_bytes += sum(memoryview(f).nbytes for f in frames)
+        return transfer_id
+
+    def _download(self, transfer_id: str) -> list[Any]:
+        assert self.kernel is not None
+        buffers = datachannel.download(
+            self.settings.url, self.settings.headers, self.kernel.id, transfer_id
+        )
+        self.data_bytes += sum(len(b) for b in buffers)
+        return buffers
+
     # -- variables -----------------------------------------------------------------------------
 
     def push(self, values: dict[str, Any], force: bool = False) -> list[str]:
@@ -296,8 +325,27 @@ class RemoteSession:
         if not changed:
             return []
         entries, frames = transfer.pack_namespace(changed, pickled)
-        self.sent_bytes += sum(memoryview(f).nbytes for f in frames)
-        answer = self._comm({"op": "push", "entries": entries}, frames)["content"]["data"]
+        total = sum(memoryview(f).nbytes for f in frames)
+        if self.max_transfer_bytes and total > self.max_transfer_bytes:
+            sizes = ", ".join(
+                f"{n} {sum(memoryview(b.raw()).nbytes for b in pickled[n][1]) / 2**20:.0f} MiB"
+                for n in changed
+            )
+            raise InvalidArgument(
+                f"Push of {total / 2**20:.0f} MiB ({sizes}) is over the gateway's cap of "
+                f"{self.max_transfer_bytes / 2**20:.0f} MiB per transfer; nothing was sent. "
+                "Send less (--no-push, or make it remotely) or ask for a larger "
+                "CumulusGateway.max_transfer_bytes"
+            )
+        request: dict[str, Any] = {"op": "push", "entries": entries}
+        if self.data_path and total >= datachannel.STAGE_THRESHOLD:
+            try:
+                request["staged"] = self._upload(frames)
+                frames = []
+            except DataChannelError as exc:  # the kernel's data port is gone: use messages
+                self.data_path, self.data_error = False, str(exc)
+        answer = self._comm(request, frames)["content"]["data"]
+        self.sent_bytes += total
         if not answer.get("ok"):
             raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")
         self.pushed.update({n: prints[n] for n in changed})
@@ -310,11 +358,15 @@ class RemoteSession:
         over ``max_bytes`` stay remote and come back as `RemoteRef`s."""
         if not names:
             return {}, []
-        message = self._comm({"op": "pull", "names": names, "max_bytes": max_bytes}, [])
+        request = {"op": "pull", "names": names, "max_bytes": max_bytes}
+        if self.data_path:
+            request["stage_above"] = datachannel.STAGE_THRESHOLD
+        message = self._comm(request, [])
         answer = message["content"]["data"]
         if not answer.get("ok"):
             raise Internal(f"could not bring the variables back: {answer.get('error')}")
-        values: dict[str, Any] = transfer.unpack_namespace(answer["entries"], message["buffers"])
+        buffers = self._download(answer["staged"]) if answer.get("staged") else message["buffers"]
+        values: dict[str, Any] = transfer.unpack_namespace(answer["entries"], buffers)
         for name, info in (answer.get("refs") or {}).items():
             values[name] = RemoteRef(self, name, info)
             self.pushed.pop(name, None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
-import hashlib
 import importlib.metadata
 import pickle
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+import xxhash
 
 from cumulus_jupyter.errors import InvalidArgument
 
@@ -181,7 +181,9 @@ def loads(payload: bytes, buffers: Iterable[Any]) -> Any:
 
 
 def fingerprint(payload: bytes, buffers: list[pickle.PickleBuffer]) -> str:
-    digest = hashlib.blake2b(payload, digest_size=16)
+    """What a value pickled to, hashed with XXH3-128 (~20 GB/s: an unchanged 1 GiB array is
+    recognised in tens of milliseconds; blake2b took a third of a second per 256 MiB)."""
+    digest = xxhash.xxh3_128(payload)
     for buffer in buffers:
         digest.update(buffer.raw())
     return digest.hexdigest()

@@ -67,13 +67,20 @@ class CumulusGateway(ServerApp):
         "tornado's default of 10 MiB would cut off any array above that).",
     )
 
+    max_transfer_bytes = Int(
+        16 * 2**30,
+        config=True,
+        help="Largest variable transfer accepted on the data path (one push or pull), in bytes; "
+        "0 for no limit. Clients refuse larger pushes before sending anything.",
+    )
+
     @default("config_file_name")
     def _config_file_name(self) -> str:
         return "cumulus_gateway_config"
 
     @default("extra_services")
     def _extra_services(self) -> list[str]:
-        return ["gateway.handlers"]
+        return ["gateway.handlers", "gateway.data"]
 
     @default("kernel_manager_class")
     def _kernel_manager_class(self) -> type:
@@ -116,6 +123,7 @@ class CumulusGateway(ServerApp):
         super().init_webapp()
         self.web_app.settings["cumulus_tcp_nodelay"] = self.tcp_nodelay
         self.web_app.settings["websocket_max_message_size"] = self.max_message_bytes
+        self.web_app.settings["cumulus_max_transfer_bytes"] = self.max_transfer_bytes
 
     def initialize(
         self,

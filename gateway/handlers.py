@@ -256,6 +256,7 @@ class HealthHandler(_Errors):
                 "queue": km.broker.queue_length,
                 "devices": len(km.broker.store.devices),
                 "state": str(km.broker.store.path),
+                "max_transfer_bytes": self.settings.get("cumulus_max_transfer_bytes", 0),
             }
         )
 

@@ -8,6 +8,7 @@ asking after one hears "partition expired", with a 410, rather than a bare 404).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-from traitlets import Float, Unicode
+from traitlets import Float, Unicode, default
 
 from chronos import Partition, Store, discover
 from gateway import metrics
@@ -49,9 +50,18 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     state_path = Unicode(
         "", config=True, help="Chronos state file (default: $CHRONOS_STATE or the user data dir)."
     )
+    data_socket_dir = Unicode(
+        config=True,
+        help="Directory for the kernels' Unix data sockets, through which a client's transfer "
+        "connection is handed to a kernel on this host; empty: relay transfers over TCP.",
+    )
     launch_timeout = Float(
         60.0, config=True, help="Seconds a kernel request may wait in the queue for a partition."
     )
+
+    @default("data_socket_dir")
+    def _default_data_socket_dir(self) -> str:
+        return os.path.join(tempfile.gettempdir(), f"cumulus-data-{os.getuid()}")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

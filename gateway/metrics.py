@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from gateway.manager import CumulusKernelManager
@@ -18,6 +18,12 @@ ALLOCATION = Histogram(
     "cumulus_partition_allocation_seconds",
     "Time from a kernel's request to its partition (queueing included)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+
+TRANSFERRED = Counter(
+    "cumulus_transfer_bytes",
+    "Bytes moved on the data path between clients and kernels",
+    ["direction"],
 )
 
 

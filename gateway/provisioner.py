@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -47,6 +48,8 @@ class CumulusProvisioner(LocalProvisioner):
 
     partition: Partition | None = None
     runtime_info: dict[str, Any] | None = None
+    data_port: int | None = None  # the kernel's bulk data port (cumulus_jupyter.datachannel)
+    data_socket: str | None = None  # its Unix socket, where the client's connection is handed
 
     @property
     def manager(self) -> CumulusKernelManager:
@@ -87,6 +90,15 @@ class CumulusProvisioner(LocalProvisioner):
         base |= request_env
         base |= confinement_env(partition, self.manager.broker.store.devices)
         base["CUMULUS_KERNEL_ID"] = self.kernel_id
+        host = str(getattr(self.parent, "ip", "") or "127.0.0.1")
+        if self.data_port is None:  # kept across restarts, like the partition
+            self.data_port = _free_port(host)
+        base["CUMULUS_DATA_HOST"] = host
+        base["CUMULUS_DATA_PORT"] = str(self.data_port)
+        if self.data_socket is None and self.manager.data_socket_dir:
+            self.data_socket = _socket_path(self.manager.data_socket_dir, self.kernel_id)
+        if self.data_socket:
+            base["CUMULUS_DATA_SOCKET"] = self.data_socket
         return base
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -129,6 +141,8 @@ class CumulusProvisioner(LocalProvisioner):
         info: dict[str, Any] = await super().get_provisioner_info()
         info["partition_id"] = self.partition.id if self.partition else None
         info["runtime"] = self.runtime_info
+        info["data_port"] = self.data_port
+        info["data_socket"] = self.data_socket
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
@@ -136,4 +150,23 @@ class CumulusProvisioner(LocalProvisioner):
         partition_id = provisioner_info.get("partition_id")
         self.partition = self.manager.broker.store.get(partition_id) if partition_id else None
         self.runtime_info = provisioner_info.get("runtime")
+        self.data_port = provisioner_info.get("data_port")
+        self.data_socket = provisioner_info.get("data_socket")
         self.process = cast(Any, self.manager.runtime.adopt(self.runtime_info or {}))
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (jupyter_client picks the kernel's own ports the same way)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _socket_path(directory: str, kernel_id: str) -> str | None:
+    """Where the kernel's Unix data socket goes: a private directory; None when the path would
+    be too long for a Unix socket (then the data path stays on TCP)."""
+    path = os.path.join(directory, f"{kernel_id}.sock")
+    if len(path.encode()) > 100:
+        return None
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return path

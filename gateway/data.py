@@ -1,0 +1,218 @@
+"""``/api/cumulus/kernels/{id}/data/{transfer}``: bulk bytes between a client and a kernel.
+
+``PUT`` stages the request body (the buffers named by ``X-Cumulus-Frames``) in the kernel;
+``GET`` returns the buffers the kernel staged for a pull. See `cumulus_jupyter.datachannel` for
+the whole path. The request is authenticated and scoped like every kernel request; the gateway
+then signs a request to the kernel's data port with the kernel's own key, waits for the kernel
+to accept it, takes the client's socket from tornado and moves the body kernel-side with
+``splice(2)``: the bytes never enter this process's memory, and the event loop never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from tornado import web
+
+from cumulus_jupyter import datachannel
+from cumulus_jupyter.errors import CumulusError
+from gateway import metrics
+from gateway.handlers import GatewayError, _Errors
+
+_CONNECT_TIMEOUT_S = 10.0
+_STALL_TIMEOUT_S = 120.0  # a transfer that moves no byte for this long is cut off
+
+
+def _stall_timeout(sock: socket.socket) -> None:
+    sock.settimeout(None)  # blocking, as splice(2) needs; stalls end by SO_*TIMEO instead
+    seconds = int(_STALL_TIMEOUT_S)
+    value = struct.pack("ll", seconds, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _http_response(status: int, reason: str, body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode() + data
+
+
+@web.stream_request_body
+class DataHandler(_Errors):
+    """Both directions are served from `prepare`: the body must not reach tornado's buffers."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if not self.current_user:
+            raise web.HTTPError(403)
+        kernel_id, transfer_id = self.path_kwargs["kernel_id"], self.path_kwargs["transfer_id"]
+        self.gone_or_missing(kernel_id)
+        try:
+            datachannel.check_transfer_id(transfer_id)
+            if self.request.method == "PUT":
+                await self._put(kernel_id, transfer_id)
+            elif self.request.method == "GET":
+                await self._get(kernel_id, transfer_id)
+            else:
+                raise GatewayError(405, "Use PUT to send buffers and GET to fetch them")
+        except CumulusError as exc:
+            raise GatewayError.from_exception(exc) from exc
+
+    # -- the kernel's end ------------------------------------------------------------------------
+
+    async def _open_kernel(self, kernel_id: str, message: dict[str, Any]) -> _KernelEnd:
+        """Send the signed request to the kernel's data port and wait for it to accept:
+        through its Unix socket when the kernel is on this host (the client's connection will
+        be handed over), else over TCP (the bytes will be relayed)."""
+        km = self.cumulus
+        if kernel_id not in km:
+            raise GatewayError(404, f"No kernel {kernel_id}")
+        kernel = km.get_kernel(kernel_id)
+        provisioner = kernel.provisioner
+        port = getattr(provisioner, "data_port", None)
+        unix_path = getattr(provisioner, "data_socket", None)
+        if not port:
+            raise GatewayError(409, f"Kernel {kernel_id} has no data port; send through messages")
+        host, key = kernel.ip, kernel.session.key
+
+        def connect() -> _KernelEnd:
+            try:
+                if unix_path and os.path.exists(unix_path):
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(_CONNECT_TIMEOUT_S)
+                    sock.connect(unix_path)
+                else:
+                    sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
+            except OSError as exc:
+                raise GatewayError(
+                    409, f"Kernel {kernel_id} is not listening on its data port ({exc.strerror}); "
+                    "send through messages"
+                ) from exc  # fmt: skip
+            try:
+                sock.sendall(datachannel.sign(key, message))
+                answer = datachannel.read_reply(sock)
+            except (OSError, CumulusError, ValueError) as exc:
+                sock.close()
+                raise GatewayError(502, f"Kernel {kernel_id}'s data port failed: {exc}") from exc
+            if not answer.get("ok"):
+                sock.close()
+                status = 404 if "no data staged" in str(answer.get("error")) else 409
+                raise GatewayError(status, f"Kernel {kernel_id} refused: {answer.get('error')}")
+            _stall_timeout(sock)
+            return _KernelEnd(sock, answer)
+
+        return await asyncio.to_thread(connect)
+
+    def _take_client(self, stream: Any) -> socket.socket:
+        client = socket.socket(fileno=stream.socket.dup().detach())
+        stream.close()
+        _stall_timeout(client)
+        return client
+
+    # -- the two directions ----------------------------------------------------------------------
+
+    async def _put(self, kernel_id: str, transfer_id: str) -> None:
+        sizes = datachannel.parse_sizes(self.request.headers.get("X-Cumulus-Frames", ""))
+        total = sum(sizes)
+        declared = self.request.headers.get("Content-Length")
+        if declared is None or int(declared) != total:
+            raise GatewayError(400, "Content-Length must equal the sum of X-Cumulus-Frames")
+        self._check_cap(total)
+        kernel = await self._open_kernel(kernel_id, datachannel.request("put", transfer_id, sizes))
+        stream = self.detach()
+        try:
+            first = await stream.read_bytes(total, partial=True) if total else b""
+            client = self._take_client(stream)
+        except Exception:
+            kernel.sock.close()
+            stream.close()
+            raise
+
+        def relay() -> None:
+            with client, kernel.sock:
+                try:
+                    if kernel.handover:
+                        datachannel.hand_over(kernel.sock, client)
+                        kernel.sock.sendall(datachannel.frame(first))
+                    else:
+                        kernel.sock.sendall(first)
+                        datachannel.pump(client, kernel.sock, total - len(first))
+                    answer = datachannel.read_reply(kernel.sock)
+                except (OSError, CumulusError, ValueError) as exc:
+                    answer = {"ok": False, "error": f"transfer broke off: {exc}"}
+                if answer.get("ok"):
+                    metrics.TRANSFERRED.labels(direction="push").inc(total)
+                    client.sendall(_http_response(200, "OK", {"bytes": total}))
+                else:
+                    self.log.warning("push to kernel %s failed: %s", kernel_id, answer["error"])
+                    client.sendall(_http_response(502, "Bad Gateway", {"message": answer["error"]}))
+
+        await self._relay(relay)
+
+    async def _get(self, kernel_id: str, transfer_id: str) -> None:
+        kernel = await self._open_kernel(kernel_id, datachannel.request("get", transfer_id))
+        sizes = [int(s) for s in kernel.answer.get("sizes", [])]
+        total = sum(sizes)
+        try:
+            self._check_cap(total)
+            client = self._take_client(self.detach())
+        except Exception:
+            kernel.sock.close()
+            raise
+
+        def relay() -> None:
+            with client, kernel.sock:
+                client.sendall(
+                    (
+                        f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                        f"Content-Length: {total}\r\nX-Cumulus-Frames: {','.join(map(str, sizes))}"
+                        "\r\nConnection: close\r\n\r\n"
+                    ).encode()
+                )
+                if kernel.handover:
+                    datachannel.hand_over(kernel.sock, client)
+                    datachannel.read_reply(kernel.sock)  # the kernel wrote the body itself
+                else:
+                    datachannel.pump(kernel.sock, client, total)
+                metrics.TRANSFERRED.labels(direction="pull").inc(total)
+
+        await self._relay(relay)
+
+    def _check_cap(self, total: int) -> None:
+        cap = int(self.settings.get("cumulus_max_transfer_bytes", 0))
+        if cap and total > cap:
+            raise GatewayError(
+                413, f"This transfer is {total / 2**20:.0f} MiB; the gateway accepts at most "
+                f"{cap / 2**20:.0f} MiB (CumulusGateway.max_transfer_bytes)"
+            )  # fmt: skip
+
+    async def _relay(self, work: Any) -> None:
+        try:
+            await asyncio.to_thread(work)
+        except (OSError, CumulusError) as exc:  # the response has started: only the log can say
+            self.log.warning("data transfer %s broke off: %s", self.request.path, exc)
+
+
+@dataclass
+class _KernelEnd:
+    """A connection to a kernel's data port that accepted a request."""
+
+    sock: socket.socket
+    answer: dict[str, Any]
+
+    @property
+    def handover(self) -> bool:
+        return self.sock.family == socket.AF_UNIX
+
+
+default_handlers = [  # loaded by jupyter_server as an extra service
+    (r"/api/cumulus/kernels/(?P<kernel_id>[\w-]+)/data/(?P<transfer_id>[^/]+)", DataHandler),
+]
