@@ -24,7 +24,9 @@ MIB = 2**20
 
 def _transferred(gateway: Gateway, direction: str) -> float:
     text = gateway.get("/metrics").text
-    found = re.search(rf'^cumulus_transfer_bytes_total{{direction="{direction}"}} (\S+)$', text, re.M)
+    found = re.search(
+        rf'^cumulus_transfer_bytes_total{{direction="{direction}"}} (\S+)$', text, re.M
+    )
     return float(found.group(1)) if found else 0.0
 
 
@@ -90,7 +92,9 @@ def test_a_push_over_the_cap_is_refused_before_anything_is_sent(tmp_path: Path) 
         s.start("0.2", "10m", lambda line: None)
         try:
             s.push({"kept": 1})
-            with pytest.raises(InvalidArgument, match=r"big 16 MiB.*over the gateway's cap of 8 MiB"):
+            with pytest.raises(
+                InvalidArgument, match=r"big 16 MiB.*over the gateway's cap of 8 MiB"
+            ):
                 s.push({"big": np.zeros(2 * MIB), "kept": 2})
             values, _ = s.pull(["kept", "big"])
             assert values == {"kept": 1}  # nothing of the refused push arrived

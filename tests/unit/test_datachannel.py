@@ -128,11 +128,13 @@ def test_pump_moves_exact_byte_counts_with_splice_and_without() -> None:
             data = bytes(range(256)) * 4096 + b"tail"
             received: list[bytes] = []
 
-            def receive(out: socket.socket = b_out, n: int = len(data) - 4) -> None:
+            def receive(
+                out: socket.socket = b_out, n: int = len(data) - 4, into: list[bytes] = received
+            ) -> None:
                 got = b""
                 while len(got) < n:
                     got += out.recv(1 << 20)
-                received.append(got)
+                into.append(got)
 
             reader = threading.Thread(target=receive)
             reader.start()
