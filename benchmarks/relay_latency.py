@@ -4,6 +4,8 @@ All measured side by side in one run on this machine, and printed as ratios:
 
 - direct: jupyter_client to a local ipykernel over ZMQ (the floor);
 - gateway: `cumulus-gateway`'s kernel WebSocket, TCP_NODELAY on (as shipped) and off;
+- the Cumulus GPU kernel (the local proxy) driven by jupyter_client, and a ``%%cumulus`` cell
+  running ``pass`` on a warm session in an in-process IPython shell;
 - Enterprise Gateway 3.3, when ``--eg-bin`` names the bin directory of a virtualenv that has
   ``jupyter_enterprise_gateway`` (``make bench`` builds one; its pins clash with ours).
 
@@ -108,6 +110,31 @@ async def over_websocket(base: str, kernel_id: str, n: int) -> list[float]:
     return samples
 
 
+def through_magic(gateway: Server, n: int) -> tuple[list[float], float]:
+    """``%%cumulus`` cells running ``pass`` in an in-process IPython shell (a notebook's
+    kernel without the notebook): the first cell starts the session (the cold start), the
+    others reuse it, warm."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    os.environ |= {"CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}
+    shell = InteractiveShell.instance()
+    shell.run_cell("%load_ext cumulus_jupyter")
+    cell = "%%cumulus --gpu 0.5 --session bench\npass\n"
+    samples = []
+    with capture_output():  # the session's progress lines
+        started = time.perf_counter()
+        shell.run_cell(cell).raise_error()
+        cold = time.perf_counter() - started
+        for i in range(n + 10):
+            t0 = time.perf_counter()
+            shell.run_cell(cell).raise_error()
+            if i >= 10:
+                samples.append(time.perf_counter() - t0)
+        shell.run_cell("%cumulus release bench")
+    return samples, cold
+
+
 class Server:
     """A gateway process on loopback, stopped (with its kernels) when done."""
 
@@ -207,6 +234,7 @@ def main() -> None:
                 if nodelay:
                     proxy = asyncio.run(through_proxy(server, Path(tmp), args.n))
                     record("Cumulus GPU kernel (proxy)", *proxy)
+                    record("%%cumulus cell (warm session)", *through_magic(server, args.n))
             finally:
                 server.stop()
     if args.eg_bin:
@@ -229,6 +257,8 @@ def main() -> None:
     print(f"cumulus gateway / direct: {ours_ms / floor:.2f}x (target <= 1.25x)")
     proxy_ms = results["Cumulus GPU kernel (proxy)"]["median_ms"]
     print(f"Cumulus GPU kernel / direct: {proxy_ms / floor:.2f}x (target <= 1.5x)")
+    magic_ms = results["%%cumulus cell (warm session)"]["median_ms"]
+    print(f"%%cumulus cell / direct: {magic_ms / floor:.2f}x (target <= 1.5x)")
     if "Enterprise Gateway 3.3" in results:
         eg = results["Enterprise Gateway 3.3"]["median_ms"]
         print(f"Enterprise Gateway / cumulus gateway: {eg / ours_ms:.1f}x (target >= 5x)")

@@ -44,6 +44,32 @@ def _parse(parts: Parts) -> Message:
     }  # fmt: skip
 
 
+class _Execution:
+    """What the reader does with one execute's messages: outputs go to the waiting thread as
+    they come; the reply is held until the kernel is idle again, then sent as one ``_done``."""
+
+    _SILENT = frozenset({"execute_input", "status", "execute_reply"})
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.reply: Message | None = None
+        self.idle = False
+
+    def take(self, message: Message) -> None:
+        kind = message["msg_type"]
+        if kind == "execute_reply":
+            self.reply = message
+        elif kind == "status":
+            self.idle = self.idle or message["content"].get("execution_state") == "idle"
+        if kind not in self._SILENT:
+            self.inbox.put(message)
+        elif self.reply is not None and self.idle:
+            self.inbox.put({"msg_type": "_done", "reply": self.reply})
+
+    def put(self, message: Message) -> None:  # the loss notice, as for any route
+        self.inbox.put(message)
+
+
 class RemoteRef:
     """A value that stayed in the remote kernel because it is large: ``.fetch()`` brings it."""
 
@@ -72,7 +98,7 @@ class RemoteSession:
         self.settings = settings
         self.kernel: RemoteKernel | None = None
         self.session = Session(username="cumulus")
-        self._routes: dict[str, queue.Queue[Message]] = {}
+        self._routes: dict[str, queue.Queue[Message] | _Execution] = {}
         self._reader: asyncio.Future[None] | None = None
         self.pushed: dict[str, str] = {}  # name -> fingerprint of what the remote has
         self.sent_bytes = 0  # variables pushed so far, for status and tests
@@ -153,7 +179,9 @@ class RemoteSession:
                 if header_of(parts).get("msg_type") in ("comm_msg", "comm_close"):
                     key = json.loads(parts[3]).get("comm_id", key)
                 target = self._routes.get(key)
-                if target is not None:
+                if isinstance(target, _Execution):
+                    target.take(_parse(parts))
+                elif target is not None:
                     message = _parse(parts)
                     message["channel"] = channel
                     target.put(message)
@@ -197,31 +225,54 @@ class RemoteSession:
             self._routes.pop(msg_id, None)
 
     def execute(self, code: str, on_output: Callable[[Message], None]) -> Message:
-        """Run ``code``; ``on_output`` gets every output message in this thread, as it comes."""
+        """Run ``code``; ``on_output`` gets every output message in this thread, as it comes.
+
+        The request is sent without waiting for the send to finish, and the reader wakes this
+        thread only for outputs and once at the end (reply and idle both in), so a ``pass``
+        cell costs one thread hop each way on top of the kernel's own round trip."""
         if self.lost is not None:
             raise self.lost
-        inbox: queue.Queue[Message] = queue.Queue()
-        msg_id = loop.call(self._start_execute(code, inbox))
-        reply: Message | None = None
-        idle = False
+        execution = _Execution()
+        msg_id = self._send_execute(code, execution)
         try:
-            while reply is None or not idle:
-                message = inbox.get()
+            while True:
+                message = execution.inbox.get()
                 kind = message["msg_type"]
                 if kind == "_lost":
                     raise message["error"]
-                if kind == "execute_reply":
-                    reply = message
-                elif kind == "status":
-                    idle = message["content"].get("execution_state") == "idle"
-                elif kind != "execute_input":
-                    on_output(message)
+                if kind == "_done":
+                    return message["reply"]  # type: ignore[no-any-return]
+                on_output(message)
         except KeyboardInterrupt:
             loop.call(self.kernel.interrupt())  # type: ignore[union-attr]
             raise
         finally:
             self._routes.pop(msg_id, None)
-        return reply
+
+    def _send_execute(self, code: str, execution: _Execution) -> str:
+        assert self.kernel is not None
+        kernel = self.kernel
+        content = {
+            "code": code, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": True,
+        }  # fmt: skip
+        msg = self.session.msg("execute_request", content)
+        msg_id = str(msg["header"]["msg_id"])
+        parts = [
+            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
+        ]
+        self._routes[msg_id] = execution
+
+        async def send() -> None:
+            try:
+                await kernel.send("shell", parts)
+            except Exception as exc:  # the link is gone: the waiting thread must hear it
+                self._lose(
+                    self.lost or KernelDied(f"lost the remote kernel of session {self.name}: {exc}")
+                )
+
+        loop.background_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(send()))
+        return msg_id
 
     async def _start_execute(
         self,
