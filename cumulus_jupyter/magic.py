@@ -12,6 +12,7 @@ kernel and partition. ``%cumulus status | sessions | release [NAME] | push NAMES
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import types
@@ -74,6 +75,10 @@ class CumulusMagics(Magics):
         64.0, config=True, help="Assigned values larger than this stay remote as RemoteRefs."
     )
 
+    heartbeat_s = Float(
+        10.0, config=True, help="Seconds between checks that a session's remote kernel lives."
+    )
+
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.sessions: dict[str, RemoteSession] = {}
@@ -96,9 +101,11 @@ class CumulusMagics(Magics):
                 "(the session's variables are sent again), with a longer --duration if needed."
             )
         if old is not None:
-            print(f"Cumulus: session {name} lost ({old.lost}); starting a new one", file=sys.stderr)
+            print(f"Cumulus: {old.lost}. Starting a new session.", file=sys.stderr)
+            with contextlib.suppress(CumulusError):
+                old.release()  # a restarted kernel would still hold the old partition
         settings = GatewaySettings.resolve(opts["gateway"] or self.gateway_url or None)
-        session = RemoteSession(name, settings)
+        session = RemoteSession(name, settings, heartbeat=self.heartbeat_s)
         session.start(opts["gpu"], opts["duration"], self._progress)
         self.sessions[name] = session
         self.current = name
@@ -198,8 +205,8 @@ class CumulusMagics(Magics):
                 if not self.sessions:
                     print("No Cumulus sessions.")
                 for name, session in self.sessions.items():
-                    if not session.alive:
-                        print(f"{name}: lost ({session.lost})")
+                    if not session.check():
+                        print(f"{name}: lost: {session.lost}")
                         continue
                     info = session.info()
                     left = int(info.get("seconds_left", 0))

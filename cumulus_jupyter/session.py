@@ -12,6 +12,7 @@ import ast
 import asyncio
 import json
 import queue
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -93,9 +94,16 @@ class RemoteRef:
 
 
 class RemoteSession:
-    def __init__(self, name: str, settings: GatewaySettings) -> None:
+    """A named remote kernel used across calls. Its state stays known between calls: the
+    reader hears a kernel restart or death at once, and a heartbeat (``heartbeat`` seconds)
+    asks the gateway after the kernel, so a session whose kernel died, was stopped or whose
+    partition ended is `lost` (with when and why) before the next cell tries it."""
+
+    def __init__(self, name: str, settings: GatewaySettings, heartbeat: float = 10.0) -> None:
         self.name = name
         self.settings = settings
+        self.heartbeat = heartbeat
+        self._watcher: asyncio.Future[None] | None = None
         self.kernel: RemoteKernel | None = None
         self.session = Session(username="cumulus")
         self._routes: dict[str, queue.Queue[Message] | _Execution] = {}
@@ -120,6 +128,7 @@ class RemoteSession:
         )
         await self.kernel.connect()
         self._reader = asyncio.ensure_future(self._read())
+        self._watcher = asyncio.ensure_future(self._watch())
         reply = await self._execute_async(
             REGISTER, silent=True, expressions={"v": VERSIONS, "d": DATA_PORT}
         )
@@ -147,6 +156,14 @@ class RemoteSession:
     def alive(self) -> bool:
         return self.kernel is not None and self.lost is None
 
+    def check(self) -> bool:
+        """Ask the gateway now (not at the next heartbeat) whether the kernel lives."""
+        if self.alive:
+            error = loop.call(self._why_gone())
+            if error is not None:
+                self._lose(error)
+        return self.alive
+
     def info(self) -> dict[str, Any]:
         model = (
             loop.call(self.kernel.client.request("GET", f"/api/kernels/{self.kernel.id}"))
@@ -161,8 +178,9 @@ class RemoteSession:
             loop.call(self._release(kernel))
 
     async def _release(self, kernel: RemoteKernel) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._watcher):
+            if task is not None:
+                task.cancel()
         try:
             await kernel.shutdown()
         finally:
@@ -185,19 +203,60 @@ class RemoteSession:
                     message = _parse(parts)
                     message["channel"] = channel
                     target.put(message)
-                elif (
-                    header_of(parts).get("msg_type") == "cumulus"
-                    and json.loads(parts[3]).get("event") == "expired"
-                ):
-                    self._lose(
-                        PartitionExpired(json.loads(parts[3]).get("message", "partition expired"))
-                    )
-        except Exception as exc:  # the link is gone: everyone waiting must hear it
-            self._lose(
-                self.lost or KernelDied(f"lost the remote kernel of session {self.name}: {exc}")
-            )
+                elif header_of(parts).get("msg_type") == "cumulus":
+                    event = json.loads(parts[3])
+                    if event.get("event") == "expired":
+                        self._lose(PartitionExpired(event.get("message", "partition expired")))
+                elif header_of(parts).get("msg_type") == "status" and json.loads(parts[3]).get(
+                    "execution_state"
+                ) in ("restarting", "dead"):  # the gateway saw the kernel process die
+                    self._lose(self._gone("died"))
+        except Exception as exc:  # the link is gone: reconnect if the kernel lives on
+            if self.lost is None:
+                error = await self._why_gone()
+                if error is None and self.kernel is not None:
+                    try:
+                        await self.kernel.connect()  # same session id: the gateway replays
+                    except CumulusError:
+                        error = self._gone(f"became unreachable ({exc})")
+                    else:
+                        self._reader = asyncio.ensure_future(self._read())
+                        return
+                self._lose(error or self._gone(f"became unreachable ({exc})"))
+            else:
+                self._lose(self.lost)
+
+    async def _watch(self) -> None:
+        """The heartbeat: ask the gateway after the kernel until the session ends."""
+        while self.lost is None and self.kernel is not None:
+            await asyncio.sleep(self.heartbeat)
+            if self.lost is None:
+                error = await self._why_gone()
+                if error is not None:
+                    self._lose(error)
+
+    async def _why_gone(self) -> CumulusError | None:
+        """What the gateway says of the kernel: the loss to report, or ``None`` while it runs
+        (or while the gateway cannot be reached: then the next heartbeat asks again)."""
+        if self.kernel is None:
+            return None
+        try:
+            model = await self.kernel.client.request("GET", f"/api/kernels/{self.kernel.id}")
+        except PartitionExpired as exc:
+            return PartitionExpired(str(exc))
+        except CumulusError as exc:
+            return self._gone("was stopped") if exc.status == 404 else None
+        return self._gone("died") if model.get("execution_state") == "dead" else None
+
+    def _gone(self, what: str) -> KernelDied:
+        return KernelDied(
+            f"session {self.name} lost: the kernel {what} at {time.strftime('%H:%M:%S')}; "
+            "its variables are gone"
+        )
 
     def _lose(self, error: CumulusError) -> None:
+        if self.lost is not None and not isinstance(error, PartitionExpired):
+            error = self.lost  # the first cause is the one to report
         self.lost = error
         for target in self._routes.values():
             target.put({"msg_type": "_lost", "error": error})

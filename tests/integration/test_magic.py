@@ -3,6 +3,7 @@ both ways, sessions, errors."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -341,3 +342,113 @@ def test_a_matplotlib_figure_appears_in_the_local_cell(notebook: Any) -> None:
 
     assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
     run(kc, "%cumulus release plots")
+
+
+def _kernel_of(kc: BlockingKernelClient, session: str) -> str:
+    _, out, _, _ = run(
+        kc,
+        f"print(get_ipython().magics_manager.registry['CumulusMagics'].sessions[{session!r}]"
+        ".kernel.id)",
+    )
+    return out.strip()
+
+
+def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, out, _, _ = run(kc, "%cumulus status")
+        line = next(x for x in out.splitlines() if x.startswith(f"{session}:"))
+        if "lost" in line:
+            return line
+        time.sleep(0.2)
+    raise AssertionError(f"session {session} never reported lost: {line}")
+
+
+def test_a_kernel_that_died_between_cells_is_reported_and_replaced(notebook: Any) -> None:
+    import os
+    import signal
+
+    kc, gw = notebook
+    run(kc, "%config CumulusMagics.heartbeat_s = 0.5")
+    run(kc, "base = 40")
+    _, out, _, _ = run(
+        kc, "%%cumulus --session died\nimport os\nremote_only = 1\nprint(os.getpid())"
+    )
+    kernel_id = _kernel_of(kc, "died")
+    old_partition = gw.get(f"/api/kernels/{kernel_id}").json()["cumulus"]["partition_id"]
+    os.kill(int(out), signal.SIGKILL)  # the remote kernel dies between cells
+    line = _status_once_lost(kc, "died")
+    assert "session died lost: the kernel died at" in line
+    assert "its variables are gone" in line
+    reply, out, err, _ = run(kc, "%%cumulus --session died\nprint(base + 2)")
+    assert reply["status"] == "ok"
+    assert "session died lost: the kernel died at" in err and "Starting a new session" in err
+    assert out == "42\n"  # base was pushed again to the new kernel
+    assert _kernel_of(kc, "died") != kernel_id
+    partitions = [p["id"] for p in gw.get("/api/cumulus/partitions").json()]
+    assert old_partition not in partitions  # the restarted old kernel was let go
+    run(kc, "%cumulus release died")
+
+
+def test_a_kernel_stopped_from_outside_is_known_lost_before_the_next_cell(notebook: Any) -> None:
+    import time
+
+    kc, gw = notebook
+    run(kc, "%config CumulusMagics.heartbeat_s = 0.5")
+    run(kc, "%%cumulus --session stopped\nx1 = 1")
+    assert gw.delete(f"/api/kernels/{_kernel_of(kc, 'stopped')}").status_code == 204
+    deadline = time.monotonic() + 60
+    lost = "None"
+    while lost == "None" and time.monotonic() < deadline:  # no cell, no status: the heartbeat
+        _, out, _, _ = run(
+            kc,
+            "print(get_ipython().magics_manager.registry['CumulusMagics'].sessions['stopped'].lost)",
+        )
+        lost = out.strip()
+    assert "session stopped lost: the kernel was stopped at" in lost
+    line = _status_once_lost(kc, "stopped")
+    assert "session stopped lost: the kernel was stopped at" in line
+    reply, out, _, _ = run(kc, "%%cumulus --session stopped\nprint('fresh')")
+    assert reply["status"] == "ok" and out == "fresh\n"
+    run(kc, "%cumulus release stopped")
+
+
+def test_a_queued_cell_shows_its_queue_position_then_its_partition(notebook: Any) -> None:
+    from tests.support.messages import iopub_message
+
+    kc, gw = notebook
+    run(kc, "%cumulus release")  # the device to ourselves
+    reply, _, err, _ = run(kc, "%%cumulus --gpu 1 --session whole\npass")
+    assert reply["status"] == "ok", err
+    holder = _kernel_of(kc, "whole")
+    msg_id = kc.execute("%%cumulus --gpu 0.5 --session queued\nprint('ran')")
+    stderr: list[str] = []
+
+    def waiting(message: dict[str, Any]) -> bool:
+        if message["parent_header"].get("msg_id") != msg_id or message["msg_type"] != "stream":
+            return False
+        stderr.append(message["content"]["text"])
+        return "queue position 1" in "".join(stderr)
+
+    iopub_message(kc, waiting, timeout=120)
+    assert re.search(
+        r"Cumulus: waiting for a partition: queue position 1 \(no device has 0.5 free .*\), \d+ s",
+        "".join(stderr),
+    )
+    assert gw.delete(f"/api/kernels/{holder}").status_code == 204  # the device frees up
+    ran = iopub_message(
+        kc,
+        lambda m: (
+            m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "stream"
+            and (stderr.append(m["content"]["text"]) or "ran" in m["content"]["text"])
+        ),
+        timeout=120,
+    )
+    assert ran["content"]["text"] == "ran\n"
+    assert shell_reply(kc, msg_id)["content"]["status"] == "ok"
+    text = "".join(stderr)
+    assert "ready (0.5 GPU" in text.split("queue position 1", 1)[1]  # ready came after the wait
+    run(kc, "%cumulus release")
