@@ -452,3 +452,25 @@ def test_a_queued_cell_shows_its_queue_position_then_its_partition(notebook: Any
     text = "".join(stderr)
     assert "ready (0.5 GPU" in text.split("queue position 1", 1)[1]  # ready came after the wait
     run(kc, "%cumulus release")
+
+
+def test_bad_duration_unreachable_gateway_and_wrong_token_are_one_line_each(notebook: Any) -> None:
+    kc, _ = notebook
+    run(kc, "untouched = 'before'")
+    cases = [
+        ("%%cumulus --duration 3s --session bad1\nuntouched = 'after'", "InvalidArgument: "),
+        ("%%cumulus --gateway http://127.0.0.1:9 --session bad2\nuntouched = 'after'",
+         "Unavailable: Cannot reach the Cumulus gateway at http://127.0.0.1:9"),
+        ("import os\n_t = os.environ['CUMULUS_TOKEN']\nos.environ['CUMULUS_TOKEN'] = 'wrong'\n"
+         "get_ipython().run_cell_magic('cumulus', '--session bad3', \"untouched = 'after'\")\n"
+         "os.environ['CUMULUS_TOKEN'] = _t",
+         "Unauthenticated: The gateway at http://127.0.0.1:"),
+    ]  # fmt: skip
+    for code, expected in cases:
+        reply, out, err, _ = run(kc, code)
+        assert reply["status"] == "ok"  # the cell ends with the message, not a traceback
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(expected), err
+    assert "duration" in run(kc, "%%cumulus --duration 3s --session bad1\npass")[2].lower()
+    _, out, _, _ = run(kc, "print(untouched)")
+    assert out == "before\n"
