@@ -44,6 +44,7 @@ bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	$(BIN)/python benchmarks/chronos_throughput.py --json .bench/chronos.json
 	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json
 	$(BIN)/python benchmarks/transfer.py --json .bench/transfer.json
+	$(BIN)/python benchmarks/report.py --dir .bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
