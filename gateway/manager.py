@@ -7,6 +7,7 @@ asking after one hears "partition expired", with a 410, rather than a bare 404).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import time
@@ -96,6 +97,18 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     async def shutdown_kernel(  # type: ignore[override]
         self, kernel_id: str, now: bool = False, restart: bool = False
     ) -> None:
+        """Shut a kernel down; one the restarter is bringing back (its process died) is let
+        finish restarting first: jupyter_client reads ``ready.exception()`` and fails with
+        ``InvalidStateError`` (a 500, partition kept) on a restart still under way."""
+        km = self._kernels.get(kernel_id)
+        deadline = time.monotonic() + self.launch_timeout
+        # a restart is a shutdown then a start, each with its own pending `ready`
+        while km is not None and not km.ready.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(km.ready), deadline - time.monotonic())
+            except Exception:  # a failed restart is handled below as usual
+                if not km.ready.done():
+                    break  # still pending at the launch timeout: jupyter_client decides
         await super().shutdown_kernel(kernel_id, now=now, restart=restart)
         if not restart:
             self.records.delete(kernel_id)

@@ -4,6 +4,7 @@ framings, partitions per kernel, errors that say what is wrong."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,32 @@ def test_unknown_kernel_ids_are_404(gateway: Gateway) -> None:
     assert gateway.get(f"/api/kernels/{missing}").status_code == 404
     assert gateway.delete(f"/api/kernels/{missing}").status_code == 404
     assert gateway.post(f"/api/kernels/{missing}/interrupt").status_code == 404
+
+
+def test_a_kernel_shut_down_while_it_restarts_is_shut_down(
+    state_path: Path, tmp_path: Path
+) -> None:
+    """The restarter brings back a kernel whose process died; a DELETE that arrives meanwhile
+    must shut it down and free its partition. (jupyter_client's shutdown read the pending
+    restart's result and raised InvalidStateError: a 500, kernel and partition kept; seen in
+    CI when a magic session let go of a kernel that had just died.) Driven in-process so the
+    shutdown lands inside the restart every time."""
+    from gateway.kernelspecs import CumulusKernelSpecManager
+    from gateway.manager import CumulusKernelManager
+
+    async def run() -> None:
+        manager = CumulusKernelManager(root_dir=str(tmp_path), connection_dir=str(tmp_path))
+        manager.kernel_spec_manager = CumulusKernelSpecManager()
+        kernel_id = await manager.start_kernel()
+        try:
+            restarting = asyncio.ensure_future(manager.restart_kernel(kernel_id))
+            while manager.get_kernel(kernel_id).ready.done():
+                await asyncio.sleep(0)  # until the restart is under way
+            await manager.shutdown_kernel(kernel_id)
+            assert manager.list_kernel_ids() == []
+            assert manager.broker.store.partitions() == []
+            await asyncio.gather(restarting, return_exceptions=True)
+        finally:
+            await manager.shutdown_all(now=True)
+
+    asyncio.run(run())

@@ -366,7 +366,6 @@ def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
     raise AssertionError(f"session {session} never reported lost: {line}")
 
 
-@pytest.mark.skip(reason="failed/hung once in a clean-clone CI run (session 2); see issue 4 note")
 def test_a_kernel_that_died_between_cells_is_reported_and_replaced(notebook: Any) -> None:
     import os
     import signal
@@ -393,7 +392,6 @@ def test_a_kernel_that_died_between_cells_is_reported_and_replaced(notebook: Any
     run(kc, "%cumulus release died")
 
 
-@pytest.mark.skip(reason="failed/hung once in a clean-clone CI run (session 2); see issue 4 note")
 def test_a_kernel_stopped_from_outside_is_known_lost_before_the_next_cell(notebook: Any) -> None:
     import time
 
