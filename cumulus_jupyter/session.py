@@ -212,19 +212,21 @@ class RemoteSession:
                 ) in ("restarting", "dead"):  # the gateway saw the kernel process die
                     self._lose(self._gone("died"))
         except Exception as exc:  # the link is gone: reconnect if the kernel lives on
-            if self.lost is None:
-                error = await self._why_gone()
-                if error is None and self.kernel is not None:
-                    try:
-                        await self.kernel.connect()  # same session id: the gateway replays
-                    except CumulusError:
-                        error = self._gone(f"became unreachable ({exc})")
-                    else:
-                        self._reader = asyncio.ensure_future(self._read())
-                        return
-                self._lose(error or self._gone(f"became unreachable ({exc})"))
-            else:
-                self._lose(self.lost)
+            error = self.lost or await self._why_gone()
+            if error is None and await self._reconnect():
+                return
+            self._lose(error or self._gone(f"became unreachable ({exc})"))
+
+    async def _reconnect(self) -> bool:
+        """A new WebSocket to the same kernel (same session id: the gateway replays what it
+        buffered meanwhile) and a new reader on it."""
+        assert self.kernel is not None
+        try:
+            await self.kernel.connect()
+        except CumulusError:
+            return False
+        self._reader = asyncio.ensure_future(self._read())
+        return True
 
     async def _watch(self) -> None:
         """The heartbeat: ask the gateway after the kernel until the session ends."""
@@ -261,25 +263,41 @@ class RemoteSession:
         for target in self._routes.values():
             target.put({"msg_type": "_lost", "error": error})
 
-    async def _send(self, msg_type: str, content: dict[str, Any], buffers: list[Any] = ()) -> str:  # type: ignore[assignment]
-        assert self.kernel is not None
+    def _request(self, msg_type: str, content: dict[str, Any]) -> tuple[str, Parts]:
+        """A new request's id and its packed parts (header, parent, metadata, content)."""
         msg = self.session.msg(msg_type, content)
         parts = [
             self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
         ]
-        await self.kernel.send("shell", [*parts, *buffers])
-        return str(msg["header"]["msg_id"])
+        return str(msg["header"]["msg_id"]), parts
+
+    @staticmethod
+    def _execute_content(
+        code: str, silent: bool = False, expressions: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "code": code, "silent": silent, "store_history": not silent,
+            "user_expressions": expressions or {}, "allow_stdin": False, "stop_on_error": True,
+        }  # fmt: skip
 
     async def _execute_async(
         self, code: str, silent: bool = False, expressions: dict[str, str] | None = None
     ) -> Message:
-        inbox: queue.Queue[Message] = queue.Queue()
-        msg_id = await self._start_execute(code, inbox, silent, expressions)
+        """`execute` for the background loop itself (start-up), without outputs."""
+        assert self.kernel is not None
+        execution = _Execution()
+        msg_id, parts = self._request(
+            "execute_request", self._execute_content(code, silent, expressions)
+        )
+        self._routes[msg_id] = execution
         try:
+            await self.kernel.send("shell", parts)
             while True:
-                message = await asyncio.to_thread(inbox.get)
-                if message["msg_type"] == "execute_reply":
-                    return message
+                message = await asyncio.to_thread(execution.inbox.get)
+                if message["msg_type"] == "_lost":
+                    raise message["error"]
+                if message["msg_type"] == "_done":
+                    return message["reply"]  # type: ignore[no-any-return]
         finally:
             self._routes.pop(msg_id, None)
 
@@ -311,47 +329,16 @@ class RemoteSession:
     def _send_execute(self, code: str, execution: _Execution) -> str:
         assert self.kernel is not None
         kernel = self.kernel
-        content = {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": True,
-        }  # fmt: skip
-        msg = self.session.msg("execute_request", content)
-        msg_id = str(msg["header"]["msg_id"])
-        parts = [
-            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
-        ]
+        msg_id, parts = self._request("execute_request", self._execute_content(code))
         self._routes[msg_id] = execution
 
         async def send() -> None:
             try:
                 await kernel.send("shell", parts)
             except Exception as exc:  # the link is gone: the waiting thread must hear it
-                self._lose(
-                    self.lost or KernelDied(f"lost the remote kernel of session {self.name}: {exc}")
-                )
+                self._lose(self._gone(f"became unreachable ({exc})"))
 
         loop.background_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(send()))
-        return msg_id
-
-    async def _start_execute(
-        self,
-        code: str,
-        inbox: queue.Queue[Message],
-        silent: bool = False,
-        expressions: dict[str, str] | None = None,
-    ) -> str:
-        content = {
-            "code": code, "silent": silent, "store_history": not silent,
-            "user_expressions": expressions or {}, "allow_stdin": False, "stop_on_error": True,
-        }  # fmt: skip
-        msg = self.session.msg("execute_request", content)
-        msg_id = str(msg["header"]["msg_id"])
-        self._routes[msg_id] = inbox
-        parts = [
-            self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
-        ]
-        assert self.kernel is not None
-        await self.kernel.send("shell", parts)
         return msg_id
 
     def _comm(
@@ -362,14 +349,11 @@ class RemoteSession:
         comm_id = uuid.uuid4().hex
         inbox: queue.Queue[Message] = queue.Queue()
         self._routes[comm_id] = inbox
+        _, parts = self._request(
+            "comm_open", {"comm_id": comm_id, "target_name": target, "data": data}
+        )
         try:
-            loop.call(
-                self._send(
-                    "comm_open",
-                    {"comm_id": comm_id, "target_name": target, "data": data},
-                    buffers,
-                )
-            )
+            loop.call(self.kernel.send("shell", [*parts, *buffers]))  # type: ignore[union-attr]
             while True:
                 try:
                     message = inbox.get(timeout=600)

@@ -12,6 +12,7 @@ its partition from the store (so expiries and releases made by other processes c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from jupyter_client.session import Session
@@ -86,9 +87,8 @@ class ExpirySupervisor:
             extra={"event": "expired", "kernel_id": kernel_id, "partition_id": partition.id},
         )  # fmt: skip
         try:
-            await self.manager.shutdown_kernel(kernel_id, now=True)
-        except KeyError:
-            pass  # already gone
+            with contextlib.suppress(KeyError):  # already gone
+                await self.manager.shutdown_kernel(kernel_id, now=True)
         finally:
             self._ending.discard(kernel_id)
             self._warned = {w for w in self._warned if w[0] != kernel_id}

@@ -55,6 +55,33 @@ def run(
     return reply, out, err, outputs
 
 
+def _session_attr(kc: BlockingKernelClient, session: str, attribute: str) -> str:
+    """``str()`` of an attribute of a magic session, read in the notebook kernel."""
+    _, out, _, _ = run(
+        kc,
+        f"print(get_ipython().magics_manager.registry['CumulusMagics'].sessions[{session!r}]"
+        f".{attribute})",
+    )
+    return out.strip()
+
+
+def _kernel_of(kc: BlockingKernelClient, session: str) -> str:
+    return _session_attr(kc, session, "kernel.id")
+
+
+def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, out, _, _ = run(kc, "%cumulus status")
+        line = next(x for x in out.splitlines() if x.startswith(f"{session}:"))
+        if "lost" in line:
+            return line
+        time.sleep(0.2)
+    raise AssertionError(f"session {session} never reported lost: {line}")
+
+
 def test_a_cell_runs_remotely_with_variables_both_ways(notebook: Any) -> None:
     kc, gw = notebook
     run(kc, "import numpy as np\nx = np.arange(6.0).reshape(2, 3)")
@@ -183,11 +210,7 @@ def test_an_expired_session_says_so_and_the_next_cell_gets_a_new_partition(noteb
 
     kc, gw = notebook
     run(kc, "%%cumulus --session exp --duration 1h\nkeep = 41")
-    _, out, _, _ = run(
-        kc,
-        "print(get_ipython().magics_manager.registry['CumulusMagics'].sessions['exp'].kernel.id)",
-    )
-    kernel_id = out.strip()
+    kernel_id = _kernel_of(kc, "exp")
     partition_id = gw.get(f"/api/kernels/{kernel_id}").json()["cumulus"]["partition_id"]
     with sqlite3.connect(gw.state) as db:
         db.execute(
@@ -344,28 +367,6 @@ def test_a_matplotlib_figure_appears_in_the_local_cell(notebook: Any) -> None:
     run(kc, "%cumulus release plots")
 
 
-def _kernel_of(kc: BlockingKernelClient, session: str) -> str:
-    _, out, _, _ = run(
-        kc,
-        f"print(get_ipython().magics_manager.registry['CumulusMagics'].sessions[{session!r}]"
-        ".kernel.id)",
-    )
-    return out.strip()
-
-
-def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        _, out, _, _ = run(kc, "%cumulus status")
-        line = next(x for x in out.splitlines() if x.startswith(f"{session}:"))
-        if "lost" in line:
-            return line
-        time.sleep(0.2)
-    raise AssertionError(f"session {session} never reported lost: {line}")
-
-
 def test_a_kernel_that_died_between_cells_is_reported_and_replaced(notebook: Any) -> None:
     import os
     import signal
@@ -402,11 +403,7 @@ def test_a_kernel_stopped_from_outside_is_known_lost_before_the_next_cell(notebo
     deadline = time.monotonic() + 60
     lost = "None"
     while lost == "None" and time.monotonic() < deadline:  # no cell, no status: the heartbeat
-        _, out, _, _ = run(
-            kc,
-            "print(get_ipython().magics_manager.registry['CumulusMagics'].sessions['stopped'].lost)",
-        )
-        lost = out.strip()
+        lost = _session_attr(kc, "stopped", "lost")
     assert "session stopped lost: the kernel was stopped at" in lost
     line = _status_once_lost(kc, "stopped")
     assert "session stopped lost: the kernel was stopped at" in line

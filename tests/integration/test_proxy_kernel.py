@@ -3,6 +3,7 @@ any front end would: everything a local ipykernel does, plus partitions and thei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -40,14 +41,23 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
             gw.stop()
 
 
-@pytest.fixture
-def kernel(proxied: tuple[Gateway, str]) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_new_kernel(kernel_name=proxied[1], startup_timeout=60)
+@contextlib.contextmanager
+def started(
+    name: str, now: bool = False, **kwargs: Any
+) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """A proxy kernel started as JupyterLab starts one; shut down (politely unless ``now``)."""
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60, **kwargs)
     try:
         yield km, kc
     finally:
         kc.stop_channels()
-        km.shutdown_kernel(now=False)
+        km.shutdown_kernel(now=now)
+
+
+@pytest.fixture
+def kernel(proxied: tuple[Gateway, str]) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    with started(proxied[1]) as (km, kc):
+        yield km, kc
 
 
 def run(
@@ -157,8 +167,7 @@ def test_interrupt_restart_keep_the_partition_and_shutdown_releases_it(
     proxied: tuple[Gateway, str],
 ) -> None:
     gw, name = proxied
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
-    try:
+    with started(name) as (km, kc):
         run(kc, "x = 1")
         [before] = gw.get("/api/kernels").json()
         msg_id = kc.execute("import time; time.sleep(120)")
@@ -178,9 +187,6 @@ def test_interrupt_restart_keep_the_partition_and_shutdown_releases_it(
             after["id"] == before["id"]
             and after["cumulus"]["partition_id"] == before["cumulus"]["partition_id"]
         )
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
     assert gw.get("/api/kernels").json() == []
     with Store(discover({}), gw.state) as store:
         assert store.get(before["cumulus"]["partition_id"]).state.value == "released"
@@ -191,17 +197,13 @@ def test_an_unreachable_gateway_is_explained_in_the_cell(
 ) -> None:
     _, name = proxied
     monkeypatch.setenv("CUMULUS_GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)  # kernel_info answers at once
-    try:
+    with started(name, now=True) as (_km, kc):  # kernel_info answers at once
         reply, outputs = run(kc, "print(1)")
         assert reply["status"] == "error" and reply["ename"] == "Unavailable"
         assert "Cannot reach the Cumulus gateway at http://127.0.0.1:9" in reply["evalue"]
         assert [m["content"]["ename"] for m in outputs if m["msg_type"] == "error"] == [
             "Unavailable"
         ]
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_a_wrong_token_is_explained_in_the_cell(
@@ -209,13 +211,9 @@ def test_a_wrong_token_is_explained_in_the_cell(
 ) -> None:
     gw, name = proxied
     monkeypatch.setenv("CUMULUS_TOKEN", "wrong")
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
-    try:
+    with started(name, now=True) as (_km, kc):
         reply, _ = run(kc, "print(1)")
         assert reply["ename"] == "Unauthenticated" and "refused the token" in reply["evalue"]
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert gw.get("/api/kernels").json() == []
 
 
@@ -238,8 +236,7 @@ def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
     import time
 
     gw, name = proxied
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
-    try:
+    with started(name) as (km, kc):
         run(kc, "y = 2")
         [model] = gw.get("/api/kernels").json()
         with sqlite3.connect(gw.state) as db:
@@ -276,9 +273,6 @@ def test_expiry_is_told_in_the_notebook_and_restart_gets_a_new_partition(
         assert reply["status"] == "ok" and text(outputs) == "fresh\n"
         [fresh] = gw.get("/api/kernels").json()
         assert fresh["cumulus"]["partition_id"] != model["cumulus"]["partition_id"]
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
 
 
 def test_a_remote_kernel_dying_mid_cell_ends_the_cell_with_a_clear_error(kernel: Any) -> None:
@@ -314,13 +308,9 @@ def test_a_url_that_is_not_a_gateway_is_explained(
     )
     try:
         monkeypatch.setenv("CUMULUS_GATEWAY_URL", f"http://127.0.0.1:{port}")
-        km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
-        try:
+        with started(name, now=True) as (_km, kc):
             reply, _ = run(kc, "print(1)")
             assert reply["ename"] == "Unavailable" and "is not a Cumulus gateway" in reply["evalue"]
-        finally:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
     finally:
         web.terminate()
         web.wait(timeout=30)
@@ -336,8 +326,7 @@ def test_a_dropped_connection_is_resumed_and_no_output_is_lost(
     gw, name = proxied
     relay = TcpRelay(gw.port)
     monkeypatch.setenv("CUMULUS_GATEWAY_URL", f"http://127.0.0.1:{relay.port}")
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
-    try:
+    with started(name) as (_km, kc):
         run(kc, "pass")
         msg_id = kc.execute(
             "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.1)"
@@ -358,9 +347,6 @@ def test_a_dropped_connection_is_resumed_and_no_output_is_lost(
                 break
         assert relay.cuts == 1
         assert lines == "".join(f"{i}\n" for i in range(30))
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
         relay.close()
 
 
@@ -453,8 +439,7 @@ def test_the_first_cell_shows_the_queue_while_waiting_for_a_partition(
 
     gw, name = proxied
     blocker = gw.start_kernel(KERNEL_GPU="0.9")
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)  # answers while queued
-    try:
+    with started(name) as (_km, kc):  # answers while queued
         msg_id = kc.execute("print('finally running')")
         seen = ""
         released = threading.Event()
@@ -474,6 +459,3 @@ def test_the_first_cell_shows_the_queue_while_waiting_for_a_partition(
             in seen
         )
         assert "Cumulus: partition p-" in seen and seen.endswith("finally running\n")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
