@@ -88,6 +88,7 @@ class ProxyKernel:
         self.busy_sent: set[str] = set()  # requests we said busy for before the remote did
         self.internal: dict[str, asyncio.Future[Parts]] = {}  # the proxy's own requests/comms
         self.own_comms: set[str] = set()
+        self.probes: set[str] = set()  # kernel_info probes: answered by their iopub, not shell
         self.outstanding: dict[str, tuple[list[bytes], dict[str, Any]]] = {}  # unanswered executes
 
     # -- local sockets -------------------------------------------------------------------------
@@ -453,7 +454,12 @@ class ProxyKernel:
                 return True  # the rest of a comm of ours (its close)
         if key not in self.internal:
             return False
-        if channel != "iopub" or header_of(parts).get("msg_type") == "comm_msg":
+        if key in self.probes:
+            answered = channel == "iopub"  # the kernel's iopub reaches us again
+        else:
+            answered = channel != "iopub" or header_of(parts).get("msg_type") == "comm_msg"
+        if answered:
+            self.probes.discard(key)
             future = self.internal.pop(key)
             if not future.done():
                 future.set_result(parts)
@@ -494,8 +500,10 @@ class ProxyKernel:
             self.background.add(asyncio.ensure_future(self._probe_until_ready()))
 
     async def _probe_until_ready(self, attempts: int = 60) -> None:
-        """Ask the restarted remote kernel for kernel_info until it answers (the relay loop
-        delivers the reply to us), then let held requests through."""
+        """Ask the restarted remote kernel for kernel_info until its iopub answers (the
+        gateway's iopub subscription to the new process comes up after its shell: output
+        published before would be lost, and a cell would never see its idle), then let held
+        requests through."""
         try:
             for _ in range(attempts):
                 if self.remote is None:
@@ -503,12 +511,14 @@ class ProxyKernel:
                 msg_id, parts = self._message_parts("kernel_info_request", {})
                 answer: asyncio.Future[Parts] = asyncio.get_running_loop().create_future()
                 self.internal[msg_id] = answer
+                self.probes.add(msg_id)
                 try:
                     await self.remote.send("shell", parts)
                     await asyncio.wait_for(answer, 2)
                     break
                 except (TimeoutError, websockets.ConnectionClosed):
                     self.internal.pop(msg_id, None)
+                    self.probes.discard(msg_id)
         finally:
             self.accepting.set()
             await self._flush_pending()

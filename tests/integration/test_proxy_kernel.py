@@ -326,27 +326,29 @@ def test_a_dropped_connection_is_resumed_and_no_output_is_lost(
     gw, name = proxied
     relay = TcpRelay(gw.port)
     monkeypatch.setenv("CUMULUS_GATEWAY_URL", f"http://127.0.0.1:{relay.port}")
-    with started(name) as (_km, kc):
-        run(kc, "pass")
-        msg_id = kc.execute(
-            "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.1)"
-        )
-        lines = ""
-        cut = False
-        while True:
-            msg = kc.get_iopub_msg(timeout=60)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                lines += msg["content"]["text"]
-                if not cut and "5\n" in lines:
-                    relay.cut()  # the link drops mid-cell
-                    cut = True
-                    time.sleep(0.5)
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        assert relay.cuts == 1
-        assert lines == "".join(f"{i}\n" for i in range(30))
+    try:
+        with started(name) as (_km, kc):
+            run(kc, "pass")
+            msg_id = kc.execute(
+                "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.1)"
+            )
+            lines = ""
+            cut = False
+            while True:
+                msg = kc.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    lines += msg["content"]["text"]
+                    if not cut and "5\n" in lines:
+                        relay.cut()  # the link drops mid-cell
+                        cut = True
+                        time.sleep(0.5)
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            assert relay.cuts == 1
+            assert lines == "".join(f"{i}\n" for i in range(30))
+    finally:
         relay.close()
 
 
