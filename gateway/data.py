@@ -37,12 +37,17 @@ def _stall_timeout(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
+def _http_head(status: int, reason: str, content_type: str, length: int, extra: str = "") -> bytes:
+    """The head of a response written on a connection taken from tornado (closed after)."""
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode()
+
+
 def _http_response(status: int, reason: str, body: dict[str, Any]) -> bytes:
     data = json.dumps(body).encode()
-    return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-    ).encode() + data
+    return _http_head(status, reason, "application/json", len(data)) + data
 
 
 @web.stream_request_body
@@ -170,13 +175,8 @@ class DataHandler(_Errors):
 
         def relay() -> None:
             with client, kernel.sock:
-                client.sendall(
-                    (
-                        f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                        f"Content-Length: {total}\r\nX-Cumulus-Frames: {','.join(map(str, sizes))}"
-                        "\r\nConnection: close\r\n\r\n"
-                    ).encode()
-                )
+                frames = f"X-Cumulus-Frames: {','.join(map(str, sizes))}\r\n"
+                client.sendall(_http_head(200, "OK", "application/octet-stream", total, frames))
                 if kernel.handover:
                     datachannel.hand_over(kernel.sock, client)
                     datachannel.read_reply(kernel.sock)  # the kernel wrote the body itself

@@ -17,6 +17,7 @@ Called by jupyter_client's `KernelManager`:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -128,6 +129,9 @@ class CumulusProvisioner(LocalProvisioner):
         await super().cleanup(restart=restart)
         if not restart:
             await self._release("kernel shut down")
+            if self.data_socket:  # the kernel exits without closing its data port
+                with contextlib.suppress(OSError):
+                    os.unlink(self.data_socket)
             # files the Cumulus GPU kernel synced for this kernel: scratch, gone with it
             shutil.rmtree(workdir(self.kernel_id), ignore_errors=True)
 

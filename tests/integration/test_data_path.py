@@ -4,7 +4,9 @@ over TCP; the endpoint is authenticated, scoped, validated and capped."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,12 +60,17 @@ def _round_trip(gateway: Gateway, session: RemoteSession) -> None:
     assert _transferred(gateway, "pull") >= big.nbytes
 
 
-def test_large_values_are_handed_to_the_kernel_on_this_host(
-    gateway: Gateway, session: RemoteSession
-) -> None:
-    sockets = list((Path(gateway.env.get("TMPDIR", "/tmp"))).glob("cumulus-data-*/*.sock"))
-    assert sockets, "the kernel opened no Unix data socket"
-    _round_trip(gateway, session)
+def test_large_values_are_handed_to_the_kernel_on_this_host(gateway: Gateway) -> None:
+    session = RemoteSession("handover", GatewaySettings(gateway.url, gateway.token))
+    session.start("0.2", "10m", lambda line: None)
+    assert session.kernel is not None
+    unix = Path(tempfile.gettempdir()) / f"cumulus-data-{os.getuid()}" / f"{session.kernel.id}.sock"
+    try:
+        assert unix.is_socket(), "the kernel opened no Unix data socket"
+        _round_trip(gateway, session)
+    finally:
+        session.release()
+    assert not unix.exists()  # gone with the kernel
 
 
 def test_without_unix_sockets_the_gateway_relays_over_tcp(tmp_path: Path) -> None:
