@@ -21,6 +21,7 @@ from gateway.kernelspecs import CumulusKernelSpecManager
 from gateway.logs import use_json
 from gateway.manager import CumulusKernelManager
 from gateway.provisioner import CumulusProvisioner
+from gateway.runtimes import RUNTIMES
 from gateway.supervisor import ExpirySupervisor
 
 
@@ -49,6 +50,7 @@ class CumulusGateway(ServerApp):
         CumulusKernelManager,
         CumulusKernelSpecManager,
         CumulusProvisioner,
+        *RUNTIMES.values(),
     ]
 
     tcp_nodelay = Bool(
@@ -80,7 +82,7 @@ class CumulusGateway(ServerApp):
 
     @default("extra_services")
     def _extra_services(self) -> list[str]:
-        return ["gateway.handlers", "gateway.data"]
+        return ["gateway.handlers", "gateway.data", "gateway.callback"]
 
     @default("kernel_manager_class")
     def _kernel_manager_class(self) -> type:
@@ -124,6 +126,9 @@ class CumulusGateway(ServerApp):
         self.web_app.settings["cumulus_tcp_nodelay"] = self.tcp_nodelay
         self.web_app.settings["websocket_max_message_size"] = self.max_message_bytes
         self.web_app.settings["cumulus_max_transfer_bytes"] = self.max_transfer_bytes
+        self.web_app.settings["cumulus_callbacks"] = cast(
+            CumulusKernelManager, self.kernel_manager
+        ).callbacks
 
     def initialize(
         self,

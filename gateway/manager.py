@@ -21,6 +21,7 @@ from traitlets import Float, Unicode, default
 
 from chronos import Partition, Store, discover
 from gateway import metrics
+from gateway.callback import Callbacks
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.partitions import PartitionBroker
 from gateway.runtimes import Runtime, runtime_for
@@ -46,7 +47,10 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     """Kernels in Chronos partitions, started through `CumulusProvisioner`."""
 
     runtime_name = Unicode(
-        "local", config=True, help="Where kernels run: local (docker, swarm: not yet)."
+        "local",
+        config=True,
+        help="Where kernels run: local (processes on this host), docker (a job container per "
+        "kernel on this host's engine) or swarm (a Docker Swarm service per kernel).",
     )
     state_path = Unicode(
         "", config=True, help="Chronos state file (default: $CHRONOS_STATE or the user data dir)."
@@ -67,10 +71,15 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_kernel_name = BUILTIN_NAME
-        store = Store(discover(), self.state_path or None)
+        self.callbacks = Callbacks()
+        self.runtime: Runtime = runtime_for(self.runtime_name, parent=self)
+        try:
+            self.runtime.check()
+        except ValueError as exc:  # each kernel start will say it again, to its requester
+            self.log.warning("%s runtime: %s", self.runtime.name, exc)
+        store = Store(self.runtime.devices() or discover(), self.state_path or None)
         self.broker = PartitionBroker(store, on_allocated=metrics.ALLOCATION.observe)
         self.records = KernelRecords(store.path)
-        self.runtime: Runtime = runtime_for(self.runtime_name)
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
         self.connections: dict[str, set[Any]] = {}  # kernel id -> open websocket handlers
@@ -116,12 +125,28 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     def _handle_kernel_died(self, kernel_id: str) -> None:
         """The restarter gave up on a kernel: its partition must not outlive it."""
         partition = self.partitions.pop(kernel_id, None)
+        km = self._kernels.get(kernel_id)
+        outside = getattr(km.provisioner, "ended_outside", None) if km is not None else None
         if partition is not None:
-            self.broker.release(partition.id, "kernel died")
+            self.broker.release(partition.id, outside or "kernel died")
+            what = (
+                f"The kernel ended: {outside}"
+                if outside
+                else ("The kernel died and could not be restarted")
+            )
             self.mark_ended(
-                kernel_id,
-                f"The kernel died and could not be restarted; partition {partition.id} was "
-                "released. Start a new kernel.",
+                kernel_id, f"{what}; partition {partition.id} was released. Start a new kernel."
+            )
+        handle = getattr(km.provisioner, "handle", None) if km is not None else None
+        if handle is not None:  # its container or service is not left behind
+            task = asyncio.ensure_future(asyncio.to_thread(handle.remove))
+            task.add_done_callback(
+                lambda t: (
+                    t.exception()
+                    and self.log.warning(
+                        "could not remove kernel %s's container: %s", kernel_id, t.exception()
+                    )
+                )
             )
         self.records.delete(kernel_id)
         super()._handle_kernel_died(kernel_id)
@@ -182,6 +207,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         process = self.runtime.adopt(record.provisioner_info.get("runtime") or {})
         if process is not None:  # its partition ended: the kernel must not run on
             process.kill()
+            process.remove()
         self.records.delete(record.kernel_id)
         self.log.info("Kernel %s did not survive; its partition was released", record.kernel_id)
 

@@ -17,6 +17,7 @@ Called by jupyter_client's `KernelManager`:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -24,7 +25,7 @@ import shutil
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Unicode
 
@@ -32,6 +33,7 @@ from chronos import Partition, confinement_env
 from cumulus_jupyter.archive import workdir
 from cumulus_jupyter.errors import PartitionExpired
 from gateway.partitions import PartitionRequest
+from gateway.runtimes import KernelProcess, Launch
 
 if TYPE_CHECKING:
     from gateway.manager import CumulusKernelManager
@@ -51,6 +53,8 @@ class CumulusProvisioner(LocalProvisioner):
     runtime_info: dict[str, Any] | None = None
     data_port: int | None = None  # the kernel's bulk data port (cumulus_jupyter.datachannel)
     data_socket: str | None = None  # its Unix socket, where the client's connection is handed
+    handle: KernelProcess | None = None  # the runtime's handle, kept after the process ended
+    ended_outside: str | None = None  # why the kernel was ended by someone else, if it was
 
     @property
     def manager(self) -> CumulusKernelManager:
@@ -68,6 +72,10 @@ class CumulusProvisioner(LocalProvisioner):
         try:
             self.manager.partitions[self.kernel_id] = self.partition
             kwargs["env"] = self._kernel_env(request_env, self.partition)
+            if not self.manager.runtime.on_gateway_host:
+                # the last container's address; jupyter_client writes its placeholder
+                # connection file only for an address of this host (the kernel reports its own)
+                cast(Any, self.parent).ip = "127.0.0.1"
             return await super().pre_launch(**kwargs)  # type: ignore[no-any-return]
         except BaseException:
             await self._release("launch failed")
@@ -86,7 +94,8 @@ class CumulusProvisioner(LocalProvisioner):
         return await manager.broker.acquire(request, wait=wait, timeout=timeout)
 
     def _kernel_env(self, request_env: dict[str, str], partition: Partition) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+        on_host = self.manager.runtime.on_gateway_host
+        base = {k: v for k, v in os.environ.items() if on_host and not _SECRET_ENV.search(k)}
         base |= self.kernel_spec.env or {}
         base |= request_env
         base |= confinement_env(partition, self.manager.broker.store.devices)
@@ -96,7 +105,7 @@ class CumulusProvisioner(LocalProvisioner):
             self.data_port = _free_port(host)
         base["CUMULUS_DATA_HOST"] = host
         base["CUMULUS_DATA_PORT"] = str(self.data_port)
-        if self.data_socket is None and self.manager.data_socket_dir:
+        if self.data_socket is None and self.manager.data_socket_dir and on_host:
             self.data_socket = _socket_path(self.manager.data_socket_dir, self.kernel_id)
         if self.data_socket:
             base["CUMULUS_DATA_SOCKET"] = self.data_socket
@@ -104,19 +113,29 @@ class CumulusProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.partition is not None
+        runtime = self.manager.runtime
+        devices = self.manager.broker.store.devices
+        launch = Launch(
+            cmd, kwargs["env"], kwargs.get("cwd"), self.kernel_id,
+            [devices[i] for i in self.partition.devices],
+        )  # fmt: skip
         try:
-            handle = await self.manager.runtime.launch(
-                cmd, kwargs["env"], kwargs.get("cwd"), self.kernel_id
-            )
+            started = await runtime.launch(launch)
+            handle = started.process
+            self.handle = handle
             self.process = cast(Any, handle)  # Popen's interface, as LocalProvisioner drives it
             self.pid = handle.pid
-            self.pgid = handle.pid  # runtimes start kernels in their own process group
+            # a local kernel leads its own process group; a container is signalled by its engine
+            self.pgid = handle.pid if runtime.on_gateway_host else None
             self.runtime_info = handle.info()
-            self.manager.broker.store.attach(self.partition.id, handle.pid)
+            if started.connection_info is not None:
+                self._use_reported(started.connection_info, started.data_port)
+            if handle.pid > 0:
+                self.manager.broker.store.attach(self.partition.id, handle.pid)
             self.log.info(
-                "kernel %s started in partition %s (%s GPU on %s), pid %d",
+                "kernel %s started in partition %s (%s GPU on %s) by the %s runtime, pid %d",
                 self.kernel_id, self.partition.id, self.partition.amount,
-                ",".join(self.partition.device_ids), handle.pid,
+                ",".join(self.partition.device_ids), runtime.name, handle.pid,
                 extra={"event": "kernel_started", "kernel_id": self.kernel_id,
                        "partition_id": self.partition.id, "pid": handle.pid},
             )  # fmt: skip
@@ -125,8 +144,37 @@ class CumulusProvisioner(LocalProvisioner):
             raise
         return self.connection_info
 
+    def _use_reported(self, info: dict[str, Any], data_port: int | None) -> None:
+        """The kernel chose its own ports and key (a container's callback): they replace the
+        placeholder connection file jupyter_client wrote before the launch."""
+        km = cast(Any, self.parent)
+        km.cleanup_connection_file()
+        for name in port_names:
+            setattr(km, name, 0)  # jupyter_client keeps a port that is not 0
+        reported = dict(info)
+        reported["key"] = str(info["key"]).encode()
+        self.connection_info = cast(KernelConnectionInfo, reported)
+        self.data_port = data_port
+
+    async def poll(self) -> int | None:
+        """The kernel's exit code once it ended. A container stopped or removed from outside the
+        gateway (``docker kill``, ``docker rm``) is final: no restart; the kernel is reported
+        dead with that reason, and its partition is released."""
+        code: int | None = await super().poll()
+        why = getattr(self.handle, "ended_outside", None)
+        if code is not None and why and self.ended_outside is None:
+            self.ended_outside = why
+            restarter = getattr(self.parent, "_restarter", None)
+            if restarter is not None:
+                restarter.restart_limit = 0  # the restarter reports "dead" at once
+            self.log.warning("kernel %s ended: %s", self.kernel_id, why)
+        return code
+
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
+        if self.handle is not None:  # a container or service is removed, restart or not
+            await asyncio.to_thread(self.handle.remove)
+            self.handle = None
         if not restart:
             await self._release("kernel shut down")
             if self.data_socket:  # the kernel exits without closing its data port
@@ -156,7 +204,10 @@ class CumulusProvisioner(LocalProvisioner):
         self.runtime_info = provisioner_info.get("runtime")
         self.data_port = provisioner_info.get("data_port")
         self.data_socket = provisioner_info.get("data_socket")
-        self.process = cast(Any, self.manager.runtime.adopt(self.runtime_info or {}))
+        self.handle = self.manager.runtime.adopt(self.runtime_info or {})
+        self.process = cast(Any, self.handle)
+        if self.handle is not None and not self.manager.runtime.on_gateway_host:
+            self.pgid = None
 
 
 def _free_port(host: str) -> int:

@@ -1,19 +1,36 @@
-"""Where kernels run: one `Runtime` per kind of place (local processes today; docker and swarm
-plug into the same interface)."""
+"""Where kernels run: one `Runtime` per kind of place: local processes (the embedded default),
+Docker job containers on this host, Docker Swarm services across GPU hosts."""
 
-from gateway.runtimes.base import KernelProcess, Runtime
+from typing import Any
+
+from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
+from gateway.runtimes.docker import DockerRuntime
 from gateway.runtimes.local import LocalRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {"local": LocalRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {
+    "local": LocalRuntime,
+    "docker": DockerRuntime,
+}
 
 
-def runtime_for(name: str) -> Runtime:
-    """The runtime called ``name``; `ValueError` naming the choices otherwise."""
+def runtime_for(name: str, **kwargs: Any) -> Runtime:
+    """The runtime called ``name`` (``kwargs``: traitlets' ``parent``/``config``); `ValueError`
+    naming the choices otherwise."""
     try:
-        return RUNTIMES[name]()
+        cls = RUNTIMES[name]
     except KeyError:
         choices = ", ".join(sorted(RUNTIMES))
         raise ValueError(f"Unknown runtime: {name}. Choose one of: {choices}") from None
+    return cls(**kwargs)
 
 
-__all__ = ["RUNTIMES", "KernelProcess", "LocalRuntime", "Runtime", "runtime_for"]
+__all__ = [
+    "RUNTIMES",
+    "DockerRuntime",
+    "KernelProcess",
+    "Launch",
+    "LocalRuntime",
+    "Runtime",
+    "Started",
+    "runtime_for",
+]

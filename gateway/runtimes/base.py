@@ -2,14 +2,19 @@
 
 A `KernelProcess` has the subset of ``subprocess.Popen``'s interface that jupyter_client's
 `LocalProvisioner` drives (``pid``, ``poll``, ``wait``, ``send_signal``, ``terminate``,
-``kill``), so every runtime's handle plugs into the same provisioner.
+``kill``), so every runtime's handle plugs into the same provisioner. A runtime is a traitlets
+configurable (``--DockerRuntime.image=...``) whose parent is the gateway's kernel manager.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from traitlets.config import LoggingConfigurable
+
+from chronos import Device
 
 
 class KernelProcess(Protocol):
@@ -33,18 +38,53 @@ class KernelProcess(Protocol):
         """What `Runtime.adopt` needs to find this kernel again after a gateway restart."""
         ...
 
+    def remove(self) -> None:
+        """Free what the kernel leaves behind once it has exited (a container, a service)."""
+        ...
 
-class Runtime(ABC):
+
+@dataclass
+class Launch:
+    """What the provisioner asks a runtime to start."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None
+    kernel_id: str
+    devices: Sequence[Device] = field(default=())  # the partition's devices
+
+
+@dataclass
+class Started:
+    """A started kernel; ``connection_info`` and ``data_port`` when the kernel chose its own
+    ports and key (a containerised kernel reports them through the callback)."""
+
+    process: KernelProcess
+    connection_info: dict[str, Any] | None = None
+    data_port: int | None = None
+
+
+class Runtime(LoggingConfigurable):
     """Starts kernels somewhere. Called by `CumulusProvisioner.launch_kernel`."""
 
-    name: str
+    name = "runtime"
+    #: whether kernels inherit the gateway's environment and see its files (a local process
+    #: does; a container gets only the partition's and the request's variables)
+    on_gateway_host = True
 
-    @abstractmethod
-    async def launch(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, kernel_id: str
-    ) -> KernelProcess:
+    async def launch(self, launch: Launch) -> Started:
         """Start the kernel command; return once the process exists (not when it is ready)."""
+        raise NotImplementedError
 
-    @abstractmethod
     def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
         """The kernel described by ``info`` (from `KernelProcess.info`) if it still runs."""
+        raise NotImplementedError
+
+    def devices(self) -> list[Device] | None:
+        """The devices partitions are cut from when the runtime knows them (a Swarm's nodes);
+        None: this host's devices (discovery, or ``CHRONOS_DEVICES``)."""
+        return None
+
+    def check(self) -> None:
+        """Raise `ValueError` with a one-line reason when the runtime cannot work (the gateway
+        refuses to start)."""

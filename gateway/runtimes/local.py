@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
 
-from gateway.runtimes.base import KernelProcess, Runtime
+from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 
 _START_TIME_TOLERANCE_S = 0.05
 
@@ -69,28 +69,29 @@ class LocalProcess:
     def info(self) -> dict[str, Any]:
         return {"runtime": "local", "pid": self.pid, "started": self.started}
 
+    def remove(self) -> None:
+        """Nothing: an exited process leaves nothing behind."""
+
 
 class LocalRuntime(Runtime):
     """Kernels as processes on the gateway host: no daemon, no image."""
 
     name = "local"
 
-    async def launch(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, kernel_id: str
-    ) -> KernelProcess:
-        clean_env = {k: v for k, v in env.items() if k != "JPY_PARENT_PID"}
+    async def launch(self, launch: Launch) -> Started:
+        clean_env = {k: v for k, v in launch.env.items() if k != "JPY_PARENT_PID"}
         popen = await asyncio.to_thread(
             subprocess.Popen,
-            list(argv),
+            list(launch.argv),
             env=clean_env,
-            cwd=cwd or None,
+            cwd=launch.cwd or None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: signals reach the whole kernel
         )
         proc = psutil.Process(popen.pid)
         # psutil reaps the child from now on; stop Popen from trying too
         popen.returncode = 0
-        return LocalProcess(proc, proc.create_time())
+        return Started(LocalProcess(proc, proc.create_time()))
 
     def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
         try:

@@ -3,43 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
 
 from chronos import Store, discover
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
-    """Poll for a state change; the deadline only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def set_expiry(gateway: Gateway, partition_id: str, seconds_from_now: float) -> None:
-    """Let time pass: shift the partition's whole life back so that it ends at now + seconds."""
-    with sqlite3.connect(gateway.state) as db:
-        (expires,) = db.execute(
-            "SELECT expires_at FROM partitions WHERE id = ?", (partition_id,)
-        ).fetchone()
-        shift = time.time() + seconds_from_now - expires
-        db.execute(
-            "UPDATE partitions SET expires_at = expires_at + ?, created_at = created_at + ? WHERE id = ?",
-            (shift, shift, partition_id),
-        )
 
 
 def test_no_wait_requests_get_429_with_retry_after(gateway: Gateway) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -124,3 +125,27 @@ class Gateway:
                     if proc is not None:
                         proc.kill()
                         proc.wait(timeout=30)
+
+
+def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
+    """Poll for a state change; the deadline only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def set_expiry(gateway: Gateway, partition_id: str, seconds_from_now: float) -> None:
+    """Let time pass: shift the partition's whole life back so that it ends at now + seconds."""
+    with sqlite3.connect(gateway.state) as db:
+        (expires,) = db.execute(
+            "SELECT expires_at FROM partitions WHERE id = ?", (partition_id,)
+        ).fetchone()
+        shift = time.time() + seconds_from_now - expires
+        db.execute(
+            "UPDATE partitions SET expires_at = expires_at + ?, created_at = created_at + ? WHERE id = ?",
+            (shift, shift, partition_id),
+        )

@@ -1,0 +1,129 @@
+"""The first process of a kernel in a job container: it calls the gateway back, then becomes the
+kernel.
+
+``python -m cumulus_jupyter.launcher [KERNEL ARGS...]`` (the container's command) does, in order:
+
+1. find the address the gateway can reach this container at: the local end of a route to the
+   callback URL's host (``CUMULUS_KERNEL_IP`` overrides);
+2. choose the kernel's ports and a fresh HMAC key there and write the connection file into the
+   writable work directory (the key never appears in the container's environment or
+   configuration, which ``docker inspect`` shows to anyone with access to the engine);
+3. POST the connection info and the data port to ``CUMULUS_CALLBACK_URL`` with the single-use
+   per-kernel token from ``CUMULUS_CALLBACK_TOKEN`` (256 bits; the gateway refuses it a second
+   time, after its launch timeout, or for another kernel);
+4. ``exec`` the kernel command (``KERNEL ARGS`` with ``-f`` pointing at the new connection file;
+   ``-m ipykernel_launcher`` when none is given), so signals from the engine reach the kernel.
+
+Any failure ends the container with a one-line reason on stderr, which the gateway shows in the
+kernel start's error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from jupyter_client.connect import write_connection_file
+
+CALLBACK_URL_ENV = "CUMULUS_CALLBACK_URL"
+CALLBACK_TOKEN_ENV = "CUMULUS_CALLBACK_TOKEN"
+CALLBACK_TIMEOUT_S = 30.0
+
+
+class LaunchFailed(Exception):
+    """Why this container cannot become a kernel (printed, then exit status 3)."""
+
+
+def reachable_ip(url: str) -> str:
+    """The local address of a route to ``url``'s host: what that host sees us as."""
+    override = os.environ.get("CUMULUS_KERNEL_IP")
+    if override:
+        return override
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)  # a UDP connect sends nothing: it only picks the route
+            return str(probe.getsockname()[0])
+    except OSError as exc:
+        raise LaunchFailed(f"no route to the gateway at {host}: {exc}") from exc
+
+
+def free_port(ip: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
+        sock.bind((ip, 0))
+        return int(sock.getsockname()[1])
+
+
+def kernel_argv(args: Sequence[str], connection_file: str) -> list[str]:
+    """The kernel's command with ``-f`` naming our connection file (the gateway formatted it with
+    a path on its own host, which means nothing here)."""
+    rest = list(args) or ["-m", "ipykernel_launcher", "-f", connection_file]
+    for flag in ("-f", "--f", "--KernelApp.connection_file"):
+        if flag in rest[:-1]:
+            rest[rest.index(flag) + 1] = connection_file
+            break
+    else:
+        rest += ["-f", connection_file]
+    return [sys.executable, *rest]
+
+
+def call_back(url: str, token: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"token {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=CALLBACK_TIMEOUT_S) as reply:
+            reply.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise LaunchFailed(f"the gateway refused the callback: {exc.code} {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise LaunchFailed(f"cannot reach the gateway at {url}: {exc}") from exc
+
+
+def prepare(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Call the gateway back; the kernel command and environment to exec."""
+    url = os.environ.get(CALLBACK_URL_ENV)
+    token = os.environ.get(CALLBACK_TOKEN_ENV)
+    if not url or not token:
+        raise LaunchFailed(f"{CALLBACK_URL_ENV} and {CALLBACK_TOKEN_ENV} must be set")
+    ip = reachable_ip(url)
+    workdir = os.environ.get("CUMULUS_WORKDIR") or tempfile.gettempdir()
+    path = os.path.join(workdir, f"kernel-{os.environ.get('CUMULUS_KERNEL_ID', 'job')}.json")
+    _, info = write_connection_file(path, ip=ip, key=secrets.token_hex(32).encode())
+    data_port = free_port(ip)
+    payload = {"connection_info": dict(info), "data_port": data_port}  # its key: a str
+    call_back(url, token, payload)
+    env = {k: v for k, v in os.environ.items() if k not in (CALLBACK_TOKEN_ENV, CALLBACK_URL_ENV)}
+    env |= {"CUMULUS_DATA_HOST": ip, "CUMULUS_DATA_PORT": str(data_port)}
+    env.pop("CUMULUS_DATA_SOCKET", None)  # handed connections need the gateway's host
+    return kernel_argv(args, path), env
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command, env = prepare(args)
+    except LaunchFailed as exc:
+        print(f"cumulus launcher: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+    os.execve(command[0], command, env)
+
+
+if __name__ == "__main__":
+    main()

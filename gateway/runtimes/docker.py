@@ -1,0 +1,368 @@
+"""Kernels in job containers: one Docker container per kernel, from the ``cumulus-job`` image.
+
+Each container gets the partition's environment and nothing of the gateway's; its GPU as a device
+request (NVIDIA) or device nodes (AMD, Intel); a cgroup memory and CPU limit; a read-only root
+file system with a private writable work directory (tmpfs, gone with the container); a non-root
+user, no capabilities and ``no-new-privileges``; and the host's network by default (the kernel's
+ports are on loopback, the way back to the gateway), or any network the operator names.
+
+The kernel does not learn its ports from the gateway: the container's launcher
+(`cumulus_jupyter.launcher`) chooses them and a key, and reports them to the gateway's callback
+endpoint with the single-use token issued here (`gateway.callback`). `launch` returns once that
+callback has arrived; a container that exits first, or never calls back within the launch
+timeout, fails the start with its last log lines, and is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, cast
+
+from traitlets import Float, Int, Unicode
+
+from chronos import Device, Vendor
+from cumulus_jupyter.errors import CumulusError, DeadlineExceeded, KernelDied, Unavailable
+from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
+
+if TYPE_CHECKING:
+    import docker
+
+    from gateway.manager import CumulusKernelManager
+
+LABEL = "cumulus.kernel"  # every container and service we start carries its kernel id here
+LOG_LINES = 20
+_POLL_S = 0.2
+
+
+def engine(base_url: str) -> docker.DockerClient:
+    """A client of the Docker engine at ``base_url`` (empty: ``DOCKER_HOST`` or the local
+    socket); `Unavailable` when it does not answer."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = base_url or "DOCKER_HOST or /var/run/docker.sock"
+        raise Unavailable(f"Docker engine not reachable ({where}): {_reason(exc)}") from exc
+    return client
+
+
+def _epoch(stamp: Any) -> int:
+    """Seconds since the epoch of the engine's RFC 3339 time stamp (0 if it has none)."""
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(str(stamp)[:26].rstrip("Z") + "+00:00").timestamp())
+    except ValueError:
+        return 0
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[-1] if len(text) > 200 else text
+
+
+def exit_code(state: Mapping[str, Any]) -> int:
+    """Popen's convention: negative when killed by a signal (the engine reports 128+N)."""
+    code = int(state.get("ExitCode", -1))
+    return -(code - 128) if 128 < code < 160 else code
+
+
+class ContainerProcess:
+    """A kernel's container, as the provisioner sees a process."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, pid: int) -> None:
+        self._api = client.api
+        self.id = container_id
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = self.stdout = self.stderr = None
+        self.stopping = False  # we asked the engine to stop it
+        self.ended_outside: str | None = None  # why, when someone else stopped or removed it
+
+    def poll(self) -> int | None:
+        import docker
+
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            state = self._api.inspect_container(self.id)["State"]
+        except docker.errors.NotFound:
+            self.returncode = -signal.SIGKILL
+            if not self.stopping:
+                self.ended_outside = f"its container {self.id[:12]} was removed"
+            return self.returncode
+        except docker.errors.DockerException:
+            return None  # the engine is away: the container may well run on
+        if state.get("Running") or state.get("Restarting"):
+            return None
+        self.returncode = exit_code(state)
+        if not self.stopping and self._killed_by_engine_client(state):
+            self.ended_outside = f"its container {self.id[:12]} was stopped outside the gateway"
+        elif state.get("OOMKilled"):
+            self.ended_outside = None  # a crash: jupyter_client restarts it, as a local kernel
+        return self.returncode
+
+    def _killed_by_engine_client(self, state: Mapping[str, Any]) -> bool:
+        """Whether someone asked the engine to kill or stop it (``docker kill``/``stop``/
+        ``rm -f``): the engine's events say so; a kernel that crashed has none."""
+        import docker
+
+        try:
+            events = self._api.events(
+                since=_epoch(state.get("StartedAt")), until=int(time.time()) + 1,
+                filters={"container": self.id, "event": ["kill", "stop"]}, decode=True,
+            )  # fmt: skip
+            return any(True for _ in events)
+        except docker.errors.DockerException:
+            return False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.id, timeout or 0)
+            time.sleep(_POLL_S)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        import docker
+
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            self.stopping = True
+        if self.poll() is None:
+            try:
+                self._api.kill(self.id, signal=int(signum))
+            except docker.errors.APIError as exc:  # it exited meanwhile
+                raise ProcessLookupError(f"container {self.id[:12]}: {exc.explanation}") from exc
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def info(self) -> dict[str, Any]:
+        return {"runtime": "docker", "container": self.id, "pid": self.pid}
+
+    def remove(self) -> None:
+        import docker
+
+        self.stopping = True
+        try:
+            self._api.remove_container(self.id, force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    def logs(self, lines: int = LOG_LINES) -> str:
+        import docker
+
+        try:
+            raw = self._api.logs(self.id, stdout=True, stderr=True, tail=lines)
+        except docker.errors.DockerException:
+            return ""
+        return raw.decode(errors="replace").strip()
+
+
+class DockerRuntime(Runtime):
+    """Kernels in containers of the ``cumulus-job`` image on this host's Docker engine."""
+
+    name = "docker"
+    on_gateway_host = False
+
+    image = Unicode("cumulus-job:latest", config=True, help="The job image kernels run in.")
+    docker_url = Unicode(
+        "", config=True, help="Docker engine URL (default: DOCKER_HOST or the local socket)."
+    )
+    network = Unicode(
+        "host",
+        config=True,
+        help="Network of the kernel containers. 'host': the kernel listens on loopback, the "
+        "gateway's way in (the default); or a network that reaches the gateway's callback URL.",
+    )
+    callback_url = Unicode(
+        "",
+        config=True,
+        help="The gateway's base URL as a container reaches it (default: http://127.0.0.1:PORT "
+        "on the host network).",
+    )
+    user = Unicode("1000:1000", config=True, help="UID:GID kernels run as (never root).")
+    memory = Unicode("4g", config=True, help="Memory limit of a kernel container (cgroup).")
+    cpus = Float(2.0, config=True, help="CPU limit of a kernel container, in CPUs (cgroup).")
+    pids_limit = Int(512, config=True, help="Most processes and threads in a kernel container.")
+    work_size = Unicode("1g", config=True, help="Size of the writable work directory (tmpfs).")
+
+    @property
+    def manager(self) -> CumulusKernelManager:
+        return cast("CumulusKernelManager", self.parent)
+
+    @cached_property
+    def client(self) -> docker.DockerClient:
+        return engine(self.docker_url)
+
+    def check(self) -> None:
+        import docker
+
+        try:
+            self.client.images.get(self.image)
+        except docker.errors.ImageNotFound:
+            raise ValueError(self.missing_image()) from None
+        except CumulusError as exc:
+            raise ValueError(str(exc)) from None
+
+    def missing_image(self) -> str:
+        return (
+            f"Job image {self.image} is not on the Docker engine; build it with "
+            "`python -m gateway.container.build` (or `make image`)"
+        )
+
+    def base_url(self) -> str:
+        if self.callback_url:
+            return self.callback_url.rstrip("/")
+        app = self.manager.parent
+        base = str(getattr(app, "base_url", "/") or "/").rstrip("/")
+        return f"http://127.0.0.1:{getattr(app, 'port', 8888)}{base}"
+
+    def environment(self, launch: Launch, token: str) -> dict[str, str]:
+        env = {k: v for k, v in launch.env.items() if k not in ("JPY_PARENT_PID", "PATH")}
+        env |= {
+            "CUMULUS_CALLBACK_URL": f"{self.base_url()}/api/cumulus/kernels/{launch.kernel_id}/"
+            "callback",
+            "CUMULUS_CALLBACK_TOKEN": token,
+            "CUMULUS_WORKDIR": "/work",
+            "HOME": "/work",
+            "JUPYTER_RUNTIME_DIR": "/work/.runtime",
+        }
+        return env
+
+    def container_options(self, launch: Launch, token: str) -> dict[str, Any]:
+        """The engine's create options for one kernel (also what the unit tests check)."""
+        uid, _, gid = self.user.partition(":")
+        if uid in ("0", "root"):
+            raise ValueError("DockerRuntime.user must not be root")
+        options: dict[str, Any] = {
+            "image": self.image,
+            "command": ["python", "-m", "cumulus_jupyter.launcher", *launch.argv[1:]],
+            "name": f"cumulus-kernel-{launch.kernel_id}",
+            "labels": {LABEL: launch.kernel_id},
+            "environment": self.environment(launch, token),
+            "user": self.user,
+            "working_dir": "/work",
+            "read_only": True,
+            "tmpfs": {
+                "/work": f"rw,nosuid,nodev,size={self.work_size},uid={uid},gid={gid or uid},"
+                "mode=0700",
+                "/tmp": f"rw,nosuid,nodev,size={self.work_size},mode=1777",
+            },
+            "network_mode": self.network,
+            "mem_limit": self.memory,
+            "memswap_limit": self.memory,  # no swap beyond the limit
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": self.pids_limit,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,  # signals reach the kernel; its children are reaped
+            "detach": True,
+        }
+        options |= gpu_options(launch.devices)
+        return options
+
+    async def launch(self, launch: Launch) -> Started:
+        import docker
+
+        callbacks = self.manager.callbacks
+        token = callbacks.issue(launch.kernel_id, self.manager.launch_timeout)
+        process: ContainerProcess | None = None
+        try:
+            options = self.container_options(launch, token)
+            try:
+                container = await asyncio.to_thread(self._start, options)
+            except docker.errors.ImageNotFound:
+                raise Unavailable(self.missing_image()) from None
+            except docker.errors.DockerException as exc:
+                raise Unavailable(f"Docker could not start the kernel: {_reason(exc)}") from exc
+            process = ContainerProcess(self.client, container.id, container.attrs["State"]["Pid"])
+            payload = await until_called_back(process, callbacks.wait(launch.kernel_id))
+        except BaseException:
+            callbacks.cancel(launch.kernel_id)
+            if process is not None:
+                await asyncio.to_thread(process.remove)
+            raise
+        return Started(process, payload["connection_info"], payload.get("data_port"))
+
+    def _start(self, options: dict[str, Any]) -> Any:
+        self.client.images.get(self.image)  # never a pull: there is no registry to ask
+        container = self.client.containers.run(**options)
+        container.reload()
+        return container
+
+    def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
+        import docker
+
+        if info.get("runtime") != self.name or not info.get("container"):
+            return None
+        try:
+            state = self.client.api.inspect_container(info["container"])["State"]
+        except (docker.errors.DockerException, CumulusError):
+            return None
+        if not state.get("Running"):
+            return None
+        return ContainerProcess(self.client, str(info["container"]), int(state.get("Pid", 0)))
+
+
+async def until_called_back(process: Any, callback: Any) -> dict[str, Any]:
+    """The callback's payload, unless the kernel's container (or task) ends first."""
+    waiting = asyncio.ensure_future(callback)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=_POLL_S)
+            if done:
+                try:
+                    return cast(dict[str, Any], waiting.result())
+                except DeadlineExceeded as exc:
+                    raise DeadlineExceeded(f"{exc}{_log_tail(process)}") from None
+            code = await asyncio.to_thread(process.poll)
+            if code is not None:
+                raise KernelDied(
+                    f"the kernel's container exited ({code}) before it called back"
+                    f"{_log_tail(process)}"
+                )
+    finally:
+        waiting.cancel()
+
+
+def _log_tail(process: Any) -> str:
+    text = process.logs()
+    return f"; its last output:\n{text}" if text else ""
+
+
+def gpu_options(devices: list[Device] | Any) -> dict[str, Any]:
+    """The engine options that give a container the partition's devices: an NVIDIA device
+    request by UUID (or index), the ROCm/oneAPI device nodes for AMD and Intel GPUs. A CPU
+    device (PoCL) needs nothing."""
+    import docker
+
+    options: dict[str, Any] = {}
+    nvidia = [d for d in devices if d.vendor is Vendor.NVIDIA]
+    if nvidia:
+        ids = [d.uuid or str(d.index) for d in nvidia]
+        options["device_requests"] = [
+            docker.types.DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])
+        ]
+    nodes: list[str] = []
+    if any(d.vendor is Vendor.AMD for d in devices):
+        nodes += ["/dev/kfd", "/dev/dri"]
+    if any(d.vendor is Vendor.INTEL and d.kind == "gpu" for d in devices):
+        nodes += ["/dev/dri"]
+    if nodes:
+        options["devices"] = [f"{n}:{n}:rwm" for n in dict.fromkeys(nodes)]
+    return options

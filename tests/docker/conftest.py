@@ -1,0 +1,80 @@
+"""The docker tier: a dockerd of the tests' own, the job image built once per run, gateways on
+the docker runtime. Where no engine can be started the tier is skipped, loudly, except under CI,
+where that is a failure."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.engine import Engine
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.docker
+
+LABEL = "cumulus.kernel"
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    why = Engine.unavailable()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"docker tier cannot run in CI: {why}")
+        pytest.skip(f"docker tier NOT run: {why}")
+    eng = Engine()
+    eng.start()
+    try:
+        yield eng
+    finally:
+        try:
+            remove_everything(eng)
+        finally:
+            eng.stop()
+
+
+def client(engine: Engine) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=engine.url)
+
+
+def remove_everything(engine: Engine) -> None:
+    """What a test left behind (it should be nothing: the tests assert that first)."""
+    c = client(engine)
+    swarm = c.info().get("Swarm", {}).get("LocalNodeState") == "active"
+    for service in c.services.list(filters={"label": LABEL}) if swarm else []:
+        service.remove()
+    for container in c.containers.list(all=True, filters={"label": LABEL}):
+        container.remove(force=True)
+    if swarm:
+        c.swarm.leave(force=True)
+
+
+@pytest.fixture(scope="session")
+def job_image(engine: Engine) -> str:
+    from gateway.container.build import build
+
+    return build(docker_url=engine.url)
+
+
+def kernel_containers(engine: Engine) -> list[Any]:
+    return client(engine).containers.list(all=True, filters={"label": LABEL})
+
+
+@pytest.fixture
+def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[Gateway]:
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=docker",
+        env={"DOCKER_HOST": engine.url},
+    )  # fmt: skip
+    try:
+        yield gw
+    finally:
+        gw.stop()
+    left = kernel_containers(engine)
+    assert not left, f"containers left behind: {[c.name for c in left]}"
