@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
@@ -155,6 +156,16 @@ class CumulusProvisioner(LocalProvisioner):
         reported["key"] = str(info["key"]).encode()
         self.connection_info = cast(KernelConnectionInfo, reported)
         self.data_port = data_port
+
+    async def send_signal(self, signum: int) -> None:
+        """An interrupt for a kernel no signal can reach (a Swarm task on another host) goes as
+        an ``interrupt_request`` on its control channel, which ipykernel handles the same way."""
+        if signum == signal.SIGINT and not self.manager.runtime.signals:
+            km = cast(Any, self.parent)
+            km._connect_control_socket()
+            km.session.send(km._control_socket, km.session.msg("interrupt_request", content={}))
+            return
+        await super().send_signal(signum)
 
     async def poll(self) -> int | None:
         """The kernel's exit code once it ended. A container stopped or removed from outside the

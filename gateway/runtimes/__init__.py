@@ -6,10 +6,12 @@ from typing import Any
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 from gateway.runtimes.docker import DockerRuntime
 from gateway.runtimes.local import LocalRuntime
+from gateway.runtimes.swarm import SwarmRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "local": LocalRuntime,
     "docker": DockerRuntime,
+    "swarm": SwarmRuntime,
 }
 
 
@@ -32,5 +34,6 @@ __all__ = [
     "LocalRuntime",
     "Runtime",
     "Started",
+    "SwarmRuntime",
     "runtime_for",
 ]

@@ -71,6 +71,8 @@ class Runtime(LoggingConfigurable):
     #: whether kernels inherit the gateway's environment and see its files (a local process
     #: does; a container gets only the partition's and the request's variables)
     on_gateway_host = True
+    #: whether signals reach the kernel (a Swarm task's do not: interrupts go as messages)
+    signals = True
 
     async def launch(self, launch: Launch) -> Started:
         """Start the kernel command; return once the process exists (not when it is ready)."""

@@ -78,3 +78,52 @@ def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[G
         gw.stop()
     left = kernel_containers(engine)
     assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture(scope="session")
+def swarm(engine: Engine, job_image: str) -> Iterator[str]:
+    """A single-node Swarm on loopback whose node carries the devices that
+    ``scripts/setup-worker.sh --detect`` finds through the job image; its node id."""
+    import subprocess
+
+    c = client(engine)
+    c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377", force_new_cluster=False)
+    try:
+        detected = subprocess.run(
+            ["scripts/setup-worker.sh", "--detect", "--image-tag", job_image],
+            env=os.environ | {"DOCKER_HOST": engine.url},
+            capture_output=True, text=True, check=True, timeout=300,
+        ).stdout.strip()  # fmt: skip
+        node = c.nodes.get(c.info()["Swarm"]["NodeID"])
+        spec = node.attrs["Spec"]
+        spec["Labels"] = (spec.get("Labels") or {}) | {"cumulus.devices": detected}
+        node.update(spec)
+        yield node.id
+    finally:
+        c.swarm.leave(force=True)
+
+
+@pytest.fixture
+def swarm_gateway(tmp_path: Path, engine: Engine, swarm: str) -> Iterator[Gateway]:
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=swarm",
+        env={"DOCKER_HOST": engine.url},
+    )  # fmt: skip
+    try:
+        yield gw
+    finally:
+        gw.stop()
+    left = client(engine).services.list(filters={"label": LABEL})
+    assert not left, f"services left behind: {[s.name for s in left]}"
+    assert not kernel_containers(engine) or _gone_soon(engine)
+
+
+def _gone_soon(engine: Engine) -> bool:
+    """A removed service's container goes a moment after the service."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while kernel_containers(engine):
+        assert time.monotonic() < deadline, "a removed service's container stayed"
+        time.sleep(0.2)
+    return True
