@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint unit bench clean
+.PHONY: setup system-deps run test lint unit bench clean image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: lint system-deps
 
 unit: setup
 	$(BIN)/pytest -m unit
+
+# the job image of the docker and swarm runtimes (needs root for debootstrap, and dockerd)
+image: setup
+	$(BIN)/python -m gateway.container.build
 
 EG_BIN := .bench/eg/bin
 

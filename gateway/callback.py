@@ -30,6 +30,7 @@ from tornado import web
 
 from cumulus_jupyter.errors import CumulusError, DeadlineExceeded, PermissionDenied
 
+_KEEP_S = 3600.0  # how long a spent token is remembered, to tell a replay it was used
 _REQUIRED = ("ip", "key", "shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -38,6 +39,7 @@ class _Pending:
     digest: bytes
     deadline: float
     future: asyncio.Future[dict[str, Any]] = field(repr=False)
+    used: bool = False
 
 
 class Callbacks:
@@ -45,34 +47,36 @@ class Callbacks:
 
     def __init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
-        self._used: dict[str, float] = {}  # kernel id -> when its token was spent
 
     def issue(self, kernel_id: str, ttl_s: float) -> str:
         """A new token for ``kernel_id`` (replacing any earlier one, as on a restart)."""
+        now = time.monotonic()
+        for old in [k for k, p in self._pending.items() if p.deadline < now - _KEEP_S]:
+            del self._pending[old]  # long past: "already used" need not be told any more
         token = secrets.token_urlsafe(32)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[kernel_id] = _Pending(_digest(token), time.monotonic() + ttl_s, future)
-        self._used.pop(kernel_id, None)
+        self._pending[kernel_id] = _Pending(_digest(token), now + ttl_s, future)
         return token
 
     def accept(self, kernel_id: str, token: str, payload: dict[str, Any]) -> None:
         """Hand ``payload`` to the waiting runtime; `PermissionDenied` saying why otherwise."""
         pending = self._pending.get(kernel_id)
         if pending is None:
-            why = "already used" if kernel_id in self._used else "not issued"
-            raise PermissionDenied(f"callback token for kernel {kernel_id} {why}")
+            raise PermissionDenied(f"callback token for kernel {kernel_id} not issued")
         if not hmac.compare_digest(pending.digest, _digest(token)):
             raise PermissionDenied(f"wrong callback token for kernel {kernel_id}")
+        if pending.used:
+            raise PermissionDenied(f"callback token for kernel {kernel_id} already used")
         checked = _checked(payload)  # a malformed report does not spend the token
-        del self._pending[kernel_id]
-        self._used[kernel_id] = time.monotonic()
+        pending.used = True
         if time.monotonic() > pending.deadline:
             raise PermissionDenied(f"callback token for kernel {kernel_id} expired")
         if not pending.future.done():
             pending.future.set_result(checked)
 
     async def wait(self, kernel_id: str) -> dict[str, Any]:
-        """The payload of ``kernel_id``'s callback; `DeadlineExceeded` at the token's deadline."""
+        """The payload of ``kernel_id``'s callback (which may have come already);
+        `DeadlineExceeded` at the token's deadline."""
         pending = self._pending[kernel_id]
         try:
             return await asyncio.wait_for(
@@ -82,13 +86,10 @@ class Callbacks:
             raise DeadlineExceeded(f"kernel {kernel_id} never called back") from None
 
     def cancel(self, kernel_id: str) -> None:
-        """Forget ``kernel_id``'s token (its launch failed or ended)."""
+        """Forget ``kernel_id``'s token (its launch failed)."""
         pending = self._pending.pop(kernel_id, None)
         if pending is not None and not pending.future.done():
             pending.future.cancel()
-        horizon = time.monotonic() - 3600
-        for old in [k for k, at in self._used.items() if at < horizon]:
-            del self._used[old]
 
 
 def _digest(token: str) -> bytes:

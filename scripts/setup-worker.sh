@@ -18,11 +18,12 @@
 #   --image-tag TAG        the job image's tag (default cumulus-job:latest)
 #   --advertise-addr ADDR  this host's address as the manager should reach it
 #   --detect               only print the detected devices (JSON) and change nothing
+#   --config-only          detect and label the engine's configuration; no restart, no join
 #   --dry-run              print what would be done, change nothing
 set -euo pipefail
 
 TAG=cumulus-job:latest
-TOKEN="" MANAGER="" IMAGE_FILE="" ADVERTISE="" DETECT=0 DRY=0
+TOKEN="" MANAGER="" IMAGE_FILE="" ADVERTISE="" DETECT=0 DRY=0 CONFIG_ONLY=0
 CONFIG=${CUMULUS_DOCKER_CONFIG:-/etc/docker/daemon.json}
 
 die() { echo "setup-worker: $*" >&2; exit 2; }
@@ -36,12 +37,13 @@ while [ $# -gt 0 ]; do
     --image-tag) [ $# -ge 2 ] || die "--image-tag needs a tag"; TAG=$2; shift 2 ;;
     --advertise-addr) [ $# -ge 2 ] || die "--advertise-addr needs an address"; ADVERTISE=$2; shift 2 ;;
     --detect) DETECT=1; shift ;;
+    --config-only) CONFIG_ONLY=1; shift ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option: $1 (see --help)" ;;
   esac
 done
-if [ "$DETECT" = 0 ]; then
+if [ "$DETECT" = 0 ] && [ "$CONFIG_ONLY" = 0 ]; then
   [ -n "$TOKEN" ] || die "--join TOKEN MANAGER_ADDR is required (or --detect)"
   [[ "$TOKEN" == SWMTKN-* ]] || die "that is not a Swarm join token (they start with SWMTKN-)"
   [[ "$MANAGER" == *:* ]] || die "the manager address must be HOST:PORT (e.g. 10.0.0.1:2377)"
@@ -116,7 +118,9 @@ if [ "$DRY" = 1 ]; then
 else
   command -v python3 >/dev/null 2>&1 || die "python3 is needed to edit $CONFIG"
   merge_config
-  say "labelled the engine in $CONFIG; restarting Docker"
+  say "labelled the engine in $CONFIG"
+  [ "$CONFIG_ONLY" = 0 ] || exit 0
+  say "restarting Docker"
   systemctl restart docker 2>/dev/null || service docker restart
 fi
 
@@ -124,4 +128,4 @@ fi
 join=(docker swarm join --token "$TOKEN")
 [ -z "$ADVERTISE" ] || join+=(--advertise-addr "$ADVERTISE")
 run "${join[@]}" "$MANAGER"
-say "joined the Swarm at $MANAGER; the gateway sees this host's devices after its next start"
+[ "$DRY" = 1 ] || say "joined the Swarm at $MANAGER; the gateway sees this host's devices after its next start"

@@ -62,8 +62,11 @@ def job_image(engine: Engine) -> str:
     return build(docker_url=engine.url)
 
 
-def kernel_containers(engine: Engine) -> list[Any]:
-    return client(engine).containers.list(all=True, filters={"label": LABEL})
+def kernel_containers(engine: Engine) -> list[str]:
+    """The names of the kernel containers on the engine, in one call (a listing that inspects
+    each container races with one being removed)."""
+    found = client(engine).api.containers(all=True, filters={"label": LABEL})
+    return [name.lstrip("/") for c in found for name in c["Names"][:1]]
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[G
     finally:
         gw.stop()
     left = kernel_containers(engine)
-    assert not left, f"containers left behind: {[c.name for c in left]}"
+    assert not left, f"containers left behind: {left}"
 
 
 @pytest.fixture(scope="session")

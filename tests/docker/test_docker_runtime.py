@@ -22,7 +22,7 @@ from tests.support.engine import Engine
 from tests.support.gateway import Gateway, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
 
 
 def execute(gateway: Gateway, kernel_id: str, code: str) -> Any:

@@ -20,7 +20,7 @@ from tests.support.engine import Engine
 from tests.support.gateway import Gateway, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
 
 
 def service_of(engine: Engine, kernel_id: str) -> Any:

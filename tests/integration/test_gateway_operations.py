@@ -11,6 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
+from gateway.callback import default_handlers as callback_handlers
+from gateway.data import default_handlers as data_handlers
 from gateway.handlers import default_handlers
 from tests.support.gateway import Gateway
 
@@ -32,8 +34,10 @@ def check(instance: Any, ref: str) -> None:
 
 def test_every_gateway_route_is_documented() -> None:
     documented = set(SPEC["paths"])
-    for pattern, _ in default_handlers:
+    for pattern, _ in [*default_handlers, *data_handlers, *callback_handlers]:
         path = pattern.replace("(?P<kernel_id>\\w+-\\w+-\\w+-\\w+-\\w+)", "{kernel_id}")
+        path = path.replace("(?P<kernel_id>[\\w-]+)", "{kernel_id}")
+        path = path.replace("(?P<transfer_id>[^/]+)", "{transfer_id}")
         if "(?P<action>" in path:
             assert {
                 path.split("/(?P<action>")[0] + s for s in ("/interrupt", "/restart")
