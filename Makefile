@@ -46,7 +46,8 @@ $(EG_BIN)/jupyter-enterprisegateway:
 bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	mkdir -p .bench
 	$(BIN)/python benchmarks/chronos_throughput.py --json .bench/chronos.json
-	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json
+	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json \
+	  $$( [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && echo --docker )
 	$(BIN)/python benchmarks/transfer.py --json .bench/transfer.json
 	$(BIN)/python benchmarks/report.py --dir .bench
 

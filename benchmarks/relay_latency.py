@@ -199,6 +199,30 @@ def ours(state: Path, nodelay: bool) -> Server:
     )  # fmt: skip
 
 
+def in_containers(tmp: Path, n: int) -> tuple[list[float], float]:
+    """Our gateway on the docker runtime: the cold start includes the container's start and the
+    kernel's callback."""
+    from gateway.container.build import build
+    from tests.support.engine import Engine
+
+    engine = Engine()
+    engine.start()
+    try:
+        build(docker_url=engine.url)
+        exe = str(Path(sys.executable).with_name("cumulus-gateway"))
+        server = Server(
+            [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+             "--runtime=docker"],
+            os.environ | {"CHRONOS_STATE": str(tmp / "docker.sqlite3"), "DOCKER_HOST": engine.url},
+        )  # fmt: skip
+        try:
+            return measure_gateway(server, {"name": "cumulus-gpu"}, n)
+        finally:
+            server.stop()
+    finally:
+        engine.stop()
+
+
 def enterprise_gateway(bin_dir: Path) -> Server:
     return Server(
         [str(bin_dir / "jupyter-enterprisegateway"), "--ip=127.0.0.1",
@@ -212,6 +236,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--eg-bin", type=Path, help="bin dir of a venv with Enterprise Gateway")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--docker", action="store_true",
+        help="also measure the docker runtime (starts a dockerd of its own and builds the job "
+        "image, as the docker test tier does; needs root)",
+    )  # fmt: skip
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
 
@@ -237,6 +266,9 @@ def main() -> None:
                     record("%%cumulus cell (warm session)", *through_magic(server, args.n))
             finally:
                 server.stop()
+    if args.docker:
+        with tempfile.TemporaryDirectory() as tmp:
+            record("cumulus gateway, docker runtime", *in_containers(Path(tmp), args.n))
     if args.eg_bin:
         server = enterprise_gateway(args.eg_bin)
         try:

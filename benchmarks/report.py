@@ -69,6 +69,17 @@ def rows(directory: Path) -> list[Row]:
             eg_cold = relay["Enterprise Gateway 3.3"]["cold_start_s"]
             out.append(Row("cold start: gateway vs Enterprise Gateway 3.3", cold, eg_cold, "s",
                            True, None))  # fmt: skip
+            docker = relay.get("cumulus gateway, docker runtime")
+            if docker:
+                out.append(Row("cold start: docker runtime vs Enterprise Gateway 3.3",
+                               docker["cold_start_s"], eg_cold, "s", True, None))  # fmt: skip
+        docker = relay.get("cumulus gateway, docker runtime")
+        if docker:
+            plain = relay["direct jupyter_client"]["cold_start_s"]
+            out.append(Row("cold start: docker runtime vs plain ipykernel", docker["cold_start_s"],
+                           plain, "s", True, None))  # fmt: skip
+            out.append(Row("round trip: docker runtime vs direct", docker["median_ms"], direct,
+                           "ms", True, 1.25))  # fmt: skip
     for r in _load(directory, "transfer.json") or []:
         size = r["MiB"]
         for way in ("push", "pull"):

@@ -8,12 +8,12 @@ from typing import Any
 
 from cumulus_jupyter.errors import CumulusError
 
-__all__ = ["CumulusError", "load_ipython_extension", "remote", "run"]
+__all__ = ["CumulusError", "RemoteError", "load_ipython_extension", "remote", "run"]
 
 
 def __getattr__(name: str) -> Any:
     # the function API pulls in the client stack; the gateway imports only `errors`
-    if name in ("run", "remote"):
+    if name in ("run", "remote", "RemoteError"):
         from cumulus_jupyter import api
 
         return getattr(api, name)

@@ -44,10 +44,13 @@ def engine(base_url: str) -> docker.DockerClient:
     socket); `Unavailable` when it does not answer."""
     import docker
 
+    client: docker.DockerClient | None = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
+        if client is not None:
+            client.close()
         where = base_url or "DOCKER_HOST or /var/run/docker.sock"
         raise Unavailable(f"Docker engine not reachable ({where}): {_reason(exc)}") from exc
     return client

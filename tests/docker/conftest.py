@@ -38,9 +38,7 @@ def engine() -> Iterator[Engine]:
 
 
 def client(engine: Engine) -> Any:
-    import docker
-
-    return docker.DockerClient(base_url=engine.url)
+    return engine.client
 
 
 def remove_everything(engine: Engine) -> None:

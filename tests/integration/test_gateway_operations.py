@@ -120,7 +120,12 @@ def test_json_logs_are_one_object_per_line_with_kernel_events(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("args", "state_bytes", "code", "message"),
     [
-        (["--runtime", "nowhere"], None, 2, "Unknown runtime: nowhere. Choose one of: local"),
+        (
+            ["--runtime", "nowhere"],
+            None,
+            2,
+            "Unknown runtime: nowhere. Choose one of: docker, local, swarm",
+        ),
         ([], b"not a database" * 100, 5, "is corrupt or not a Chronos store"),
     ],
 )

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import time
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 ROOT = Path("/var/lib/cumulus-tests")  # images persist between runs: the base is built once
 RUN = Path("/run/cumulus-tests")  # short: containerd's socket paths must fit a sockaddr
@@ -60,11 +62,21 @@ class Engine:
     def _answers(self) -> bool:
         import docker
 
+        probe = docker.DockerClient(base_url=self.url)
         try:
-            docker.DockerClient(base_url=self.url).ping()
+            probe.ping()
         except docker.errors.DockerException:
             return False
+        finally:
+            probe.close()
         return True
+
+    @cached_property
+    def client(self) -> Any:
+        """One client of this engine for the whole run (closed by `stop`)."""
+        import docker
+
+        return docker.DockerClient(base_url=self.url)
 
     def _stop_leftover(self) -> None:
         """A dockerd of an interrupted earlier run (its PID file says which) is stopped."""
@@ -80,6 +92,9 @@ class Engine:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
+        if "client" in self.__dict__:
+            self.client.close()
+            del self.__dict__["client"]
         if self.proc is None:
             return
         if self.proc.poll() is None:
