@@ -49,6 +49,7 @@ bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json \
 	  $$( [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && echo --docker )
 	$(BIN)/python benchmarks/transfer.py --json .bench/transfer.json
+	$(BIN)/python benchmarks/concurrency.py --json .bench/concurrency.json
 	$(BIN)/python benchmarks/report.py --dir .bench
 
 clean:

@@ -91,6 +91,12 @@ def rows(directory: Path) -> list[Row]:
             if ipp:
                 out.append(Row(f"{size} MiB {way} vs ipyparallel", ours, ipp, "MiB/s", False,
                                3.0 if size == 256 else None))  # fmt: skip
+    many = _load(directory, "concurrency.json")
+    if many:
+        for q in ("p50", "p99"):
+            out.append(Row(f"round trip {q}, {many['kernels']} kernels at once: gateway vs direct",
+                           many[f"gateway_{q}_ms"], many[f"direct_{q}_ms"], "ms", True,
+                           None))  # fmt: skip
     chronos = _load(directory, "chronos.json")
     if chronos:
         mine, target = chronos["chronos_pairs_per_s"], chronos["target_pairs_per_s"]
