@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 LABEL = "cumulus.kernel"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # dockerd stops after the docker tier
 def engine() -> Iterator[Engine]:
     why = Engine.unavailable()
     if why:
@@ -53,7 +53,7 @@ def remove_everything(engine: Engine) -> None:
         c.swarm.leave(force=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # dockerd stops after the docker tier
 def job_image(engine: Engine) -> str:
     from gateway.container.build import build
 
@@ -81,14 +81,16 @@ def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[G
     assert not left, f"containers left behind: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # dockerd stops after the docker tier
 def swarm(engine: Engine, job_image: str) -> Iterator[str]:
     """A single-node Swarm on loopback whose node carries the devices that
     ``scripts/setup-worker.sh --detect`` finds through the job image; its node id."""
     import subprocess
 
     c = client(engine)
-    c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377", force_new_cluster=False)
+    if c.info()["Swarm"]["LocalNodeState"] == "active":  # another module's Swarm
+        c.swarm.leave(force=True)
+    c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
     try:
         detected = subprocess.run(
             ["scripts/setup-worker.sh", "--detect", "--image-tag", job_image],
@@ -101,7 +103,8 @@ def swarm(engine: Engine, job_image: str) -> Iterator[str]:
         node.update(spec)
         yield node.id
     finally:
-        c.swarm.leave(force=True)
+        if c.info()["Swarm"]["LocalNodeState"] == "active":
+            c.swarm.leave(force=True)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from functools import cached_property
@@ -17,10 +18,16 @@ RUN = Path("/run/cumulus-tests")  # short: containerd's socket paths must fit a 
 
 
 class Engine:
-    def __init__(self) -> None:
-        self.socket = RUN / "docker.sock"
+    """``name`` keeps engines apart (socket, data, PID file); ``netns`` starts it inside that
+    network namespace, as a second host would be."""
+
+    def __init__(self, name: str = "docker", netns: str | None = None) -> None:
+        self.name = name
+        self.netns = netns
+        self.socket = RUN / f"{name}.sock"
         self.url = f"unix://{self.socket}"
-        self.log_path = ROOT / "dockerd.log"
+        self.log_path = ROOT / f"{name}d.log"
+        self.pidfile = RUN / f"{name}d.pid"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -38,11 +45,16 @@ class Engine:
         RUN.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         log = self.log_path.open("ab")
+        exec_root = RUN / ("exec" if self.name == "docker" else f"{self.name}-exec")
         command = [
-            "dockerd", f"--host={self.url}", f"--data-root={ROOT / 'docker'}",
-            f"--exec-root={RUN / 'exec'}", f"--pidfile={RUN / 'dockerd.pid'}",
+            "dockerd", f"--host={self.url}", f"--data-root={ROOT / self.name}",
+            f"--exec-root={exec_root}", f"--pidfile={self.pidfile}",
             "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2",
         ]  # fmt: skip
+        if self.netns:
+            # nsenter switches only the network namespace: `ip netns exec` would remount /sys
+            # and hide the cgroup hierarchies dockerd needs
+            command = ["nsenter", f"--net=/var/run/netns/{self.netns}", *command]
         self.proc = subprocess.Popen(
             command,
             stdout=log,
@@ -60,16 +72,17 @@ class Engine:
         raise RuntimeError(f"dockerd did not answer within 60 s:\n{self.log()}")
 
     def _answers(self) -> bool:
-        import docker
-
-        probe = docker.DockerClient(base_url=self.url)
-        try:
-            probe.ping()
-        except docker.errors.DockerException:
-            return False
-        finally:
-            probe.close()
-        return True
+        """``GET /_ping`` on the engine's socket answers OK (a plain socket: a Docker client
+        made before the socket exists leaks its own)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(str(self.socket))
+                probe.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+                answer = probe.recv(4096)
+            except OSError:
+                return False
+        return answer.startswith(b"HTTP/1.") and answer.rstrip().endswith(b"OK")
 
     @cached_property
     def client(self) -> Any:
@@ -80,9 +93,8 @@ class Engine:
 
     def _stop_leftover(self) -> None:
         """A dockerd of an interrupted earlier run (its PID file says which) is stopped."""
-        pidfile = RUN / "dockerd.pid"
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text())
+            pid = int(self.pidfile.read_text())
             os.kill(pid, 15)
             for _ in range(100):
                 os.kill(pid, 0)

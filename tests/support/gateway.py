@@ -30,11 +30,17 @@ def free_port() -> int:
 
 class Gateway:
     def __init__(
-        self, state: Path, log: Path, *args: str, env: dict[str, str] | None = None
+        self,
+        state: Path,
+        log: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.state = state
+        self.host = host
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.token = TOKEN
         self.log_path = log
         self.args = list(args)
@@ -56,7 +62,7 @@ class Gateway:
     def start(self) -> None:
         command = [
             str(Path(sys.executable).with_name("cumulus-gateway")), "--allow-root",
-            "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0",
+            f"--ip={self.host}", f"--port={self.port}", "--port-retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.state.parent}",
             "--CumulusGateway.supervise_interval=0.2", *self.args,
         ]  # fmt: skip

@@ -1,0 +1,174 @@
+"""Two hosts on one machine: the gateway's engine is the Swarm manager, a second dockerd in a
+network namespace of the test's own (behind a veth pair) is a worker holding the only labelled
+device. Kernels land on the worker, clients still talk only to the gateway, and a worker that
+leaves the Swarm mid-kernel ends its kernel and frees its partition."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cumulus_jupyter.connection import GatewaySettings
+from cumulus_jupyter.session import RemoteSession
+from tests.docker.test_docker_runtime import execute, partition_state
+from tests.support.engine import Engine
+from tests.support.gateway import Gateway, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+
+NETNS = "cumulus-w1"
+MANAGER_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def worker(engine: Engine, job_image: str) -> Iterator[dict[str, Any]]:
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)  # an interrupted run's
+    subprocess.run(["ip", "link", "del", "cw-host"], capture_output=True)
+    ip("netns", "add", NETNS)
+    node = Engine("worker1", netns=NETNS)
+    try:
+        ip("link", "add", "cw-host", "type", "veth", "peer", "name", "cw-node")
+        ip("link", "set", "cw-node", "netns", NETNS)
+        ip("addr", "add", f"{MANAGER_IP}/24", "dev", "cw-host")
+        ip("link", "set", "cw-host", "up")
+        for args in (("addr", "add", f"{WORKER_IP}/24", "dev", "cw-node"),
+                     ("link", "set", "cw-node", "up"), ("link", "set", "lo", "up")):  # fmt: skip
+            ip("netns", "exec", NETNS, "ip", *args)
+        node.start()
+        copy_image(engine, node, job_image)
+        manager = engine.client
+        if manager.info()["Swarm"]["LocalNodeState"] == "active":
+            manager.swarm.leave(force=True)
+        manager.swarm.init(advertise_addr=MANAGER_IP, listen_addr=f"{MANAGER_IP}:2377")
+        token = manager.swarm.attrs["JoinTokens"]["Worker"]
+        if node.client.info()["Swarm"]["LocalNodeState"] != "inactive":
+            node.client.swarm.leave(force=True)  # an earlier run's Swarm, kept in its data root
+        node.client.swarm.join(
+            remote_addrs=[f"{MANAGER_IP}:2377"], join_token=token,
+            listen_addr=f"{WORKER_IP}:2377", advertise_addr=WORKER_IP,
+        )  # fmt: skip
+        worker_id = node.client.info()["Swarm"]["NodeID"]
+        detection = subprocess.run(
+            ["scripts/setup-worker.sh", "--detect", "--image-tag", job_image],
+            env=os.environ | {"DOCKER_HOST": node.url},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert detection.returncode == 0, detection.stderr
+        detected = detection.stdout.strip()
+        labelled = manager.nodes.get(worker_id)
+        spec = labelled.attrs["Spec"]
+        spec["Labels"] = (spec.get("Labels") or {}) | {"cumulus.devices": detected}
+        labelled.update(spec)
+        yield {"engine": node, "id": worker_id}
+    finally:
+        stop_worker(engine, node)
+
+
+def copy_image(manager: Engine, node: Engine, tag: str) -> None:
+    """No registry: the worker gets the job image as `setup-worker.sh --image` would give it."""
+    wanted = manager.client.images.get(tag).id
+    if not any(image.id == wanted for image in node.client.images.list()):
+        with tempfile.TemporaryFile() as archive:
+            for chunk in manager.client.images.get(tag).save(named=True):
+                archive.write(chunk)
+            archive.seek(0)
+            node.client.images.load(archive.read())
+    repository, _, version = tag.partition(":")
+    node.client.images.get(wanted).tag(repository, version)
+
+
+def stop_worker(manager: Engine, node: Engine) -> None:
+    import docker
+
+    # kernels the worker ran, even after its engine was killed (their shims outlive it)
+    pids = subprocess.run(["ip", "netns", "pids", NETNS], capture_output=True, text=True).stdout
+    node_pid = node.proc.pid if node.proc else None
+    for pid in pids.split():
+        if int(pid) != node_pid:
+            with_suppress(lambda p=int(pid): os.kill(p, signal.SIGKILL))
+    node.stop()
+    client = manager.client
+    try:
+        if client.info()["Swarm"]["LocalNodeState"] == "active":
+            client.swarm.leave(force=True)
+    except docker.errors.APIError:
+        pass
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    subprocess.run(["ip", "link", "del", "cw-host"], capture_output=True)
+
+
+def with_suppress(action: Any) -> None:
+    try:
+        action()
+    except ProcessLookupError:
+        return
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, engine: Engine, worker: dict[str, Any]) -> Iterator[Gateway]:
+    gw = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=swarm",
+        env={"DOCKER_HOST": engine.url}, host=MANAGER_IP,
+    )  # fmt: skip
+    try:
+        yield gw
+    finally:
+        gw.stop()
+    assert engine.client.services.list(filters={"label": "cumulus.kernel"}) == []
+
+
+def test_a_kernel_on_the_worker_is_reached_only_through_the_gateway(
+    gateway: Gateway, engine: Engine, worker: dict[str, Any]
+) -> None:
+    session = RemoteSession("nodes", GatewaySettings(gateway.url, gateway.token))
+    session.start("0.5", "10m", lambda line: None)
+    try:
+        (service,) = engine.client.services.list(filters={"label": "cumulus.kernel"})
+        (task,) = service.tasks()
+        assert task["NodeID"] == worker["id"]
+        info = session.execute(
+            "import socket; where = socket.gethostbyname(socket.gethostname())", lambda m: None
+        )
+        assert info["content"]["status"] == "ok"
+        big = np.arange(2**21, dtype=np.float64)  # 16 MiB: relayed by the gateway to the worker
+        session.push({"big": big})
+        assert session.data_path and session.data_bytes >= big.nbytes
+        session.execute("half = big / 2", lambda m: None)
+        values, _ = session.pull(["half"])
+        np.testing.assert_array_equal(values["half"], big / 2)
+        assert session.kernel is not None
+        model = gateway.get(f"/api/kernels/{session.kernel.id}").json()
+        assert model["cumulus"]["device"] == "gpu0"
+    finally:
+        session.release()
+
+
+def test_a_worker_leaving_mid_kernel_ends_the_kernel_and_frees_the_partition(
+    gateway: Gateway, worker: dict[str, Any]
+) -> None:
+    model = gateway.start_kernel(KERNEL_GPU="0.5")
+    kernel_id, partition_id = model["id"], model["cumulus"]["partition_id"]
+    assert execute(gateway, kernel_id, "print(40 + 2)").stdout == "42\n"
+    node: Engine = worker["engine"]
+    assert node.proc is not None
+    node.proc.kill()  # the host is gone: its engine stops answering the manager
+    node.proc.wait(timeout=30)
+    gone = wait_until(
+        lambda: (r := gateway.get(f"/api/kernels/{kernel_id}")).status_code == 410 and r,
+        timeout=120,
+        what="the kernel to end with its node",
+    )
+    assert "left the Swarm" in gone.json()["message"]
+    assert partition_state(gateway, partition_id) == "released"
