@@ -1,13 +1,18 @@
-"""``cumulus``: the user's command line (kernelspecs today; jobs later)."""
+"""``cumulus``: the user's command line: batch jobs (submit, get, list, logs, cancel) and the
+Cumulus GPU kernelspecs."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from cumulus_jupyter import kernelspec
+from cumulus_jupyter import jobs, kernelspec
+from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import CumulusError
 
 
@@ -45,12 +50,103 @@ def build_parser() -> argparse.ArgumentParser:
     ks_sub.add_parser("list", help="list installed Cumulus GPU kernelspecs")
     for p in (install, remove):
         p.add_argument("--json", action="store_true")
+    _job_commands(sub)
     return parser
+
+
+def _job_commands(sub: Any) -> None:
+    submit = sub.add_parser("submit", help="run a script (or -c CODE) as a job in a partition")
+    submit.add_argument("script", nargs="?", help="the Python script to run")
+    submit.add_argument("-c", dest="code", help="run this code instead of a script")
+    submit.add_argument("--gpu", default="0.5", help="0.1-0.9 or whole number 1-8 (default 0.5)")
+    submit.add_argument("--duration", default="1h", help='60 s to 24 h: 90, "30m", "2h"')
+    submit.add_argument(
+        "--requirements", default="", help='pip requirements, "pkg1 pkg2" or a requirements file'
+    )
+    submit.add_argument("--follow", "-f", action="store_true", help="stream its output to the end")
+    get = sub.add_parser("get", help="a job's state")
+    get.add_argument("job_id")
+    sub.add_parser("list", help="your jobs: id, user, state, gpu, device, started, runtime")
+    logs = sub.add_parser("logs", help="a job's output")
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+    cancel = sub.add_parser("cancel", help="stop a job (its partition is released)")
+    cancel.add_argument("job_id")
+    for p in (submit, get, sub.choices["list"], logs, cancel):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")
+
+
+def _requirements(text: str) -> list[str]:
+    path = Path(text)
+    if text and path.is_file():
+        lines = path.read_text().splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return text.split()
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    client = GatewayClient(GatewaySettings.resolve(args.gateway))
+    try:
+        return await _job_command(client, args)
+    finally:
+        await client.aclose()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+async def _job_command(client: GatewayClient, args: argparse.Namespace) -> int:
+    if args.command == "submit":
+        body = jobs.script_body(
+            args.script, args.code, args.gpu, args.duration, _requirements(args.requirements)
+        )
+        job = await jobs.submit(client, body)
+        if not args.follow:
+            print(json.dumps(job) if args.json else job["id"])
+            return 0
+        _say(f"submitted {job['id']} ({job['gpu']} GPU, {job['duration_s']} s)")
+        job = await jobs.follow(client, job["id"], _out, _say)
+    elif args.command == "logs":
+        if args.follow:
+            job = await jobs.follow(client, args.job_id, _out, _say, logs_only=True)
+        else:
+            text, _, _ = await jobs.log_chunk(client, args.job_id, 0)
+            _out(text)
+            return 0
+    elif args.command == "list":
+        listed = await jobs.listing(client)
+        print(json.dumps(listed) if args.json else jobs.table(listed))
+        return 0
+    elif args.command == "cancel":
+        job = await jobs.cancel(client, args.job_id)
+    else:
+        job = await jobs.get(client, args.job_id)
+        if not args.json:
+            print(jobs.describe(job))
+        else:
+            print(json.dumps(job))
+        return 0
+    if args.json:
+        print(json.dumps(job))
+    else:
+        _say(jobs.describe(job))
+    return (
+        {"completed": 0, "cancelled": 130}.get(job["state"], 1) if job["state"] in jobs.FINAL else 0
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "kernelspec":
+            return asyncio.run(_jobs(args))
         if args.action == "install":
             prefix = sys.prefix if args.sys_prefix else args.prefix
             name, where = kernelspec.install(

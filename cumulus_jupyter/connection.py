@@ -89,6 +89,21 @@ class GatewayClient:
         self, method: str, path: str, *, json: Any = None, timeout: float | None = None
     ) -> Any:
         """JSON from the gateway, or a `CumulusError` that says what went wrong."""
+        response = await self.respond(method, path, json=json, timeout=timeout)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise Unavailable(
+                f"{self.settings.url} answered {path} with something that is not JSON: "
+                "is it a Cumulus gateway?"
+            ) from exc
+
+    async def respond(
+        self, method: str, path: str, *, json: Any = None, timeout: float | None = None
+    ) -> httpx.Response:
+        """The gateway's successful response, or a `CumulusError` that says what went wrong."""
         kwargs: dict[str, Any] = {"json": json}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -113,15 +128,7 @@ class GatewayClient:
             raise error_for_status(response.status_code)(
                 message, retry_after=float(retry) if retry else None
             )
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise Unavailable(
-                f"{self.settings.url} answered {path} with something that is not JSON: "
-                "is it a Cumulus gateway?"
-            ) from exc
+        return response
 
     async def check(self) -> dict[str, Any]:
         """The gateway's health; proves the URL is a Cumulus gateway and the token works."""

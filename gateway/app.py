@@ -82,7 +82,7 @@ class CumulusGateway(ServerApp):
 
     @default("extra_services")
     def _extra_services(self) -> list[str]:
-        return ["gateway.handlers", "gateway.data", "gateway.callback"]
+        return ["gateway.handlers", "gateway.data", "gateway.callback", "gateway.jobs"]
 
     @default("kernel_manager_class")
     def _kernel_manager_class(self) -> type:
@@ -140,6 +140,7 @@ class CumulusGateway(ServerApp):
         super().initialize(argv, find_extensions, new_httpserver, starter_extension)
         manager = cast(CumulusKernelManager, self.kernel_manager)
         self.io_loop.run_sync(manager.adopt_kernels)
+        self.io_loop.run_sync(manager.jobs.recover)
         metrics.bind(manager)
         self.supervisor = ExpirySupervisor(manager)
         self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)

@@ -22,6 +22,7 @@ from traitlets import Float, Unicode, default
 from chronos import Partition, Store, discover
 from gateway import metrics
 from gateway.callback import Callbacks
+from gateway.jobs import JobRunner, JobStore
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.partitions import PartitionBroker
 from gateway.runtimes import Runtime, runtime_for
@@ -64,6 +65,15 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         60.0, config=True, help="Seconds a kernel request may wait in the queue for a partition."
     )
 
+    job_queue_timeout = Float(
+        86400.0, config=True, help="Seconds a batch job may wait in the queue for a partition."
+    )
+    job_retention = Float(
+        7 * 86400.0,
+        config=True,
+        help="Seconds a finished job's state and log are kept (cumulus get/logs) after it ends.",
+    )
+
     @default("data_socket_dir")
     def _default_data_socket_dir(self) -> str:
         return os.path.join(tempfile.gettempdir(), f"cumulus-data-{os.getuid()}")
@@ -83,6 +93,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
         self.connections: dict[str, set[Any]] = {}  # kernel id -> open websocket handlers
+        self.jobs = JobRunner(self, JobStore(store.path))
 
     async def start_kernel(  # type: ignore[override]
         self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any

@@ -23,6 +23,7 @@ from gateway.manager import CumulusKernelManager, cumulus_model
 
 WARN_BEFORE_S = (300.0, 60.0)
 SHORT_PARTITION_S = 600.0
+PRUNE_EVERY_S = 60.0
 
 
 def warning_offsets(partition: Partition) -> tuple[float, ...]:
@@ -40,12 +41,16 @@ class ExpirySupervisor:
         self.manager = manager
         self._warned: set[tuple[str, float]] = set()
         self._ending: set[str] = set()
+        self._next_prune = 0.0
 
     async def tick(self) -> None:
         manager = self.manager
         manager.broker.pump()
         metrics.update_devices(manager)
         now = manager.now()
+        if now >= self._next_prune:  # finished jobs past their retention
+            self._next_prune = now + PRUNE_EVERY_S
+            manager.jobs.store.prune(manager.job_retention)
         for kernel_id in list(manager.partitions):
             partition = manager.refresh(kernel_id)
             if partition is None or kernel_id in self._ending:

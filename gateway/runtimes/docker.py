@@ -77,17 +77,57 @@ def exit_code(state: Mapping[str, Any]) -> int:
     return -(code - 128) if 128 < code < 160 else code
 
 
-class ContainerProcess:
-    """A kernel's container, as the provisioner sees a process."""
+class EngineProcess:
+    """What a kernel's container and a kernel's Swarm service share as the provisioner's
+    process handle: Popen's ``wait``/``terminate``/``kill`` over ``poll``/``send_signal``, and
+    whether someone other than the gateway ended it (``ended_outside``, the reason)."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, pid: int) -> None:
+    pid = 0
+
+    def __init__(self, client: docker.DockerClient, ident: str) -> None:
         self._api = client.api
-        self.id = container_id
-        self.pid = pid
+        self.id = ident
         self.returncode: int | None = None
         self.stdin = self.stdout = self.stderr = None
         self.stopping = False  # we asked the engine to stop it
         self.ended_outside: str | None = None  # why, when someone else stopped or removed it
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def send_signal(self, signum: int) -> None:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def logs(self, lines: int = LOG_LINES) -> str:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.id, timeout or 0)
+            time.sleep(_POLL_S)
+        return code
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ContainerProcess(EngineProcess):
+    """A kernel's container, as the provisioner sees a process."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, pid: int) -> None:
+        super().__init__(client, container_id)
+        self.pid = pid
 
     def poll(self) -> int | None:
         import docker
@@ -126,14 +166,6 @@ class ContainerProcess:
         except docker.errors.DockerException:
             return False
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.id, timeout or 0)
-            time.sleep(_POLL_S)
-        return code
-
     def send_signal(self, signum: int) -> None:
         import docker
 
@@ -144,12 +176,6 @@ class ContainerProcess:
                 self._api.kill(self.id, signal=int(signum))
             except docker.errors.APIError as exc:  # it exited meanwhile
                 raise ProcessLookupError(f"container {self.id[:12]}: {exc.explanation}") from exc
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
     def info(self) -> dict[str, Any]:
         return {"runtime": "docker", "container": self.id, "pid": self.pid}
@@ -280,20 +306,22 @@ class DockerRuntime(Runtime):
         return options
 
     async def launch(self, launch: Launch) -> Started:
+        """Create the kernel's container (a service, for Swarm) and wait for its callback; on
+        any failure nothing of it stays and its token is void."""
         import docker
 
         callbacks = self.manager.callbacks
         token = callbacks.issue(launch.kernel_id, self.manager.launch_timeout)
-        process: ContainerProcess | None = None
+        process: EngineProcess | None = None
         try:
-            options = self.container_options(launch, token)
             try:
-                container = await asyncio.to_thread(self._start, options)
+                process = await asyncio.to_thread(self.create, launch, token)
             except docker.errors.ImageNotFound:
                 raise Unavailable(self.missing_image()) from None
             except docker.errors.DockerException as exc:
-                raise Unavailable(f"Docker could not start the kernel: {_reason(exc)}") from exc
-            process = ContainerProcess(self.client, container.id, container.attrs["State"]["Pid"])
+                raise Unavailable(
+                    f"{self.name.capitalize()} could not start the kernel: {_reason(exc)}"
+                ) from exc
             payload = await until_called_back(process, callbacks.wait(launch.kernel_id))
         except BaseException:
             callbacks.cancel(launch.kernel_id)
@@ -302,11 +330,13 @@ class DockerRuntime(Runtime):
             raise
         return Started(process, payload["connection_info"], payload.get("data_port"))
 
-    def _start(self, options: dict[str, Any]) -> Any:
+    def create(self, launch: Launch, token: str) -> EngineProcess:
+        """Start the kernel's container (blocking: runs in a thread)."""
+        options = self.container_options(launch, token)
         self.client.images.get(self.image)  # never a pull: there is no registry to ask
         container = self.client.containers.run(**options)
         container.reload()
-        return container
+        return ContainerProcess(self.client, str(container.id), container.attrs["State"]["Pid"])
 
     def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
         import docker

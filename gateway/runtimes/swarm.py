@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chronos import Device, Vendor
 from chronos.device import load_configured
-from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable
-from gateway.runtimes.base import KernelProcess, Launch, Started
+from cumulus_jupyter.errors import CumulusError, InvalidArgument
+from gateway.runtimes.base import KernelProcess, Launch
 from gateway.runtimes.docker import (
     LABEL,
     LOG_LINES,
     DockerRuntime,
+    EngineProcess,
     exit_code,
-    until_called_back,
 )
 
 if TYPE_CHECKING:
@@ -44,18 +42,12 @@ _RUNNING = {"new", "pending", "assigned", "accepted", "preparing", "ready", "sta
 _POLL_S = 0.2
 
 
-class ServiceProcess:
-    """A kernel's Swarm service, as the provisioner sees a process."""
-
-    pid = 0  # on another host: the engine, not a PID, identifies it
+class ServiceProcess(EngineProcess):
+    """A kernel's Swarm service, as the provisioner sees a process (``pid`` 0: on another host,
+    the engine, not a PID, identifies it)."""
 
     def __init__(self, client: docker.DockerClient, service_id: str) -> None:
-        self._api = client.api
-        self.id = service_id
-        self.returncode: int | None = None
-        self.stdin = self.stdout = self.stderr = None
-        self.stopping = False
-        self.ended_outside: str | None = None
+        super().__init__(client, service_id)
         self.error = ""
 
     def _task(self) -> dict[str, Any] | None:
@@ -110,14 +102,6 @@ class ServiceProcess:
             self.ended_outside = why
         return code
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.id, timeout or 0)
-            time.sleep(_POLL_S)
-        return code
-
     def send_signal(self, signum: int) -> None:
         """Only ending signals can reach a service: they remove it (the kernel was asked to
         shut down over its control channel first). Interrupts go as messages (provisioner)."""
@@ -125,12 +109,6 @@ class ServiceProcess:
             self.remove()
             return
         raise ProcessLookupError(f"signal {signum} cannot reach a Swarm task")
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
     def info(self) -> dict[str, Any]:
         return {"runtime": "swarm", "service": self.id}
@@ -262,31 +240,11 @@ class SwarmRuntime(DockerRuntime):
             "mode": docker.types.ServiceMode("replicated", replicas=1),
         }
 
-    async def launch(self, launch: Launch) -> Started:
-        import asyncio
-
-        import docker
-
-        callbacks = self.manager.callbacks
-        token = callbacks.issue(launch.kernel_id, self.manager.launch_timeout)
-        process: ServiceProcess | None = None
-        try:
-            options = self.service_options(launch, token)
-            try:
-                await asyncio.to_thread(self.client.images.get, self.image)
-                service = await asyncio.to_thread(self.client.services.create, **options)
-            except docker.errors.ImageNotFound:
-                raise Unavailable(self.missing_image()) from None
-            except docker.errors.DockerException as exc:
-                raise Unavailable(f"Swarm could not start the kernel: {exc}") from exc
-            process = ServiceProcess(self.client, str(service.id))
-            payload = await until_called_back(process, callbacks.wait(launch.kernel_id))
-        except BaseException:
-            callbacks.cancel(launch.kernel_id)
-            if process is not None:
-                await asyncio.to_thread(process.remove)
-            raise
-        return Started(process, payload["connection_info"], payload.get("data_port"))
+    def create(self, launch: Launch, token: str) -> EngineProcess:
+        """Create the kernel's service (blocking: runs in a thread)."""
+        options = self.service_options(launch, token)
+        self.client.images.get(self.image)  # on the manager; a worker without it rejects the task
+        return ServiceProcess(self.client, str(self.client.services.create(**options).id))
 
     def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
         if info.get("runtime") != self.name or not info.get("service"):

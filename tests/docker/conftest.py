@@ -4,7 +4,9 @@ where that is a failure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,16 +69,39 @@ def kernel_containers(engine: Engine) -> list[str]:
     return [name.lstrip("/") for c in found for name in c["Names"][:1]]
 
 
-@pytest.fixture
-def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[Gateway]:
+@contextlib.contextmanager
+def runtime_gateway(
+    tmp_path: Path, engine: Engine, runtime: str, *args: str, host: str = "127.0.0.1"
+) -> Iterator[Gateway]:
+    """A gateway on ``runtime``, using ``engine``, stopped (with its kernels) afterwards."""
     gw = Gateway(
-        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=docker",
-        env={"DOCKER_HOST": engine.url},
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", f"--runtime={runtime}",
+        *args, env={"DOCKER_HOST": engine.url}, host=host,
     )  # fmt: skip
     try:
         yield gw
     finally:
         gw.stop()
+
+
+def label_node(manager: Engine, node_id: str, worker: Engine, image: str) -> None:
+    """Label ``node_id`` with the devices `scripts/setup-worker.sh --detect` finds on the
+    ``worker`` engine through the job image (what the script writes as an engine label)."""
+    detection = subprocess.run(
+        ["scripts/setup-worker.sh", "--detect", "--image-tag", image],
+        env=os.environ | {"DOCKER_HOST": worker.url}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert detection.returncode == 0, detection.stderr
+    node = manager.client.nodes.get(node_id)
+    spec = node.attrs["Spec"]
+    spec["Labels"] = (spec.get("Labels") or {}) | {"cumulus.devices": detection.stdout.strip()}
+    node.update(spec)
+
+
+@pytest.fixture
+def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[Gateway]:
+    with runtime_gateway(tmp_path, engine, "docker") as gw:
+        yield gw
     left = kernel_containers(engine)
     assert not left, f"containers left behind: {left}"
 
@@ -85,23 +110,14 @@ def docker_gateway(tmp_path: Path, engine: Engine, job_image: str) -> Iterator[G
 def swarm(engine: Engine, job_image: str) -> Iterator[str]:
     """A single-node Swarm on loopback whose node carries the devices that
     ``scripts/setup-worker.sh --detect`` finds through the job image; its node id."""
-    import subprocess
-
     c = client(engine)
     if c.info()["Swarm"]["LocalNodeState"] == "active":  # another module's Swarm
         c.swarm.leave(force=True)
     c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
     try:
-        detected = subprocess.run(
-            ["scripts/setup-worker.sh", "--detect", "--image-tag", job_image],
-            env=os.environ | {"DOCKER_HOST": engine.url},
-            capture_output=True, text=True, check=True, timeout=300,
-        ).stdout.strip()  # fmt: skip
-        node = c.nodes.get(c.info()["Swarm"]["NodeID"])
-        spec = node.attrs["Spec"]
-        spec["Labels"] = (spec.get("Labels") or {}) | {"cumulus.devices": detected}
-        node.update(spec)
-        yield node.id
+        node_id = c.info()["Swarm"]["NodeID"]
+        label_node(engine, node_id, engine, job_image)
+        yield node_id
     finally:
         if c.info()["Swarm"]["LocalNodeState"] == "active":
             c.swarm.leave(force=True)
@@ -109,14 +125,8 @@ def swarm(engine: Engine, job_image: str) -> Iterator[str]:
 
 @pytest.fixture
 def swarm_gateway(tmp_path: Path, engine: Engine, swarm: str) -> Iterator[Gateway]:
-    gw = Gateway(
-        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=swarm",
-        env={"DOCKER_HOST": engine.url},
-    )  # fmt: skip
-    try:
+    with runtime_gateway(tmp_path, engine, "swarm") as gw:
         yield gw
-    finally:
-        gw.stop()
     left = client(engine).services.list(filters={"label": LABEL})
     assert not left, f"services left behind: {[s.name for s in left]}"
     assert not kernel_containers(engine) or _gone_soon(engine)

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from chronos import Store, discover
-from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.session import RemoteSession
 from tests.docker.conftest import client, kernel_containers
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, set_expiry, wait_until
+from tests.support.gateway import Gateway, remote_session, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
@@ -126,12 +125,8 @@ def test_interrupt_and_restart_reach_the_container(docker_gateway: Gateway, engi
 
 @pytest.fixture
 def session(docker_gateway: Gateway) -> Iterator[RemoteSession]:
-    s = RemoteSession("docker", GatewaySettings(docker_gateway.url, docker_gateway.token))
-    s.start("0.2", "10m", lambda line: None)
-    try:
+    with remote_session(docker_gateway, "docker") as s:
         yield s
-    finally:
-        s.release()
 
 
 def test_variables_cross_both_ways_over_the_data_path(session: RemoteSession) -> None:

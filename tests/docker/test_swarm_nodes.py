@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cumulus_jupyter.connection import GatewaySettings
-from cumulus_jupyter.session import RemoteSession
+from tests.docker.conftest import label_node, runtime_gateway
 from tests.docker.test_docker_runtime import execute, partition_state
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, remote_session, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -60,17 +59,7 @@ def worker(engine: Engine, job_image: str) -> Iterator[dict[str, Any]]:
             listen_addr=f"{WORKER_IP}:2377", advertise_addr=WORKER_IP,
         )  # fmt: skip
         worker_id = node.client.info()["Swarm"]["NodeID"]
-        detection = subprocess.run(
-            ["scripts/setup-worker.sh", "--detect", "--image-tag", job_image],
-            env=os.environ | {"DOCKER_HOST": node.url},
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert detection.returncode == 0, detection.stderr
-        detected = detection.stdout.strip()
-        labelled = manager.nodes.get(worker_id)
-        spec = labelled.attrs["Spec"]
-        spec["Labels"] = (spec.get("Labels") or {}) | {"cumulus.devices": detected}
-        labelled.update(spec)
+        label_node(engine, worker_id, node, job_image)
         yield {"engine": node, "id": worker_id}
     finally:
         stop_worker(engine, node)
@@ -118,30 +107,20 @@ def with_suppress(action: Any) -> None:
 
 @pytest.fixture
 def gateway(tmp_path: Path, engine: Engine, worker: dict[str, Any]) -> Iterator[Gateway]:
-    gw = Gateway(
-        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", "--runtime=swarm",
-        env={"DOCKER_HOST": engine.url}, host=MANAGER_IP,
-    )  # fmt: skip
-    try:
+    with runtime_gateway(tmp_path, engine, "swarm", host=MANAGER_IP) as gw:
         yield gw
-    finally:
-        gw.stop()
     assert engine.client.services.list(filters={"label": "cumulus.kernel"}) == []
 
 
 def test_a_kernel_on_the_worker_is_reached_only_through_the_gateway(
     gateway: Gateway, engine: Engine, worker: dict[str, Any]
 ) -> None:
-    session = RemoteSession("nodes", GatewaySettings(gateway.url, gateway.token))
-    session.start("0.5", "10m", lambda line: None)
-    try:
+    with remote_session(gateway, "nodes", gpu="0.5") as session:
         (service,) = engine.client.services.list(filters={"label": "cumulus.kernel"})
         (task,) = service.tasks()
         assert task["NodeID"] == worker["id"]
-        info = session.execute(
-            "import socket; where = socket.gethostbyname(socket.gethostname())", lambda m: None
-        )
-        assert info["content"]["status"] == "ok"
+        session.execute("import os; where = os.environ['CUMULUS_DATA_HOST']", lambda m: None)
+        assert session.pull(["where"])[0]["where"] == WORKER_IP  # its ports are on the worker
         big = np.arange(2**21, dtype=np.float64)  # 16 MiB: relayed by the gateway to the worker
         session.push({"big": big})
         assert session.data_path and session.data_bytes >= big.nbytes
@@ -151,8 +130,6 @@ def test_a_kernel_on_the_worker_is_reached_only_through_the_gateway(
         assert session.kernel is not None
         model = gateway.get(f"/api/kernels/{session.kernel.id}").json()
         assert model["cumulus"]["device"] == "gpu0"
-    finally:
-        session.release()
 
 
 def test_a_worker_leaving_mid_kernel_ends_the_kernel_and_frees_the_partition(

@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.session import RemoteSession
 from tests.docker.conftest import client
 from tests.docker.test_docker_runtime import execute, partition_state
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, set_expiry, wait_until
+from tests.support.gateway import Gateway, remote_session, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
@@ -81,12 +80,8 @@ def test_interrupt_travels_as_a_message_and_restart_makes_a_new_service(
 
 @pytest.fixture
 def session(swarm_gateway: Gateway) -> Iterator[RemoteSession]:
-    s = RemoteSession("swarm", GatewaySettings(swarm_gateway.url, swarm_gateway.token))
-    s.start("0.2", "10m", lambda line: None)
-    try:
+    with remote_session(swarm_gateway, "swarm") as s:
         yield s
-    finally:
-        s.release()
 
 
 def test_variables_cross_through_the_gateway(session: RemoteSession) -> None:

@@ -18,7 +18,7 @@ import pytest
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import InvalidArgument
 from cumulus_jupyter.session import RemoteSession
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, remote_session
 
 pytestmark = pytest.mark.integration
 MIB = 2**20
@@ -34,12 +34,8 @@ def _transferred(gateway: Gateway, direction: str) -> float:
 
 @pytest.fixture
 def session(gateway: Gateway) -> Iterator[RemoteSession]:
-    s = RemoteSession("data", GatewaySettings(gateway.url, gateway.token))
-    s.start("0.2", "10m", lambda line: None)
-    try:
+    with remote_session(gateway, "data") as s:
         yield s
-    finally:
-        s.release()
 
 
 def _round_trip(gateway: Gateway, session: RemoteSession) -> None:

@@ -14,6 +14,7 @@ import yaml
 from gateway.callback import default_handlers as callback_handlers
 from gateway.data import default_handlers as data_handlers
 from gateway.handlers import default_handlers
+from gateway.jobs import default_handlers as job_handlers
 from tests.support.gateway import Gateway
 
 pytestmark = pytest.mark.integration
@@ -34,10 +35,11 @@ def check(instance: Any, ref: str) -> None:
 
 def test_every_gateway_route_is_documented() -> None:
     documented = set(SPEC["paths"])
-    for pattern, _ in [*default_handlers, *data_handlers, *callback_handlers]:
+    for pattern, _ in [*default_handlers, *data_handlers, *callback_handlers, *job_handlers]:
         path = pattern.replace("(?P<kernel_id>\\w+-\\w+-\\w+-\\w+-\\w+)", "{kernel_id}")
         path = path.replace("(?P<kernel_id>[\\w-]+)", "{kernel_id}")
         path = path.replace("(?P<transfer_id>[^/]+)", "{transfer_id}")
+        path = path.replace("(?P<job_id>j-[0-9a-f]{12})", "{job_id}")
         if "(?P<action>" in path:
             assert {
                 path.split("/(?P<action>")[0] + s for s in ("/interrupt", "/restart")

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,17 @@ def set_expiry(gateway: Gateway, partition_id: str, seconds_from_now: float) -> 
             "UPDATE partitions SET expires_at = expires_at + ?, created_at = created_at + ? WHERE id = ?",
             (shift, shift, partition_id),
         )
+
+
+@contextlib.contextmanager
+def remote_session(gateway: Gateway, name: str, gpu: str = "0.2") -> Iterator[Any]:
+    """A `RemoteSession` on ``gateway`` (a 10-minute partition of ``gpu``), released after."""
+    from cumulus_jupyter.connection import GatewaySettings
+    from cumulus_jupyter.session import RemoteSession
+
+    session = RemoteSession(name, GatewaySettings(gateway.url, gateway.token))
+    session.start(gpu, "10m", lambda line: None)
+    try:
+        yield session
+    finally:
+        session.release()
