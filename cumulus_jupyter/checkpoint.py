@@ -317,3 +317,71 @@ def load(name: str, version: int | None = None) -> Any:
 def versions(name: str) -> list[int]:
     """The versions of ``name`` on this host's disk (L1)."""
     return _versions(l1_root() / _checked(name))
+
+
+# ---------------------------------------------------------------- in a kernel's namespace
+
+
+def _user_names(namespace: dict[str, Any]) -> list[str]:
+    import types
+
+    skip = (types.ModuleType, types.FunctionType, type)
+    return [
+        n for n, v in namespace.items()
+        if not n.startswith("_") and n not in ("In", "Out", "exit", "quit", "get_ipython")
+        and not isinstance(v, skip)
+    ]  # fmt: skip
+
+
+def save_variables(name: str, names: list[str] | None, namespace: dict[str, Any]) -> str:
+    """Checkpoint ``names`` (default: every user variable) of ``namespace`` as ``name``; one
+    line saying what was saved (what ``%cumulus checkpoint`` prints)."""
+    chosen = names or _user_names(namespace)
+    missing = [n for n in chosen if n not in namespace]
+    if missing:
+        raise InvalidArgument(f"Nothing named {', '.join(missing)} in the remote kernel")
+    if not chosen:
+        raise InvalidArgument("No variables to checkpoint")
+    manifest = save(name, {n: namespace[n] for n in chosen}, variables=True)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    where = " (copying to L2)" if l2_url() else ""
+    return (f"checkpoint {name} v{manifest['version']}: {', '.join(chosen)} "
+            f"({size / 2**20:.1f} MiB){where}")  # fmt: skip
+
+
+def restore(name: str, namespace: dict[str, Any]) -> str:
+    """Load checkpoint ``name`` (saved by `save_variables`) into ``namespace``; one line."""
+    on_l1 = (l1_root() / _checked(name) / "latest").exists()
+    values = load(name)
+    if not isinstance(values, dict):
+        values = {name: values}
+    namespace.update(values)
+    return f"restored {', '.join(values)} from checkpoint {name} ({'L1' if on_l1 else 'L2'})"
+
+
+_TIMERS: dict[str, threading.Timer] = {}
+
+
+def before_expiry(
+    name: str, names: list[str] | None, namespace: dict[str, Any], expires_at: float,
+    lead_s: float = 60.0,
+) -> str:  # fmt: skip
+    """Checkpoint ``names`` of ``namespace`` as ``name`` ``lead_s`` before ``expires_at`` (the
+    partition's end), once, from a timer thread; one line saying when."""
+    delay = max(0.0, expires_at - lead_s - time.time())
+
+    def fire() -> None:
+        try:
+            line = save_variables(name, names, namespace)
+            print(f"Cumulus: before expiry, {line}", flush=True)
+        except Exception as exc:
+            print(f"Cumulus: checkpoint before expiry failed: {exc}", flush=True)
+
+    old = _TIMERS.pop(name, None)
+    if old is not None:
+        old.cancel()
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    timer.start()
+    _TIMERS[name] = timer
+    return f"checkpoint {name} will be saved {lead_s:.0f} s before expiry (in {delay:.0f} s)"

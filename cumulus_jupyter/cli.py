@@ -64,6 +64,12 @@ def _job_commands(sub: Any) -> None:
         "--requirements", default="", help='pip requirements, "pkg1 pkg2" or a requirements file'
     )
     submit.add_argument("--follow", "-f", action="store_true", help="stream its output to the end")
+    submit.add_argument("--resume", help="restore this checkpoint's variables before running")
+    submit.add_argument(
+        "--checkpoint-before-expiry", metavar="NAMES",
+        help="checkpoint these variables (comma-separated) 1 minute before the partition ends",
+    )  # fmt: skip
+    submit.add_argument("--checkpoint-name", help="its name (default: the job id)")
     get = sub.add_parser("get", help="a job's state")
     get.add_argument("job_id")
     sub.add_parser("list", help="your jobs: id, user, state, gpu, device, started, runtime")
@@ -107,6 +113,11 @@ async def _job_command(client: GatewayClient, args: argparse.Namespace) -> int:
         body = jobs.script_body(
             args.script, args.code, args.gpu, args.duration, _requirements(args.requirements)
         )
+        if args.resume:
+            body["resume"] = args.resume
+        if args.checkpoint_before_expiry:
+            names = [n for n in args.checkpoint_before_expiry.split(",") if n]
+            body["checkpoint"] = {"name": args.checkpoint_name, "names": names}
         job = await jobs.submit(client, body)
         if not args.follow:
             print(json.dumps(job) if args.json else job["id"])

@@ -44,6 +44,7 @@ def _options(line: str) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "gpu": "0.5", "duration": "1h", "session": None, "push": [], "pull": [],
         "no_push": False, "no_pull": False, "gateway": None, "renew": False, "requirements": None,
+        "resume": None, "checkpoint_before_expiry": None,
     }  # fmt: skip
     words = shlex.split(line)
     i = 0
@@ -53,16 +54,18 @@ def _options(line: str) -> dict[str, Any]:
         if word in ("--no-push", "--no-pull", "--renew"):
             opts[key] = True
         elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull",
-                      "--requirements"):  # fmt: skip
+                      "--requirements", "--resume", "--checkpoint-before-expiry"):  # fmt: skip
             if i + 1 >= len(words):
                 raise InvalidArgument(f"{word} needs a value")
             value = words[i + 1]
-            opts[key] = [n for n in value.split(",") if n] if key in ("push", "pull") else value
+            listed = key in ("push", "pull", "checkpoint_before_expiry")
+            opts[key] = [n for n in value.split(",") if n] if listed else value
             i += 1
         else:
             raise InvalidArgument(
                 f"Unknown option: {word}. Use --gpu, --duration, --session, --push, --pull, "
-                "--no-push, --no-pull, --renew, --gateway"
+                "--no-push, --no-pull, --renew, --gateway, --requirements, --resume, "
+                "--checkpoint-before-expiry"
             )
         i += 1
     return opts
@@ -156,6 +159,15 @@ class CumulusMagics(Magics):
         session = self._session(opts)
         if opts["requirements"]:
             session.install(_requirements(opts["requirements"]), self._show)
+        if opts["resume"]:
+            self._remote(session, f"_cumulus_ck.restore({opts['resume']!r}, globals())")
+        if opts["checkpoint_before_expiry"]:
+            expires = float(session.info()["expires_at"])
+            names = opts["checkpoint_before_expiry"]
+            self._remote(
+                session,
+                f"_cumulus_ck.before_expiry({session.name!r}, {names!r}, globals(), {expires!r})",
+            )
         names = cell_names(cell)
         ns = self.ns
         if not opts["no_push"]:
@@ -183,6 +195,16 @@ class CumulusMagics(Magics):
             explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
             ns.update(assigned | explicit)
 
+    def _remote(self, session: RemoteSession, call: str) -> None:
+        """Run a `cumulus_jupyter.checkpoint` call in the session's kernel; print its line."""
+        code = f"import cumulus_jupyter.checkpoint as _cumulus_ck\nprint('Cumulus:', {call})"
+        content = session.execute(code, self._show)["content"]
+        if content.get("status") == "error":
+            raise RemoteError(
+                content.get("ename", "Error"), content.get("evalue", ""),
+                content.get("traceback", []),
+            )  # fmt: skip
+
     @staticmethod
     def _show(message: dict[str, Any]) -> None:
         kind, content = message["msg_type"], message["content"]
@@ -196,8 +218,8 @@ class CumulusMagics(Magics):
 
     @line_magic("cumulus")  # type: ignore[arg-type]
     def cumulus_line(self, line: str) -> None:
-        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES | sync DIR |
-        pip install PACKAGES"""
+        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES |
+        checkpoint [NAMES] [--name CHECKPOINT] | sync DIR | pip install PACKAGES"""
         words = shlex.split(line)
         command, args = (words[0], words[1:]) if words else ("status", [])
         try:
@@ -230,6 +252,16 @@ class CumulusMagics(Magics):
                     if args[:1] != ["install"] or len(args) < 2:
                         raise InvalidArgument("Usage: %cumulus pip install PACKAGE ...")
                     session.install(args[1:], self._show)
+            elif command == "checkpoint":
+                session, args = self._target(args)
+                name = session.name
+                if "--name" in args:
+                    at = args.index("--name")
+                    if at + 1 >= len(args):
+                        raise InvalidArgument("--name needs a value")
+                    name, args = args[at + 1], args[:at] + args[at + 2 :]
+                names = [n for arg in args for n in arg.split(",") if n]
+                self._remote(session, f"_cumulus_ck.save_variables({name!r}, {names!r}, globals())")
             elif command in ("push", "pull"):
                 session, args = self._target(args)
                 names = [n for arg in args for n in arg.split(",") if n]
@@ -249,7 +281,7 @@ class CumulusMagics(Magics):
             else:
                 raise InvalidArgument(
                     f"Unknown %cumulus command: {command}. "
-                    "Use status, sessions, release, push, pull, sync, pip install"
+                    "Use status, sessions, release, push, pull, checkpoint, sync, pip install"
                 )
         except CumulusError as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from gateway.manager import CumulusKernelManager
 
 MAX_CODE_BYTES = 4 * 2**20
+_CHECKPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_jobs (
     id          TEXT PRIMARY KEY,
@@ -75,6 +77,8 @@ class Job:
     partition_id: str | None = None
     device: str | None = None
     error: str | None = None
+    resume: str | None = None  # a checkpoint restored into the namespace before the code runs
+    checkpoint: dict[str, Any] | None = None  # {"name", "names"}: saved at T-1 min
 
     def to_json(self, with_code: bool = False) -> dict[str, Any]:
         data = asdict(self)
@@ -112,7 +116,23 @@ def new_job(body: dict[str, Any], owner: str) -> Job:
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
     job_id = "j-" + secrets.token_hex(6)
-    return Job(job_id, owner, name, code, gpu, duration_s, list(requirements))
+    job = Job(job_id, owner, name, code, gpu, duration_s, list(requirements))
+    resume = body.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not _CHECKPOINT.fullmatch(resume)):
+        raise InvalidArgument(f"Invalid checkpoint name to resume from: {resume!r}")
+    job.resume = resume
+    checkpoint = body.get("checkpoint")
+    if checkpoint is not None:
+        names = checkpoint.get("names") if isinstance(checkpoint, dict) else None
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and n.isidentifier() for n in names
+        ):
+            raise InvalidArgument("checkpoint.names must be a list of variable names")
+        label = str(checkpoint.get("name") or job_id)
+        if not _CHECKPOINT.fullmatch(label):
+            raise InvalidArgument(f"Invalid checkpoint name: {label!r}")
+        job.checkpoint = {"name": label, "names": names}
+    return job
 
 
 class JobStore:
@@ -260,6 +280,9 @@ class JobRunner:
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=self.manager.launch_timeout)
+            prelude = self._prelude(job)
+            if prelude and not await self._run_code(client, job, prelude, kernel_id):
+                raise RuntimeError(f"preparing the job failed: {job.error}")
             if job.requirements:
                 install = f"print(_cumulus_remote.install({job.requirements!r}))"
                 code = f"import cumulus_jupyter.remote as _cumulus_remote\n{install}"
@@ -269,6 +292,22 @@ class JobRunner:
             self._finish(job, JobState.COMPLETED if ok else JobState.FAILED, job.error)
         finally:
             client.stop_channels()
+
+    def _prelude(self, job: Job) -> str:
+        """Code run before the job's own: restoring a checkpoint, arming one before expiry."""
+        lines = []
+        if job.resume:
+            lines.append(f"print('Cumulus:', _cumulus_ck.restore({job.resume!r}, globals()))")
+        if job.checkpoint and job.kernel_id in self.manager.partitions:
+            expires = self.manager.partitions[job.kernel_id].expires_at
+            name, names = job.checkpoint["name"], job.checkpoint["names"]
+            lines.append(
+                f"print('Cumulus:', _cumulus_ck.before_expiry({name!r}, {names!r}, globals(), "
+                f"{expires!r}))"
+            )
+        if not lines:
+            return ""
+        return "\n".join(["import cumulus_jupyter.checkpoint as _cumulus_ck", *lines])
 
     async def _run_code(self, client: Any, job: Job, code: str, kernel_id: str) -> bool:
         """Execute ``code``; write its output to the job's log; whether it succeeded. A kernel
