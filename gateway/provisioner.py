@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 # The gateway's own secrets never reach a kernel.
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|^JPY_|^JUPYTER_|^CHRONOS_STATE$", re.IGNORECASE)
 _FALSE = {"0", "false", "no", "off"}
+_CHECKPOINT_ENV = ("CUMULUS_CHECKPOINT_URL", "CUMULUS_CHECKPOINT_OPTIONS")
 
 
 class CumulusProvisioner(LocalProvisioner):
@@ -97,6 +98,8 @@ class CumulusProvisioner(LocalProvisioner):
     def _kernel_env(self, request_env: dict[str, str], partition: Partition) -> dict[str, str]:
         on_host = self.manager.runtime.on_gateway_host
         base = {k: v for k, v in os.environ.items() if on_host and not _SECRET_ENV.search(k)}
+        # where checkpoints go (L2) is the gateway's setting, for kernels anywhere
+        base |= {k: os.environ[k] for k in _CHECKPOINT_ENV if k in os.environ}
         base |= self.kernel_spec.env or {}
         base |= request_env
         base |= confinement_env(partition, self.manager.broker.store.devices)

@@ -229,6 +229,13 @@ class DockerRuntime(Runtime):
     cpus = Float(2.0, config=True, help="CPU limit of a kernel container, in CPUs (cgroup).")
     pids_limit = Int(512, config=True, help="Most processes and threads in a kernel container.")
     work_size = Unicode("1g", config=True, help="Size of the writable work directory (tmpfs).")
+    checkpoint_dir = Unicode(
+        "",
+        config=True,
+        help="Host directory mounted at /checkpoints as the kernels' L1 checkpoint tier (writable "
+        "by the kernels' user); empty: L1 is in the container's work directory, gone with it, "
+        "and only L2 (CUMULUS_CHECKPOINT_URL) outlives the kernel.",
+    )
 
     @property
     def manager(self) -> CumulusKernelManager:
@@ -303,6 +310,11 @@ class DockerRuntime(Runtime):
             "detach": True,
         }
         options |= gpu_options(launch.devices)
+        if self.checkpoint_dir:
+            options["volumes"] = {self.checkpoint_dir: {"bind": "/checkpoints", "mode": "rw"}}
+            options["environment"]["CUMULUS_CHECKPOINT_DIR"] = "/checkpoints"
+        else:
+            options["environment"]["CUMULUS_CHECKPOINT_DIR"] = "/work/.checkpoints"
         return options
 
     async def launch(self, launch: Launch) -> Started:

@@ -107,26 +107,28 @@ def test_a_running_job_is_cancelled_and_its_partition_released(gateway: Gateway)
 
 def test_a_queued_job_shows_its_position_then_runs(gateway: Gateway) -> None:
     holder = gateway.start_kernel(KERNEL_GPU="1")
-    submitted = cumulus(gateway, "submit", "-c", "print('ran')", "--gpu", "0.5")
-    job_id = submitted.stdout.strip()
-    pending = job(gateway, job_id)
-    assert pending["state"] == "pending"
-    wait_until(lambda: job(gateway, job_id).get("queue"), what="the job in the queue")
     follower = subprocess.Popen(
-        [sys.executable, "-m", "cumulus_jupyter.cli", "logs", job_id, "--follow"],
+        [sys.executable, "-m", "cumulus_jupyter.cli", "submit", "-c", "print('ran')", "--follow"],
         env=os.environ | {"CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": gateway.token},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
+        assert follower.stderr is not None
+        submitted = follower.stderr.readline()
+        assert submitted.startswith("submitted j-")
+        job_id = submitted.split()[1]
+        progress = follower.stderr.readline()  # the first poll finds it waiting: the GPU is held
+        assert progress.startswith(f"{job_id} pending: "), progress
+        wait_until(lambda: job(gateway, job_id).get("queue"), what="the job in the queue")
+        assert "queue position 1" in progress or "starting its kernel" in progress
         assert gateway.delete(f"/api/kernels/{holder['id']}").status_code == 204
         out, err = follower.communicate(timeout=120)
     finally:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
-    assert out == "ran\n" and f"{job_id} completed" in err
-    progress = cumulus(gateway, "submit", "-c", "pass", "--follow")  # nothing queued: no wait
-    assert progress.returncode == 0
+    assert follower.returncode == 0 and out == "ran\n" and f"{job_id} completed" in err
+    assert job(gateway, job_id)["state"] == "completed"
 
 
 def test_jobs_survive_a_gateway_restart_and_are_pruned_after_their_retention(

@@ -77,3 +77,13 @@ def test_exit_codes_follow_popen() -> None:
 def test_unknown_runtimes_name_the_choices() -> None:
     with pytest.raises(ValueError, match="Choose one of: docker, local, swarm"):
         runtime_for("kubernetes")
+
+
+def test_checkpoints_go_to_a_mounted_host_directory_when_one_is_configured() -> None:
+    mounted = DockerRuntime(checkpoint_dir="/srv/ckpt", callback_url="http://127.0.0.1:9")
+    options = mounted.container_options(launch(), "tok")
+    assert options["volumes"] == {"/srv/ckpt": {"bind": "/checkpoints", "mode": "rw"}}
+    assert options["environment"]["CUMULUS_CHECKPOINT_DIR"] == "/checkpoints"
+    plain = DockerRuntime(callback_url="http://127.0.0.1:9").container_options(launch(), "tok")
+    assert "volumes" not in plain
+    assert plain["environment"]["CUMULUS_CHECKPOINT_DIR"] == "/work/.checkpoints"
