@@ -135,3 +135,31 @@ def test_an_unreachable_l2_keeps_the_l1_checkpoint_and_says_so(
         Unavailable, match="Cannot read checkpoint elsewhere from s3://nowhere/ckpt"
     ):
         checkpoint.load("elsewhere")
+
+
+def test_framework_models_are_stored_by_their_own_savers(l1: Path) -> None:
+    import lightgbm
+    import torch
+    import xgboost
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 3)), np.arange(64) % 2
+    net = torch.nn.Linear(3, 2)
+    booster = xgboost.train({"max_depth": 2}, xgboost.DMatrix(x, label=y), num_boost_round=2)
+    light = lightgbm.train({"verbose": -1, "num_leaves": 4}, lightgbm.Dataset(x, label=y), 2)
+    sk = LogisticRegression().fit(x, y)
+    manifest = checkpoint.save(
+        "models", {"net": net, "state": net.state_dict(), "xgb": booster, "lgb": light, "sk": sk},
+        variables=True,
+    )  # fmt: skip
+    formats = {k: v["format"] for k, v in manifest["files"].items()}
+    assert formats == {"net": "torch", "state": "torch", "xgb": "xgboost", "lgb": "lightgbm",
+                       "sk": "cloudpickle"}  # fmt: skip
+    back = checkpoint.load("models")
+    for key in ("net", "state"):  # a module is stored as its state dict
+        assert torch.equal(back[key]["weight"], net.state_dict()["weight"])
+    probe = xgboost.DMatrix(x[:4])
+    np.testing.assert_allclose(back["xgb"].predict(probe), booster.predict(probe))
+    np.testing.assert_allclose(back["lgb"].predict(x[:4]), light.predict(x[:4]))
+    np.testing.assert_array_equal(back["sk"].predict(x), sk.predict(x))
