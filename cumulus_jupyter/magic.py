@@ -121,12 +121,7 @@ class CumulusMagics(Magics):
 
     def _target(self, args: list[str]) -> tuple[RemoteSession, list[str]]:
         """``--session NAME`` among the arguments, else the session the last cell used."""
-        name = self.current
-        if "--session" in args:
-            at = args.index("--session")
-            if at + 1 >= len(args):
-                raise InvalidArgument("--session needs a value")
-            name, args = args[at + 1], args[:at] + args[at + 2 :]
+        name, args = _take_option(args, "--session", self.current)
         session = self.sessions.get(name)
         if session is None:
             raise InvalidArgument(
@@ -254,12 +249,7 @@ class CumulusMagics(Magics):
                     session.install(args[1:], self._show)
             elif command == "checkpoint":
                 session, args = self._target(args)
-                name = session.name
-                if "--name" in args:
-                    at = args.index("--name")
-                    if at + 1 >= len(args):
-                        raise InvalidArgument("--name needs a value")
-                    name, args = args[at + 1], args[:at] + args[at + 2 :]
+                name, args = _take_option(args, "--name", session.name)
                 names = [n for arg in args for n in arg.split(",") if n]
                 self._remote(session, f"_cumulus_ck.save_variables({name!r}, {names!r}, globals())")
             elif command in ("push", "pull"):
@@ -285,6 +275,16 @@ class CumulusMagics(Magics):
                 )
         except CumulusError as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _take_option(args: list[str], option: str, default: str) -> tuple[str, list[str]]:
+    """The value of ``option`` among ``args`` (else ``default``), and the other arguments."""
+    if option not in args:
+        return default, args
+    at = args.index(option)
+    if at + 1 >= len(args):
+        raise InvalidArgument(f"{option} needs a value")
+    return args[at + 1], args[:at] + args[at + 2 :]
 
 
 def _requirements(spec: str) -> list[str]:

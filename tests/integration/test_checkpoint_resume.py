@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import start_new_kernel
 
 from tests.integration.test_jobs import cumulus
-from tests.integration.test_magic import run
+from tests.integration.test_magic import notebook_kernel, run
 from tests.support.gateway import Gateway, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -92,17 +91,8 @@ def l2_versions(s3: dict[str, Any], name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def notebook(setup: tuple[Gateway, Path, dict[str, str]]) -> Iterator[BlockingKernelClient]:
-    gw, _, _ = setup
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CUMULUS_GATEWAY_URL", gw.url)
-        mp.setenv("CUMULUS_TOKEN", gw.token)
-        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
-    try:
-        run(kc, "%load_ext cumulus_jupyter")
+    with notebook_kernel(setup[0]) as kc:
         yield kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_a_session_resumes_from_l2_in_a_new_partition_after_l1_is_gone(

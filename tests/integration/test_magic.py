@@ -3,6 +3,7 @@ both ways, sessions, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -24,17 +25,26 @@ def notebook(
     """A local ipykernel (the user's notebook) with the extension loaded, and a gateway."""
     tmp = tmp_path_factory.mktemp("magic")
     gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
+    try:
+        with notebook_kernel(gw) as kc:
+            yield kc, gw
+    finally:
+        gw.stop()
+
+
+@contextlib.contextmanager
+def notebook_kernel(gw: Gateway) -> Iterator[BlockingKernelClient]:
+    """A local ipykernel pointed at ``gw`` with the extension loaded, shut down after."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CUMULUS_GATEWAY_URL", gw.url)
         mp.setenv("CUMULUS_TOKEN", gw.token)
         km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
     try:
         run(kc, "%load_ext cumulus_jupyter")
-        yield kc, gw
+        yield kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-        gw.stop()
 
 
 def run(
