@@ -203,6 +203,8 @@ def in_containers(tmp: Path, n: int) -> tuple[list[float], float]:
     """Our gateway on the docker runtime: the cold start includes the container's start and the
     kernel's callback."""
     from gateway.container.build import build
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' dockerd helper
     from tests.support.engine import Engine
 
     engine = Engine()
