@@ -20,6 +20,7 @@ corrupted version with `CheckpointCorrupted`, naming the versions still availabl
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -183,6 +184,9 @@ def save(name: str, obj: Any, *, variables: bool = False, wait_l2: bool = False)
             target=_to_l2_logged, args=(name, version, url), name=f"cumulus-l2-{name}", daemon=True
         )
         copy.start()
+        if not _COPIES and not _EXIT_WAIT:
+            atexit.register(wait_for_copies, EXIT_WAIT_S)  # a kernel shut down lets them end
+            _EXIT_WAIT.append(True)
         _COPIES.append(copy)
         if wait_l2:
             copy.join()
@@ -199,6 +203,8 @@ def _point_latest(directory: Path, version: int) -> None:
 
 
 _VERSIONS = threading.Lock()
+_EXIT_WAIT: list[bool] = []
+EXIT_WAIT_S = 120.0  # how long a kernel that is shutting down waits for its copies to L2
 _COPIES: list[threading.Thread] = []
 _L2_ERRORS: dict[tuple[str, int], str] = {}
 
@@ -333,7 +339,9 @@ def _user_names(namespace: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def save_variables(name: str, names: list[str] | None, namespace: dict[str, Any]) -> str:
+def save_variables(
+    name: str, names: list[str] | None, namespace: dict[str, Any], wait_l2: bool = False
+) -> str:
     """Checkpoint ``names`` (default: every user variable) of ``namespace`` as ``name``; one
     line saying what was saved (what ``%cumulus checkpoint`` prints)."""
     chosen = names or _user_names(namespace)
@@ -342,9 +350,9 @@ def save_variables(name: str, names: list[str] | None, namespace: dict[str, Any]
         raise InvalidArgument(f"Nothing named {', '.join(missing)} in the remote kernel")
     if not chosen:
         raise InvalidArgument("No variables to checkpoint")
-    manifest = save(name, {n: namespace[n] for n in chosen}, variables=True)
+    manifest = save(name, {n: namespace[n] for n in chosen}, variables=True, wait_l2=wait_l2)
     size = sum(f["bytes"] for f in manifest["files"].values())
-    where = " (copying to L2)" if l2_url() else ""
+    where = (" (on L2 too)" if wait_l2 else " (copying to L2)") if l2_url() else ""
     return (f"checkpoint {name} v{manifest['version']}: {', '.join(chosen)} "
             f"({size / 2**20:.1f} MiB){where}")  # fmt: skip
 
@@ -372,7 +380,7 @@ def before_expiry(
 
     def fire() -> None:
         try:
-            line = save_variables(name, names, namespace)
+            line = save_variables(name, names, namespace, wait_l2=True)  # before the end
             print(f"Cumulus: before expiry, {line}", flush=True)
         except Exception as exc:
             print(f"Cumulus: checkpoint before expiry failed: {exc}", flush=True)

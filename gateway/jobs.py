@@ -272,8 +272,8 @@ class JobRunner:
             self._finish(job, JobState.FAILED, reason or str(exc) or type(exc).__name__)
         finally:
             if kernel_id is not None and kernel_id in km:
-                with contextlib.suppress(Exception):
-                    await km.shutdown_kernel(kernel_id, now=True)
+                with contextlib.suppress(Exception):  # politely: its checkpoint copies finish
+                    await km.shutdown_kernel(kernel_id)
 
     async def _execute(self, job: Job, kernel_id: str) -> None:
         client: Any = self.manager.get_kernel(kernel_id).client()  # an AsyncKernelClient

@@ -35,5 +35,8 @@ def test_the_worker_is_labelled_with_the_devices_the_job_image_finds(
     assert "zone=a" in written["labels"]
     devices = json.loads(label.split("=", 1)[1])
     here = discover({})
-    assert [d["name"] for d in devices] == [d.name for d in here]
-    assert [d["memory_bytes"] for d in devices] == [d.memory_bytes for d in here]
+    # the same devices (PoCL sizes the CPU device's memory by what is free at the moment)
+    assert [(d["name"], d["vendor"], d["kind"]) for d in devices] == [
+        (d.name, d.vendor.value, d.kind) for d in here
+    ]
+    assert all(d["memory_bytes"] > 0 for d in devices)
