@@ -134,7 +134,7 @@ def chart(table: list[Row], path: Path) -> None:
     ax.axvline(1.0, color="grey", linestyle=":")
     ax.set_xscale("log")
     ax.set_xlabel("ours vs anchor (x, higher is better; black tick: target)")
-    ax.set_title("Cumulus Jupyter benchmarks, measured side by side in one run")
+    ax.set_title("Cumulus Jupyter vs its anchors, one run", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
