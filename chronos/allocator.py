@@ -13,12 +13,18 @@ from chronos.amount import TENTHS_PER_DEVICE, GpuAmount
 from chronos.errors import InvalidArgument, ResourceExhausted
 
 
-def place(amount: GpuAmount, candidates: Sequence[int], used: Mapping[int, int]) -> list[int]:
+def place(
+    amount: GpuAmount,
+    candidates: Sequence[int],
+    used: Mapping[int, int],
+    hosts: Mapping[int, str | None] | None = None,
+) -> list[int]:
     """Indices of the devices that ``amount`` takes among ``candidates``.
 
-    ``used`` maps a device index to the tenths already held on it (absent: none). Raises
-    `ResourceExhausted` saying what is free when nothing fits, and `InvalidArgument` when the
-    candidates could never hold the amount.
+    ``used`` maps a device index to the tenths already held on it (absent: none). ``hosts``
+    maps a device to the host it is on, when devices span hosts (a Swarm): whole devices for one
+    partition are then taken from one host. Raises `ResourceExhausted` saying what is free when
+    nothing fits, and `InvalidArgument` when the candidates could never hold the amount.
     """
     if amount.device_count > len(candidates):
         raise InvalidArgument(
@@ -29,6 +35,18 @@ def place(amount: GpuAmount, candidates: Sequence[int], used: Mapping[int, int])
     if amount.is_fraction:
         return [_best_fit(amount, free)]
     whole = [i for i in candidates if free[i] == TENTHS_PER_DEVICE]
+    if hosts and len({hosts.get(i) for i in whole}) > 1:
+        by_host: dict[str | None, list[int]] = {}
+        for i in whole:
+            by_host.setdefault(hosts.get(i), []).append(i)
+        fits = [group for group in by_host.values() if len(group) >= amount.device_count]
+        if fits:  # the host with the fewest free devices that still holds it (best fit)
+            return min(fits, key=len)[: amount.device_count]
+        most = max(by_host.values(), key=len)
+        raise ResourceExhausted(
+            f"{amount} GPU needs {amount.device_count} fully free devices on one host "
+            f"(at most {len(most)} on {hosts.get(most[0])})"
+        )
     if len(whole) < amount.device_count:
         listed = ", ".join(f"gpu{i}" for i in whole) or "none"
         raise ResourceExhausted(

@@ -67,6 +67,7 @@ class Device:
     pci_bus_id: str | None = None
     opencl: tuple[int, int] | None = None
     sources: tuple[str, ...] = field(default=())
+    host: str | None = None  # the host it is on, when devices span hosts (a Swarm's nodes)
 
     @property
     def id(self) -> str:
@@ -94,6 +95,7 @@ class Device:
                 pci_bus_id=data.get("pci_bus_id"),
                 opencl=(int(opencl[0]), int(opencl[1])) if opencl else None,
                 sources=("config",),
+                host=data.get("host") or data.get("node"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(

@@ -259,7 +259,8 @@ class Store:
             now = self.clock()
             used = self._used(db)
             try:
-                chosen = allocator.place(gpu, candidates, used)
+                hosts = {d.index: d.host for d in self.devices if d.host}
+                chosen = allocator.place(gpu, candidates, used, hosts or None)
             except ResourceExhausted as exc:
                 exc.retry_after = self._retry_after(db, candidates, now)
                 raise

@@ -216,7 +216,9 @@ class DockerRuntime(Runtime):
         "host",
         config=True,
         help="Network of the kernel containers. 'host': the kernel listens on loopback, the "
-        "gateway's way in (the default); or a network that reaches the gateway's callback URL.",
+        "gateway's way in (the default). Or a network of the operator's, e.g. `docker network "
+        "create --internal cumulus-kernels`: kernels then reach nothing but the host's end of it, "
+        "where the gateway must listen (--ip); callbacks go there.",
     )
     callback_url = Unicode(
         "",
@@ -262,11 +264,26 @@ class DockerRuntime(Runtime):
         )
 
     def base_url(self) -> str:
+        """The gateway as a kernel container reaches it: ``callback_url``, else loopback on the
+        host network, else the host's end of the kernels' network (its IPAM gateway)."""
         if self.callback_url:
             return self.callback_url.rstrip("/")
         app = self.manager.parent
         base = str(getattr(app, "base_url", "/") or "/").rstrip("/")
-        return f"http://127.0.0.1:{getattr(app, 'port', 8888)}{base}"
+        host = "127.0.0.1" if self.network == "host" else self.network_gateway()
+        return f"http://{host}:{getattr(app, 'port', 8888)}{base}"
+
+    def network_gateway(self) -> str:
+        import docker
+
+        try:
+            ipam = self.client.networks.get(self.network).attrs.get("IPAM") or {}
+            return str(next(c["Gateway"] for c in ipam.get("Config") or [] if c.get("Gateway")))
+        except (docker.errors.NotFound, StopIteration):
+            raise Unavailable(
+                f"Docker network {self.network} has no gateway address for the kernels to call "
+                "back to; set --DockerRuntime.callback_url"
+            ) from None
 
     def environment(self, launch: Launch, token: str) -> dict[str, str]:
         env = {k: v for k, v in launch.env.items() if k not in ("JPY_PARENT_PID", "PATH")}

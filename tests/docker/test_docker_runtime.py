@@ -5,6 +5,7 @@ container has (its confinement, the callback, the engine's own lifecycle)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from chronos import Store, discover
 from cumulus_jupyter.session import RemoteSession
-from tests.docker.conftest import client, kernel_containers
+from tests.docker.conftest import client, kernel_containers, runtime_gateway
 from tests.support.engine import Engine
 from tests.support.gateway import Gateway, remote_session, set_expiry, wait_until
 from tests.support.kernel_ws import KernelSocket
@@ -267,3 +268,55 @@ def test_a_hundred_kernel_cycles_leave_nothing_behind(
     assert docker_gateway.get("/api/cumulus/partitions").json() == []
     with Store(discover({}), docker_gateway.state) as store:
         assert store.partitions() == []
+
+
+INTERNAL = "cumulus-kernels-test"
+
+
+@pytest.fixture
+def internal_network(engine: Engine) -> Iterator[str]:
+    """A Docker network of the test's own with no way out (``internal``): the host's end of its
+    bridge, where the gateway listens, is all a kernel container can reach."""
+    import docker
+
+    c = client(engine)
+    with contextlib.suppress(docker.errors.NotFound):
+        c.networks.get(INTERNAL).remove()
+    pool = docker.types.IPAMPool(subnet="10.214.0.0/24", gateway="10.214.0.1")
+    network = c.networks.create(INTERNAL, driver="bridge", internal=True,
+                                ipam=docker.types.IPAMConfig(pool_configs=[pool]))  # fmt: skip
+    try:
+        yield "10.214.0.1"
+    finally:
+        network.remove()
+
+
+def test_on_an_internal_network_a_kernel_reaches_only_the_gateway(
+    tmp_path: Path, engine: Engine, job_image: str, internal_network: str
+) -> None:
+    with runtime_gateway(
+        tmp_path, engine, "docker", f"--DockerRuntime.network={INTERNAL}", host=internal_network
+    ) as gw:
+        with remote_session(gw, "internal") as session:
+            big = np.arange(2**21, dtype=np.float64)  # 16 MiB over the data path, relayed
+            session.push({"big": big})
+            probe = (
+                "import os, socket\n"
+                "where = os.environ['CUMULUS_DATA_HOST']\n"
+                "def reach(host, port):\n"
+                "    try:\n"
+                "        socket.create_connection((host, port), timeout=3).close()\n"
+                "        return 'open'\n"
+                "    except OSError as exc:\n"
+                "        return type(exc).__name__\n"
+                f"to_gateway = reach('{internal_network}', {gw.port})\n"
+                "to_outside = reach('192.0.2.2', 22), reach('1.1.1.1', 443)\n"
+                "half = big / 2\n"
+            )
+            assert session.execute(probe, lambda m: None)["content"]["status"] == "ok"
+            values, _ = session.pull(["where", "to_gateway", "to_outside", "half"])
+        assert values["where"].startswith("10.214.0.")  # its ports are on the internal network
+        assert values["to_gateway"] == "open"
+        assert all(result != "open" for result in values["to_outside"])
+        np.testing.assert_array_equal(values["half"], big / 2)
+    assert kernel_containers(engine) == []

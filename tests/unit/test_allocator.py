@@ -53,3 +53,13 @@ def test_whole_amounts_take_only_fully_free_devices() -> None:
 def test_more_devices_than_candidates_is_invalid() -> None:
     with pytest.raises(InvalidArgument, match="needs 3 devices, but only 2"):
         place(a("3"), [0, 1], {})
+
+
+def test_whole_devices_for_one_partition_come_from_one_host() -> None:
+    hosts = {0: "a", 1: "b", 2: "b", 3: "c", 4: "c", 5: "c"}
+    # two free on b, three on c: the best fit is b, which keeps c's three together
+    assert place(GpuAmount.parse("2"), list(hosts), {}, hosts) == [1, 2]
+    assert place(GpuAmount.parse("3"), list(hosts), {}, hosts) == [3, 4, 5]
+    with pytest.raises(ResourceExhausted, match="needs 2 fully free devices on one host"):
+        place(GpuAmount.parse("2"), list(hosts), {2: 1, 4: 1, 5: 1}, hosts)
+    assert place(GpuAmount.parse("0.5"), list(hosts), {}, hosts) == [0]  # fractions: best fit
