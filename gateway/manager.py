@@ -242,14 +242,14 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             for old in list(self.ended)[:1_000]:
                 del self.ended[old]
 
-    def refresh(self, kernel_id: str) -> Partition | None:
-        """The kernel's partition as the store has it now (an operator may have changed it)."""
-        partition = self.partitions.get(kernel_id)
-        if partition is None:
-            return None
-        current = self.broker.store.get(partition.id)
-        self.partitions[kernel_id] = current
-        return current
+    def refresh(self) -> dict[str, Partition]:
+        """Every kernel's partition as the store has it now (an operator may have changed
+        one), read in one transaction; by kernel id."""
+        current = self.broker.store.get_many([p.id for p in self.partitions.values()])
+        for kernel_id, partition in list(self.partitions.items()):
+            if partition.id in current and kernel_id in self.partitions:
+                self.partitions[kernel_id] = current[partition.id]
+        return dict(self.partitions)
 
     def now(self) -> float:
         return time.time()

@@ -51,9 +51,8 @@ class ExpirySupervisor:
         if now >= self._next_prune:  # finished jobs past their retention
             self._next_prune = now + PRUNE_EVERY_S
             manager.jobs.store.prune(manager.job_retention)
-        for kernel_id in list(manager.partitions):
-            partition = manager.refresh(kernel_id)
-            if partition is None or kernel_id in self._ending:
+        for kernel_id, partition in manager.refresh().items():
+            if kernel_id in self._ending:
                 continue
             left = partition.expires_at - now
             if not partition.is_active or left <= 0:
