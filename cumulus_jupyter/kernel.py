@@ -284,7 +284,9 @@ class ProxyKernel:
 
     def progress(self, line: str, keep: bool = False) -> None:
         """Show a line in the cells waiting for the kernel; a line worth keeping ("ready",
-        "synced") is kept for the first cell when none is waiting yet."""
+        "synced") is kept for the first cell when none is waiting yet. Lines kept before a cell
+        came go out first, so the cell reads them in order."""
+        self._announce_to_waiting()
         for parent in self.progress_parents:
             self.stderr(f"Cumulus: {line}\n", parent)
         if not self.progress_parents and (keep or "ready" in line):
