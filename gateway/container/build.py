@@ -22,11 +22,15 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from platformdirs import user_cache_dir
 
 from cumulus_jupyter.errors import CumulusError, Unavailable
 from gateway.runtimes.docker import engine
+
+if TYPE_CHECKING:
+    import docker
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
@@ -56,18 +60,22 @@ def sources() -> Iterator[Path]:
         yield from sorted((PROJECT / package).rglob("*.py"))
 
 
-def base_image(client: object, suite: str, mirror: str, cache: Path) -> str:
-    """The base image's tag, after making it when it is not on the engine yet."""
+def has_image(client: docker.DockerClient, tag: str) -> bool:
     import docker
 
-    assert isinstance(client, docker.DockerClient)
-    tag = f"cumulus-job-base:{suite}-{digest(suite, mirror, *PACKAGES)}"
     try:
         client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def base_image(client: docker.DockerClient, suite: str, mirror: str, cache: Path) -> str:
+    """The base image's tag, after making it when it is not on the engine yet."""
+    tag = f"cumulus-job-base:{suite}-{digest(suite, mirror, *PACKAGES)}"
+    if has_image(client, tag):
         log(f"base {tag}: present")
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     if shutil.which("debootstrap") is None:
         raise Unavailable("debootstrap is not installed (apt-get install debootstrap)")
     started = time.monotonic()
@@ -118,10 +126,9 @@ def wheelhouse(context: Path, pip: Sequence[str]) -> None:
     log(f"wheelhouse: {count} wheels in {time.monotonic() - started:.0f} s")
 
 
-def build_image(client: object, context: Path, base: str, tag: str) -> None:
+def build_image(client: docker.DockerClient, context: Path, base: str, tag: str) -> None:
     import docker
 
-    assert isinstance(client, docker.DockerClient)
     shutil.copy2(HERE / "Dockerfile", context / "Dockerfile")
     (context / ".dockerignore").write_text("wheels.key\n")
     started = time.monotonic()

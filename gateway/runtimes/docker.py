@@ -19,6 +19,7 @@ import asyncio
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
@@ -77,7 +78,7 @@ def exit_code(state: Mapping[str, Any]) -> int:
     return -(code - 128) if 128 < code < 160 else code
 
 
-class EngineProcess:
+class EngineProcess(ABC):
     """What a kernel's container and a kernel's Swarm service share as the provisioner's
     process handle: Popen's ``wait``/``terminate``/``kill`` over ``poll``/``send_signal``, and
     whether someone other than the gateway ended it (``ended_outside``, the reason)."""
@@ -92,20 +93,25 @@ class EngineProcess:
         self.stopping = False  # we asked the engine to stop it
         self.ended_outside: str | None = None  # why, when someone else stopped or removed it
 
+    @abstractmethod
     def poll(self) -> int | None:
-        raise NotImplementedError
+        """See `KernelProcess`."""
 
+    @abstractmethod
     def send_signal(self, signum: int) -> None:
-        raise NotImplementedError
+        """See `KernelProcess`."""
 
+    @abstractmethod
     def info(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """See `KernelProcess`."""
 
+    @abstractmethod
     def remove(self) -> None:
-        raise NotImplementedError
+        """See `KernelProcess`."""
 
+    @abstractmethod
     def logs(self, lines: int = LOG_LINES) -> str:
-        raise NotImplementedError
+        """See `KernelProcess`; ``logs``: the last lines the kernel printed."""
 
     def wait(self, timeout: float | None = None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -5,6 +5,7 @@ leaves the Swarm mid-kernel ends its kernel and frees its partition."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,23 +87,15 @@ def stop_worker(manager: Engine, node: Engine) -> None:
     node_pid = node.proc.pid if node.proc else None
     for pid in pids.split():
         if int(pid) != node_pid:
-            with_suppress(lambda p=int(pid): os.kill(p, signal.SIGKILL))
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(int(pid), signal.SIGKILL)
     node.stop()
     client = manager.client
-    try:
+    with contextlib.suppress(docker.errors.APIError):  # the manager has left already
         if client.info()["Swarm"]["LocalNodeState"] == "active":
             client.swarm.leave(force=True)
-    except docker.errors.APIError:
-        pass
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
     subprocess.run(["ip", "link", "del", "cw-host"], capture_output=True)
-
-
-def with_suppress(action: Any) -> None:
-    try:
-        action()
-    except ProcessLookupError:
-        return
 
 
 @pytest.fixture
