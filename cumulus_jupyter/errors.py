@@ -1,22 +1,26 @@
-"""The one error tree users of Cumulus meet, each class with the HTTP status it stands for.
+"""The one error tree users of Cumulus meet: each class with its HTTP status and CLI exit code.
 
 ::
 
-    CumulusError                  500
-    ├── InvalidArgument           400  a bad amount, duration, name or option
-    ├── Unauthenticated           401  missing or wrong token
-    ├── PermissionDenied          403  the token is valid but may not do this
-    ├── NotFound                  404  no such kernel, partition or session
-    ├── PartitionExpired          410  the partition ended (expired or released)
-    ├── ResourceExhausted         429  nothing fits now; ``retry_after`` says when to retry
-    ├── KernelDied                500  the remote kernel process died under a request
-    ├── Internal                  500  a bug on our side
-    ├── Unavailable               503  the gateway or its state is unreachable
-    │   └── DataChannelError      502  a bulk transfer to or from a kernel was refused or broke off
-    └── DeadlineExceeded          504  waited past the launch or request timeout
+    CumulusError                  500  1
+    ├── InvalidArgument           400  2  a bad amount, duration, name, option or body
+    │   └── TooLarge              413  2  a body or transfer over the gateway's limit
+    ├── Unauthenticated           401  6  missing or wrong token
+    ├── PermissionDenied          403  7  the token is valid but may not do this
+    ├── NotFound                  404  3  no such kernel, partition, job or session
+    ├── PartitionExpired          410  3  the partition ended (expired or released)
+    ├── ResourceExhausted         429  4  nothing fits now; ``retry_after`` says when to retry
+    ├── KernelDied                500  9  the remote kernel process died under a request
+    ├── RemoteError               500  1  the user's code raised in the remote kernel
+    ├── Internal                  500  1  a bug on our side
+    ├── Unavailable               503  5  the gateway, its state or a kernel cannot be reached
+    │   └── DataChannelError      502  5  a bulk transfer to or from a kernel was refused or broke
+    └── DeadlineExceeded          504  8  waited past the launch or request timeout
 
-Foreign errors (Chronos, httpx, zmq, sqlite, docker) are mapped onto this tree at one boundary
-per layer, by status code (`error_for_status`), and raised ``from`` the original.
+Foreign errors are mapped onto this tree at one boundary per layer and raised ``from`` the
+original: Chronos's own tree in the gateway (`gateway.errors`), HTTP statuses in the client
+(`error_for_status`), httpx in `cumulus_jupyter.connection`. Both CLIs exit with the class's
+``exit_code`` (Chronos's classes carry the same codes).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class CumulusError(Exception):
     """Base of every error Cumulus raises on purpose; ``str(exc)`` is one line for a human."""
 
     status: int = 500
+    exit_code: int = 1
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -34,32 +39,66 @@ class CumulusError(Exception):
 
 class InvalidArgument(CumulusError, ValueError):
     status = 400
+    exit_code = 2
+
+
+class TooLarge(InvalidArgument):
+    status = 413
 
 
 class Unauthenticated(CumulusError):
     status = 401
+    exit_code = 6
 
 
 class PermissionDenied(CumulusError):
     status = 403
+    exit_code = 7
 
 
 class NotFound(CumulusError, LookupError):
     status = 404
+    exit_code = 3
 
 
 class PartitionExpired(CumulusError):
     status = 410
+    exit_code = 3
 
 
 class ResourceExhausted(CumulusError):
     status = 429
+    exit_code = 4
 
 
 class KernelDied(CumulusError):
     """The remote kernel died while working (its variables are gone); not a partition end."""
 
     status = 500
+    exit_code = 9
+
+
+class RemoteError(CumulusError):
+    """The user's code raised in the remote kernel. ``str()`` is the exception line and the
+    remote traceback; IPython shows the remote traceback itself (`_render_traceback_`)."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+        self.ename, self.evalue, self.traceback = ename, evalue, list(traceback or [])
+        plain = "\n".join(_strip_ansi(line) for line in self.traceback)
+        super().__init__(f"{ename}: {evalue}" + (f"\n{plain}" if plain else ""))
+
+    @classmethod
+    def from_reply(cls, content: dict[str, object]) -> RemoteError:
+        """From an ``execute_reply`` (or ``error`` message) content."""
+        traceback = content.get("traceback")
+        return cls(
+            str(content.get("ename", "Error")),
+            str(content.get("evalue", "")),
+            [str(line) for line in traceback] if isinstance(traceback, list) else [],
+        )
+
+    def _render_traceback_(self) -> list[str]:
+        return self.traceback or [f"{self.ename}: {self.evalue}"]
 
 
 class Internal(CumulusError):
@@ -68,32 +107,39 @@ class Internal(CumulusError):
 
 class Unavailable(CumulusError):
     status = 503
+    exit_code = 5
 
 
 class DataChannelError(Unavailable):
-    """The data path between the gateway and a kernel refused or broke off a transfer."""
+    """The data path between the gateway and a kernel refused or broke off a transfer; the
+    client falls back to sending the values in messages."""
 
     status = 502
 
 
 class DeadlineExceeded(CumulusError, TimeoutError):
     status = 504
+    exit_code = 8
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 _BY_STATUS: dict[int, type[CumulusError]] = {
     cls.status: cls
     for cls in (
-        InvalidArgument, Unauthenticated, PermissionDenied, NotFound, PartitionExpired,
-        ResourceExhausted, Unavailable, DeadlineExceeded, Internal,
+        InvalidArgument, TooLarge, Unauthenticated, PermissionDenied, NotFound, PartitionExpired,
+        ResourceExhausted, Internal, DataChannelError, Unavailable, DeadlineExceeded,
     )
 }  # fmt: skip
 
 
 def error_for_status(status: int) -> type[CumulusError]:
-    """The class for an HTTP status: exact match, else `InvalidArgument` for other 4xx (409
-    from a no-wait launch maps to `ResourceExhausted`), else `Internal`."""
-    if status == 409:
-        return ResourceExhausted
+    """The class an HTTP status stands for: the exact class, else `InvalidArgument` for any
+    other 4xx, else `Internal`."""
     if status in _BY_STATUS:
         return _BY_STATUS[status]
     return InvalidArgument if 400 <= status < 500 else Internal
@@ -109,7 +155,9 @@ __all__ = [
     "NotFound",
     "PartitionExpired",
     "PermissionDenied",
+    "RemoteError",
     "ResourceExhausted",
+    "TooLarge",
     "Unauthenticated",
     "Unavailable",
     "error_for_status",

@@ -36,7 +36,8 @@ from jupyter_client.session import Session
 from cumulus_jupyter import archive
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import CumulusError, KernelDied, PartitionExpired, Unavailable
-from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
+from cumulus_jupyter.protocol.messages import Parts, header_of, parent_of
+from cumulus_jupyter.remote_kernel import RemoteKernel
 
 DELIM = b"<IDS|MSG>"
 ROUTED = ("shell", "control", "stdin")

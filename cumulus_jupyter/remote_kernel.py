@@ -9,7 +9,6 @@ binary buffers, so bulk data is never base64'd and nothing is re-encoded on the 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,28 +18,7 @@ import websockets
 
 from cumulus_jupyter.connection import GatewayClient
 from cumulus_jupyter.errors import CumulusError, Unauthenticated, Unavailable
-
-V1 = "v1.kernel.websocket.jupyter.org"
-Parts = list[bytes]
-
-
-def encode_v1(channel: str, parts: Parts) -> bytes:
-    """Frame raw message parts (header, parent, metadata, content, buffers...) for the WS."""
-    name = channel.encode()
-    offsets = [8 * (2 + len(parts) + 1)]
-    offsets.append(offsets[-1] + len(name))
-    for part in parts:
-        offsets.append(offsets[-1] + len(part))
-    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
-    return b"".join([head, name, *parts])
-
-
-def decode_v1(frame: bytes) -> tuple[str, Parts]:
-    count = int.from_bytes(frame[:8], "little")
-    offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
-    offsets.append(len(frame))
-    channel = frame[offsets[0] : offsets[1]].decode()
-    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count)]
+from cumulus_jupyter.protocol.messages import V1, Parts, decode_v1, encode_v1
 
 
 def describe(cumulus: dict[str, Any]) -> str:
@@ -181,11 +159,3 @@ class RemoteKernel:
     async def shutdown(self) -> None:
         await self.close()
         await self.client.request("DELETE", f"/api/kernels/{self.id}", timeout=120)
-
-
-def header_of(parts: Parts) -> dict[str, Any]:
-    return json.loads(parts[0]) if parts else {}
-
-
-def parent_of(parts: Parts) -> dict[str, Any]:
-    return json.loads(parts[1]) if len(parts) > 1 else {}

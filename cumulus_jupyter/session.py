@@ -29,7 +29,8 @@ from cumulus_jupyter.errors import (
     KernelDied,
     PartitionExpired,
 )
-from cumulus_jupyter.remote_kernel import Parts, RemoteKernel, header_of, parent_of
+from cumulus_jupyter.protocol.messages import Parts, header_of, parent_of
+from cumulus_jupyter.remote_kernel import RemoteKernel
 
 Message = dict[str, Any]
 REGISTER = "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
