@@ -1,19 +1,30 @@
 """Cumulus Jupyter: run notebook cells and kernels on a fraction of a shared GPU.
 
-``%load_ext cumulus_jupyter`` registers ``%%cumulus`` and ``%cumulus``; the Cumulus GPU kernel is
-`cumulus_jupyter.kernel`; `cumulus_jupyter.errors` holds the error tree shared with the gateway.
+The public surface: ``%load_ext cumulus_jupyter`` (registers ``%%cumulus`` and ``%cumulus``),
+`run` and `remote` (the function API), and the error tree (`cumulus_jupyter.errors`).
+
+The package holds three programs and their contract:
+
+- the client: `magic`, `api`, `session`, `remote_kernel` (the async core), `connection` (REST),
+  `datapath` (bulk transfers), `cells`, `transfer`, `archive`, `kernelspec`, `cli`, `jobs`,
+  `loop` (the background event loop of the sync APIs);
+- `kernel`: the Cumulus GPU kernel, a local proxy that relays a front end to a remote kernel;
+- `agent`: what runs inside the remote kernel (comm targets, data port, overlays, the job
+  container's launcher, checkpoints; `checkpoint` is its public name for users);
+- `protocol` and `errors`: the wire contract and the error tree, the only parts the gateway
+  imports.
 """
 
 from typing import Any
 
-from cumulus_jupyter.errors import CumulusError
+from cumulus_jupyter.errors import CumulusError, RemoteError
 
 __all__ = ["CumulusError", "RemoteError", "load_ipython_extension", "remote", "run"]
 
 
 def __getattr__(name: str) -> Any:
     # the function API pulls in the client stack; the gateway imports only `errors`
-    if name in ("run", "remote", "RemoteError"):
+    if name in ("run", "remote"):
         from cumulus_jupyter import api
 
         return getattr(api, name)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cumulus_jupyter.connection import GatewaySettings
-from cumulus_jupyter.errors import CumulusError
+from cumulus_jupyter.errors import RemoteError
 from cumulus_jupyter.session import RemoteSession
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,10 +42,6 @@ def _release_kept() -> None:
 
 
 CALL = "__cumulus_result__ = __cumulus_fn__(*__cumulus_args__, **__cumulus_kwargs__)"
-
-
-class RemoteError(CumulusError):
-    """The function raised in the remote kernel; the message holds the remote traceback."""
 
 
 def run(
@@ -78,10 +74,7 @@ def run(
         )
         reply = remote_session.execute(CALL, _forward_output)["content"]
         if reply.get("status") == "error":
-            import re
-
-            traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply.get("traceback", [])))
-            raise RemoteError(f"{reply.get('ename')}: {reply.get('evalue')}\n{traceback}")
+            raise RemoteError.from_reply(reply)
         values, _ = remote_session.pull(["__cumulus_result__"])
         return values["__cumulus_result__"]
     finally:

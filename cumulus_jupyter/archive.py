@@ -9,7 +9,6 @@ whose contents add up to more than the cap (a decompression bomb) before writing
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -82,11 +81,3 @@ def unpack(data: bytes, destination: Path | str, max_bytes: int = DEFAULT_MAX_BY
         raise InvalidArgument(f"Refused archive: {exc}") from exc
     files = [m for m in members if m.isfile()]
     return Summary(len(files), sum(m.size for m in files))
-
-
-def workdir(kernel_id: str) -> Path:
-    """Where a remote kernel's synced files go: ``$CUMULUS_WORKDIR/<kernel id>`` (default: the
-    system temp dir), never the gateway's own directory."""
-    base = Path(os.environ.get("CUMULUS_WORKDIR") or Path(os.environ.get("TMPDIR", "/tmp")))
-    safe = "".join(c for c in kernel_id if c.isalnum() or c in "-_") or "kernel"
-    return base / f"cumulus-work-{safe}"

@@ -177,9 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for name, entry in sorted(kernelspec.installed().items()):
                 print(f"  {name:<28} {entry['spec']['display_name']:<32} {entry['resource_dir']}")
-    except CumulusError as exc:
+    except CumulusError as exc:  # the one boundary: a line for the user, the class's exit code
         print(str(exc), file=sys.stderr)
-        return 2 if exc.status == 400 else 3
+        return exc.exit_code
     return 0
 
 

@@ -21,6 +21,7 @@ from cumulus_jupyter.errors import (
     Unavailable,
     error_for_status,
 )
+from cumulus_jupyter.protocol import env
 
 DEFAULT_URL = "http://127.0.0.1:8888"
 
@@ -36,15 +37,15 @@ class GatewaySettings:
     def resolve(cls, url: str | None = None, token: str | None = None) -> GatewaySettings:
         """Explicit values first, then ``CUMULUS_GATEWAY_URL`` and ``CUMULUS_TOKEN`` (or the
         file named by ``CUMULUS_TOKEN_FILE``)."""
-        url = (url or os.environ.get("CUMULUS_GATEWAY_URL") or DEFAULT_URL).rstrip("/")
+        url = (url or os.environ.get(env.GATEWAY_URL) or DEFAULT_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise InvalidArgument(
                 f"Invalid gateway URL: {url}. It must start with http:// or https://"
             )
         if token is None:
-            token = os.environ.get("CUMULUS_TOKEN")
-        if token is None and os.environ.get("CUMULUS_TOKEN_FILE"):
-            path = Path(os.environ["CUMULUS_TOKEN_FILE"]).expanduser()
+            token = os.environ.get(env.TOKEN)
+        if token is None and os.environ.get(env.TOKEN_FILE):
+            path = Path(os.environ[env.TOKEN_FILE]).expanduser()
             try:
                 token = path.read_text().strip()
             except OSError as exc:

@@ -97,8 +97,9 @@ class RemoteError(CumulusError):
             [str(line) for line in traceback] if isinstance(traceback, list) else [],
         )
 
-    def _render_traceback_(self) -> list[str]:
-        return self.traceback or [f"{self.ename}: {self.evalue}"]
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a local trace
+        shown = self.traceback or [f"{self.ename}: {self.evalue}"]
+        return [*shown, f"(raised in the remote kernel: {self.ename})"]
 
 
 class Internal(CumulusError):

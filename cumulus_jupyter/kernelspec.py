@@ -16,38 +16,39 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from chronos.amount import GpuAmount, format_duration, parse_duration
 from cumulus_jupyter.errors import InvalidArgument, NotFound
+from cumulus_jupyter.protocol import env
+from cumulus_jupyter.protocol.amounts import format_duration, parse_amount, parse_duration
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 RESOURCES = Path(__file__).resolve().parent.parent / "kernelspec"
 
 
-def default_name(gpu: GpuAmount, duration_s: int) -> str:
-    return f"cumulus-gpu-{gpu}-{format_duration(duration_s)}".lower()
+def default_name(gpu: float, duration_s: int) -> str:
+    return f"cumulus-gpu-{gpu:g}-{format_duration(duration_s)}".lower()
 
 
 def spec(
-    gpu: GpuAmount,
+    gpu: float,
     duration_s: int,
     gateway: str | None = None,
     sync: bool = False,
     token_file: str | None = None,
 ) -> dict[str, Any]:
-    env = {"CUMULUS_GPU": str(gpu), "CUMULUS_DURATION": str(duration_s)}
+    variables = {env.GPU: f"{gpu:g}", env.DURATION: str(duration_s)}
     if token_file:  # the path of the token, never the token itself
-        env["CUMULUS_TOKEN_FILE"] = token_file
+        variables[env.TOKEN_FILE] = token_file
     if sync:
-        env["CUMULUS_SYNC"] = "1"
+        variables[env.SYNC] = "1"
     if gateway:
-        env["CUMULUS_GATEWAY_URL"] = gateway
+        variables[env.GATEWAY_URL] = gateway
     return {
         "argv": [sys.executable, "-m", "cumulus_jupyter.kernel", "-f", "{connection_file}"],
-        "display_name": f"Cumulus GPU ({gpu} GPU, {format_duration(duration_s)})",
+        "display_name": f"Cumulus GPU ({gpu:g} GPU, {format_duration(duration_s)})",
         "language": "python",
         "interrupt_mode": "message",
-        "env": env,
-        "metadata": {"cumulus": {"gpu": gpu.value, "duration_s": duration_s}, "debugger": False},
+        "env": variables,
+        "metadata": {"cumulus": {"gpu": gpu, "duration_s": duration_s}, "debugger": False},
     }
 
 
@@ -64,10 +65,7 @@ def install(
 ) -> tuple[str, str]:
     """Install a kernelspec; returns (name, directory). Amount and duration are validated by
     the same rules as everywhere else."""
-    try:
-        amount, seconds = GpuAmount.parse(gpu), parse_duration(duration)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
+    amount, seconds = parse_amount(gpu), parse_duration(duration)
     name = name or default_name(amount, seconds)
     if not _NAME.fullmatch(name):
         raise InvalidArgument(

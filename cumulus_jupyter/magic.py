@@ -23,21 +23,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
 from traitlets import Float, Unicode
 
+from cumulus_jupyter.cells import cell_names
 from cumulus_jupyter.connection import GatewaySettings
-from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired
+from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
+from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.session import RemoteRef, RemoteSession
-from cumulus_jupyter.transfer import cell_names
-
-
-class RemoteError(CumulusError):
-    """An exception raised by the remote kernel, shown with the remote traceback."""
-
-    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
-        super().__init__(f"{ename}: {evalue}")
-        self.ename, self.evalue, self.remote_traceback = ename, evalue, traceback
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a local trace
-        return [*self.remote_traceback, f"(raised in the remote kernel: {self.ename})"]
 
 
 def _options(line: str) -> dict[str, Any]:
@@ -155,14 +145,11 @@ class CumulusMagics(Magics):
         if opts["requirements"]:
             session.install(_requirements(opts["requirements"]), self._show)
         if opts["resume"]:
-            self._remote(session, f"_cumulus_ck.restore({opts['resume']!r}, globals())")
+            self._remote(session, kernel_code.restore(opts["resume"]))
         if opts["checkpoint_before_expiry"]:
             expires = float(session.info()["expires_at"])
             names = opts["checkpoint_before_expiry"]
-            self._remote(
-                session,
-                f"_cumulus_ck.before_expiry({session.name!r}, {names!r}, globals(), {expires!r})",
-            )
+            self._remote(session, kernel_code.before_expiry(session.name, names, expires))
         names = cell_names(cell)
         ns = self.ns
         if not opts["no_push"]:
@@ -179,26 +166,18 @@ class CumulusMagics(Magics):
         reply = session.execute(cell, self._show)
         content = reply["content"]
         if content.get("status") == "error":
-            raise RemoteError(
-                content.get("ename", "Error"),
-                content.get("evalue", ""),
-                content.get("traceback", []),
-            )
+            raise RemoteError.from_reply(content)
         if not opts["no_pull"]:
             limit = int(self.ref_threshold_mb * 2**20)
             assigned, _ = session.pull([n for n in names.assigns if n not in opts["pull"]], limit)
             explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
             ns.update(assigned | explicit)
 
-    def _remote(self, session: RemoteSession, call: str) -> None:
-        """Run a `cumulus_jupyter.checkpoint` call in the session's kernel; print its line."""
-        code = f"import cumulus_jupyter.checkpoint as _cumulus_ck\nprint('Cumulus:', {call})"
-        content = session.execute(code, self._show)["content"]
+    def _remote(self, session: RemoteSession, source: str) -> None:
+        """Run agent code (`protocol.code`) in the session's kernel; it prints its own line."""
+        content = session.execute(source, self._show)["content"]
         if content.get("status") == "error":
-            raise RemoteError(
-                content.get("ename", "Error"), content.get("evalue", ""),
-                content.get("traceback", []),
-            )  # fmt: skip
+            raise RemoteError.from_reply(content)
 
     @staticmethod
     def _show(message: dict[str, Any]) -> None:
@@ -251,7 +230,7 @@ class CumulusMagics(Magics):
                 session, args = self._target(args)
                 name, args = _take_option(args, "--name", session.name)
                 names = [n for arg in args for n in arg.split(",") if n]
-                self._remote(session, f"_cumulus_ck.save_variables({name!r}, {names!r}, globals())")
+                self._remote(session, kernel_code.save_variables(name, names))
             elif command in ("push", "pull"):
                 session, args = self._target(args)
                 names = [n for arg in args for n in arg.split(",") if n]

@@ -19,7 +19,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from cumulus_jupyter import archive, datachannel, loop, transfer
+from cumulus_jupyter import archive, datapath, loop, transfer
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import (
     CumulusError,
@@ -29,21 +29,13 @@ from cumulus_jupyter.errors import (
     KernelDied,
     PartitionExpired,
 )
-from cumulus_jupyter.protocol.messages import Parts, header_of, parent_of
+from cumulus_jupyter.protocol import code as kernel_code
+from cumulus_jupyter.protocol import messages
+from cumulus_jupyter.protocol.messages import Message, Parts, header_of, parent_of
 from cumulus_jupyter.remote_kernel import RemoteKernel
 
-Message = dict[str, Any]
-REGISTER = "import cumulus_jupyter.remote as _cumulus_remote; _cumulus_remote.register()"
-VERSIONS = "__import__('cumulus_jupyter.transfer', fromlist=['versions']).versions()"
-DATA_PORT = "_cumulus_remote.data_port()"
-
-
-def _parse(parts: Parts) -> Message:
-    header, parent, metadata, content = (json.loads(p) for p in parts[:4])
-    return {
-        "header": header, "parent_header": parent, "metadata": metadata, "content": content,
-        "buffers": parts[4:], "msg_type": header.get("msg_type"),
-    }  # fmt: skip
+#: read back after registering the agent: the kernel's package versions and its data port
+EXPRESSIONS = {"v": kernel_code.VERSIONS_EXPRESSION, "d": kernel_code.DATA_PORT_EXPRESSION}
 
 
 class _Execution:
@@ -131,11 +123,13 @@ class RemoteSession:
         self._reader = asyncio.ensure_future(self._read())
         self._watcher = asyncio.ensure_future(self._watch())
         reply = await self._execute_async(
-            REGISTER, silent=True, expressions={"v": VERSIONS, "d": DATA_PORT}
+            kernel_code.REGISTER,
+            silent=True,
+            expressions=EXPRESSIONS,
         )
         if reply["content"].get("status") != "ok":
             raise Internal(
-                f"the remote kernel could not load cumulus_jupyter.remote: {reply['content']}"
+                f"the remote kernel could not load {kernel_code.AGENT}: {reply['content']}"
             )
         found = reply["content"].get("user_expressions", {})
         remote = ast.literal_eval(found.get("v", {}).get("data", {}).get("text/plain", "{}"))
@@ -199,9 +193,9 @@ class RemoteSession:
                     key = json.loads(parts[3]).get("comm_id", key)
                 target = self._routes.get(key)
                 if isinstance(target, _Execution):
-                    target.take(_parse(parts))
+                    target.take(messages.parse(parts))
                 elif target is not None:
-                    message = _parse(parts)
+                    message = messages.parse(parts)
                     message["channel"] = channel
                     target.put(message)
                 elif header_of(parts).get("msg_type") == "cumulus":
@@ -343,7 +337,7 @@ class RemoteSession:
         return msg_id
 
     def _comm(
-        self, data: dict[str, Any], buffers: list[Any], target: str = "cumulus.vars"
+        self, data: dict[str, Any], buffers: list[Any], target: str = kernel_code.VARS_TARGET
     ) -> Message:
         if self.lost is not None:
             raise self.lost
@@ -372,26 +366,25 @@ class RemoteSession:
     def sync(self, directory: str, max_bytes: int = archive.DEFAULT_MAX_BYTES) -> str:
         """Upload ``directory`` into the remote kernel's work directory (its new cwd)."""
         data, summary = archive.pack(directory, max_bytes)
-        answer = self._comm({"max_bytes": max_bytes}, [data], target="cumulus.sync")["content"][
-            "data"
-        ]
+        answer = self._comm({"max_bytes": max_bytes}, [data], target=kernel_code.SYNC_TARGET)[
+            "content"
+        ]["data"]
         if not answer.get("ok"):
             raise InvalidArgument(f"sync refused: {answer.get('error')}")
         return f"synced {summary} to {answer['path']}"
 
     def install(self, requirements: list[str], on_output: Callable[[Message], None]) -> None:
-        """pip-install into this session's overlay (see `cumulus_jupyter.remote.install`)."""
-        code = f"print(_cumulus_remote.install({requirements!r}))"
-        reply = self.execute(code, on_output)["content"]
+        """pip-install into this session's overlay (see `cumulus_jupyter.agent.overlay`)."""
+        reply = self.execute(kernel_code.install(requirements), on_output)["content"]
         if reply.get("status") != "ok":
             raise InvalidArgument(f"{reply.get('ename')}: {reply.get('evalue')}")
 
-    # -- the data path (cumulus_jupyter.datachannel) ---------------------------------------------
+    # -- the data path (cumulus_jupyter.datapath) ---------------------------------------------
 
     def _upload(self, frames: list[Any]) -> str:
         assert self.kernel is not None
         transfer_id = uuid.uuid4().hex
-        datachannel.upload(
+        datapath.upload(
             self.settings.url, self.settings.headers, self.kernel.id, transfer_id, frames
         )
         self.data_bytes += sum(memoryview(f).nbytes for f in frames)
@@ -399,7 +392,7 @@ class RemoteSession:
 
     def _download(self, transfer_id: str) -> list[Any]:
         assert self.kernel is not None
-        buffers = datachannel.download(
+        buffers = datapath.download(
             self.settings.url, self.settings.headers, self.kernel.id, transfer_id
         )
         self.data_bytes += sum(len(b) for b in buffers)
@@ -433,7 +426,7 @@ class RemoteSession:
                 "CumulusGateway.max_transfer_bytes"
             )
         request: dict[str, Any] = {"op": "push", "entries": entries}
-        if self.data_path and total >= datachannel.STAGE_THRESHOLD:
+        if self.data_path and total >= datapath.STAGE_THRESHOLD:
             try:
                 request["staged"] = self._upload(frames)
                 frames = []
@@ -455,7 +448,7 @@ class RemoteSession:
             return {}, []
         request = {"op": "pull", "names": names, "max_bytes": max_bytes}
         if self.data_path:
-            request["stage_above"] = datachannel.STAGE_THRESHOLD
+            request["stage_above"] = datapath.STAGE_THRESHOLD
         message = self._comm(request, [])
         answer = message["content"]["data"]
         if not answer.get("ok"):

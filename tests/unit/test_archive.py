@@ -10,6 +10,7 @@ import pytest
 
 from cumulus_jupyter import archive
 from cumulus_jupyter.errors import InvalidArgument
+from cumulus_jupyter.protocol import env
 
 pytestmark = pytest.mark.unit
 
@@ -97,5 +98,5 @@ def test_workdir_is_named_after_the_kernel_and_never_escapes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CUMULUS_WORKDIR", str(tmp_path))
-    assert archive.workdir("abc-123") == tmp_path / "cumulus-work-abc-123"
-    assert archive.workdir("../../etc") == tmp_path / "cumulus-work-etc"
+    assert env.workdir("abc-123") == tmp_path / "cumulus-work-abc-123"
+    assert env.workdir("../../etc") == tmp_path / "cumulus-work-etc"

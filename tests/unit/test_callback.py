@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from cumulus_jupyter import launcher
-from cumulus_jupyter.errors import DeadlineExceeded, PermissionDenied
+from cumulus_jupyter.agent import launcher
+from cumulus_jupyter.errors import DeadlineExceeded, InvalidArgument, PermissionDenied
+from cumulus_jupyter.protocol import env
 from gateway.callback import Callbacks
 
 pytestmark = pytest.mark.unit
@@ -102,8 +103,8 @@ def test_the_launcher_reports_the_address_its_route_to_the_gateway_leaves_from(
 def test_the_launcher_says_why_without_its_settings(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv(launcher.CALLBACK_URL_ENV, raising=False)
+    monkeypatch.delenv(env.CALLBACK_URL, raising=False)
     with pytest.raises(SystemExit) as exited:
         launcher.main([])
-    assert exited.value.code == 3
+    assert exited.value.code == InvalidArgument.exit_code
     assert "CUMULUS_CALLBACK_URL and CUMULUS_CALLBACK_TOKEN must be set" in capsys.readouterr().err

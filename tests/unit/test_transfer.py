@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cumulus_jupyter import transfer
+from cumulus_jupyter import cells, transfer
 from cumulus_jupyter.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
     ],
 )
 def test_cell_names(code: str, reads: list[str], assigns: list[str]) -> None:
-    names = transfer.cell_names(code)
+    names = cells.cell_names(code)
     assert (names.reads, names.assigns) == (reads, assigns)
 
 

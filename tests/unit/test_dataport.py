@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cumulus_jupyter import datachannel
-from cumulus_jupyter.datachannel import DataServer
+from cumulus_jupyter.agent.dataserver import DataServer
 from cumulus_jupyter.errors import DataChannelError, InvalidArgument
+from cumulus_jupyter.protocol import dataport
 
 pytestmark = pytest.mark.unit
 KEY = b"k" * 32
@@ -44,10 +44,10 @@ def test_a_put_over_tcp_is_staged_and_claimed_once(server: DataServer) -> None:
     tid = uuid.uuid4().hex
     payload = [b"abc", bytes(range(256)) * 8192]  # 3 B and 2 MiB
     with _tcp(server) as sock:
-        sock.sendall(datachannel.sign(KEY, datachannel.request("put", tid, [3, 2 * 2**20])))
-        assert datachannel.read_reply(sock) == {"ok": True}
+        sock.sendall(dataport.sign(KEY, dataport.request("put", tid, [3, 2 * 2**20])))
+        assert dataport.read_reply(sock) == {"ok": True}
         sock.sendall(b"".join(payload))
-        assert datachannel.read_reply(sock) == {"ok": True, "bytes": 3 + 2 * 2**20}
+        assert dataport.read_reply(sock) == {"ok": True, "bytes": 3 + 2 * 2**20}
     assert [bytes(b) for b in server.claim(tid)] == payload
     with pytest.raises(Exception, match="no data staged"):
         server.claim(tid)
@@ -57,8 +57,8 @@ def test_a_get_over_tcp_sends_what_a_pull_staged(server: DataServer) -> None:
     tid = uuid.uuid4().hex
     server.stage(tid, [memoryview(b"hello"), bytearray(b" world")])
     with _tcp(server) as sock:
-        sock.sendall(datachannel.sign(KEY, datachannel.request("get", tid)))
-        assert datachannel.read_reply(sock) == {"ok": True, "sizes": [5, 6]}
+        sock.sendall(dataport.sign(KEY, dataport.request("get", tid)))
+        assert dataport.read_reply(sock) == {"ok": True, "sizes": [5, 6]}
         data = b""
         while len(data) < 11:
             data += sock.recv(11)
@@ -71,12 +71,12 @@ def test_the_unix_socket_takes_over_the_clients_connection(server: DataServer) -
     tid = uuid.uuid4().hex
     client_end, gateway_end = socket.socketpair()
     with _unix(server) as control, client_end, gateway_end:
-        control.sendall(datachannel.sign(KEY, datachannel.request("put", tid, [4, 6])))
-        assert datachannel.read_reply(control) == {"ok": True}
-        datachannel.hand_over(control, gateway_end)
-        control.sendall(datachannel.frame(b"01"))  # the prefix
+        control.sendall(dataport.sign(KEY, dataport.request("put", tid, [4, 6])))
+        assert dataport.read_reply(control) == {"ok": True}
+        dataport.hand_over(control, gateway_end)
+        control.sendall(dataport.frame(b"01"))  # the prefix
         client_end.sendall(b"23456789")  # the rest, straight from the "client"
-        assert datachannel.read_reply(control)["ok"]
+        assert dataport.read_reply(control)["ok"]
     assert [bytes(b) for b in server.claim(tid)] == [b"0123", b"456789"]
     assert (Path(server.unix_path or "").stat().st_mode & 0o777) == 0o600
 
@@ -88,40 +88,40 @@ def test_the_unix_socket_takes_over_the_clients_connection(server: DataServer) -
 def test_unsigned_or_stale_requests_are_refused(
     server: DataServer, key: bytes, age: float, why: str
 ) -> None:
-    message = datachannel.request("put", uuid.uuid4().hex, [10])
+    message = dataport.request("put", uuid.uuid4().hex, [10])
     message["ts"] -= age
     with _tcp(server) as sock:
-        sock.sendall(datachannel.sign(key, message))
-        answer = datachannel.read_reply(sock)
+        sock.sendall(dataport.sign(key, message))
+        answer = dataport.read_reply(sock)
     assert answer["ok"] is False
     assert why in answer["error"]
 
 
 def test_a_replayed_request_is_refused(server: DataServer) -> None:
-    signed = datachannel.sign(KEY, datachannel.request("get", uuid.uuid4().hex))
+    signed = dataport.sign(KEY, dataport.request("get", uuid.uuid4().hex))
     with _tcp(server) as sock:
         sock.sendall(signed)
-        assert "no data staged" in datachannel.read_reply(sock)["error"]
+        assert "no data staged" in dataport.read_reply(sock)["error"]
     with _tcp(server) as sock:
         sock.sendall(signed)
-        assert "replayed" in datachannel.read_reply(sock)["error"]
+        assert "replayed" in dataport.read_reply(sock)["error"]
 
 
 def test_a_transfer_cut_short_stages_nothing(server: DataServer) -> None:
     tid = uuid.uuid4().hex
     with _tcp(server) as sock:
-        sock.sendall(datachannel.sign(KEY, datachannel.request("put", tid, [100])))
-        assert datachannel.read_reply(sock)["ok"]
+        sock.sendall(dataport.sign(KEY, dataport.request("put", tid, [100])))
+        assert dataport.read_reply(sock)["ok"]
         sock.sendall(b"x" * 10)
         sock.shutdown(socket.SHUT_WR)  # the sender stops 90 bytes short
-        answer = datachannel.read_reply(sock)
+        answer = dataport.read_reply(sock)
     assert answer == {"ok": False, "error": f"transfer {tid} broke off"}
     with pytest.raises(Exception, match="no data staged"):
         server.claim(tid)
 
 
 def test_pump_moves_exact_byte_counts_with_splice_and_without() -> None:
-    for mover in (datachannel.pump, datachannel.copy):
+    for mover in (dataport.pump, dataport.copy):
         a_in, a_out = socket.socketpair()
         b_in, b_out = socket.socketpair()
         with a_in, a_out, b_in, b_out:
@@ -150,12 +150,12 @@ def test_pump_moves_exact_byte_counts_with_splice_and_without() -> None:
 
 
 def test_headers_and_ids_are_validated() -> None:
-    assert datachannel.parse_sizes("1,2,3") == [1, 2, 3]
-    assert datachannel.parse_sizes("") == []
+    assert dataport.parse_sizes("1,2,3") == [1, 2, 3]
+    assert dataport.parse_sizes("") == []
     for bad in ("1,x", "-1", ",".join(["1"] * 5000)):
         with pytest.raises(InvalidArgument):
-            datachannel.parse_sizes(bad)
+            dataport.parse_sizes(bad)
     with pytest.raises(InvalidArgument):
-        datachannel.check_transfer_id("../../etc/passwd")
+        dataport.check_transfer_id("../../etc/passwd")
     with pytest.raises(InvalidArgument):
         DataServer(b"", "127.0.0.1", 0)

@@ -1,7 +1,8 @@
 """The first process of a kernel in a job container: it calls the gateway back, then becomes the
 kernel.
 
-``python -m cumulus_jupyter.launcher [KERNEL ARGS...]`` (the container's command) does, in order:
+``python -m cumulus_jupyter.agent.launcher [KERNEL ARGS...]`` (the container's command) does, in
+order:
 
 1. find the address the gateway can reach this container at: the local end of a route to the
    callback URL's host (``CUMULUS_KERNEL_IP`` overrides);
@@ -14,8 +15,8 @@ kernel.
 4. ``exec`` the kernel command (``KERNEL ARGS`` with ``-f`` pointing at the new connection file;
    ``-m ipykernel_launcher`` when none is given), so signals from the engine reach the kernel.
 
-Any failure ends the container with a one-line reason on stderr, which the gateway shows in the
-kernel start's error.
+Any failure ends the container with a one-line reason on stderr (which the gateway shows in the
+kernel start's error) and the error class's exit code.
 """
 
 from __future__ import annotations
@@ -34,18 +35,15 @@ from typing import Any
 
 from jupyter_client.connect import write_connection_file
 
-CALLBACK_URL_ENV = "CUMULUS_CALLBACK_URL"
-CALLBACK_TOKEN_ENV = "CUMULUS_CALLBACK_TOKEN"
+from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable, error_for_status
+from cumulus_jupyter.protocol import callback, env
+
 CALLBACK_TIMEOUT_S = 30.0
-
-
-class LaunchFailed(Exception):
-    """Why this container cannot become a kernel (printed, then exit status 3)."""
 
 
 def reachable_ip(url: str) -> str:
     """The local address of a route to ``url``'s host: what that host sees us as."""
-    override = os.environ.get("CUMULUS_KERNEL_IP")
+    override = os.environ.get(env.KERNEL_IP)
     if override:
         return override
     parts = urllib.parse.urlsplit(url)
@@ -57,7 +55,7 @@ def reachable_ip(url: str) -> str:
             probe.connect(address)  # a UDP connect sends nothing: it only picks the route
             return str(probe.getsockname()[0])
     except OSError as exc:
-        raise LaunchFailed(f"no route to the gateway at {host}: {exc}") from exc
+        raise Unavailable(f"no route to the gateway at {host}: {exc}") from exc
 
 
 def free_port(ip: str) -> int:
@@ -91,37 +89,38 @@ def call_back(url: str, token: str, payload: dict[str, Any]) -> None:
             reply.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
-        raise LaunchFailed(f"the gateway refused the callback: {exc.code} {detail}") from exc
+        refused = error_for_status(exc.code)
+        raise refused(f"the gateway refused the callback: {exc.code} {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise LaunchFailed(f"cannot reach the gateway at {url}: {exc}") from exc
+        raise Unavailable(f"cannot reach the gateway at {url}: {exc}") from exc
 
 
 def prepare(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Call the gateway back; the kernel command and environment to exec."""
-    url = os.environ.get(CALLBACK_URL_ENV)
-    token = os.environ.get(CALLBACK_TOKEN_ENV)
+    url = os.environ.get(env.CALLBACK_URL)
+    token = os.environ.get(env.CALLBACK_TOKEN)
     if not url or not token:
-        raise LaunchFailed(f"{CALLBACK_URL_ENV} and {CALLBACK_TOKEN_ENV} must be set")
+        raise InvalidArgument(f"{env.CALLBACK_URL} and {env.CALLBACK_TOKEN} must be set")
     ip = reachable_ip(url)
-    workdir = os.environ.get("CUMULUS_WORKDIR") or tempfile.gettempdir()
-    path = os.path.join(workdir, f"kernel-{os.environ.get('CUMULUS_KERNEL_ID', 'job')}.json")
+    workdir = os.environ.get(env.WORKDIR) or tempfile.gettempdir()
+    path = os.path.join(workdir, f"kernel-{os.environ.get(env.KERNEL_ID, 'job')}.json")
     _, info = write_connection_file(path, ip=ip, key=secrets.token_hex(32).encode())
     data_port = free_port(ip)
-    payload = {"connection_info": dict(info), "data_port": data_port}  # its key: a str
-    call_back(url, token, payload)
-    env = {k: v for k, v in os.environ.items() if k not in (CALLBACK_TOKEN_ENV, CALLBACK_URL_ENV)}
-    env |= {"CUMULUS_DATA_HOST": ip, "CUMULUS_DATA_PORT": str(data_port)}
-    env.pop("CUMULUS_DATA_SOCKET", None)  # handed connections need the gateway's host
-    return kernel_argv(args, path), env
+    call_back(url, token, callback.payload(info, data_port))
+    secret = (env.CALLBACK_TOKEN, env.CALLBACK_URL)
+    kernel_env = {k: v for k, v in os.environ.items() if k not in secret}
+    kernel_env |= {env.DATA_HOST: ip, env.DATA_PORT: str(data_port)}
+    kernel_env.pop(env.DATA_SOCKET, None)  # handed connections need the gateway's host
+    return kernel_argv(args, path), kernel_env
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         command, env = prepare(args)
-    except LaunchFailed as exc:
+    except CumulusError as exc:
         print(f"cumulus launcher: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(3) from None
+        raise SystemExit(exc.exit_code) from None
     os.execve(command[0], command, env)
 
 
