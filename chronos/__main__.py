@@ -1,3 +1,5 @@
+"""``python -m chronos``: the partition CLI (`chronos.cli`)."""
+
 import sys
 
 from chronos.cli import main
