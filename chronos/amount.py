@@ -87,9 +87,9 @@ def _to_tenths(value: str | float | int) -> int | None:
     if isinstance(value, int):
         return value * TENTHS_PER_DEVICE
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
         scaled = value * TENTHS_PER_DEVICE
+        if not math.isfinite(scaled):  # 1e308 * 10 overflows to inf
+            return None
         nearest = round(scaled)
         return nearest if abs(scaled - nearest) < _FLOAT_TOLERANCE else None
     try:

@@ -31,7 +31,9 @@ def _tenths(value: str | float) -> int | None:
     if isinstance(value, int):
         return value * 10
     if isinstance(value, float):
-        scaled = value * 10 if math.isfinite(value) else math.nan
+        scaled = value * 10
+        if not math.isfinite(scaled):
+            return None
         return round(scaled) if abs(scaled - round(scaled)) < 1e-9 else None
     try:
         number = Decimal(str(value).strip()) * 10
