@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.engine import Engine
 from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -129,15 +130,5 @@ def swarm_gateway(tmp_path: Path, engine: Engine, swarm: str) -> Iterator[Gatewa
         yield gw
     left = client(engine).services.list(filters={"label": LABEL})
     assert not left, f"services left behind: {[s.name for s in left]}"
-    assert not kernel_containers(engine) or _gone_soon(engine)
-
-
-def _gone_soon(engine: Engine) -> bool:
-    """A removed service's container goes a moment after the service."""
-    import time
-
-    deadline = time.monotonic() + 30
-    while kernel_containers(engine):
-        assert time.monotonic() < deadline, "a removed service's container stayed"
-        time.sleep(0.2)
-    return True
+    # a removed service's container goes a moment after the service
+    wait_until(lambda: not kernel_containers(engine), 30, "the removed services' containers")

@@ -19,8 +19,9 @@ from chronos import Store, discover
 from cumulus_jupyter.session import RemoteSession
 from tests.docker.conftest import client, kernel_containers, runtime_gateway
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, remote_session, set_expiry, wait_until
+from tests.support.gateway import Gateway, remote_session, set_expiry
 from tests.support.kernel_ws import KernelSocket
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
 

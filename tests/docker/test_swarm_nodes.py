@@ -20,7 +20,8 @@ import pytest
 from tests.docker.conftest import label_node, runtime_gateway
 from tests.docker.test_docker_runtime import execute, partition_state
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, remote_session, wait_until
+from tests.support.gateway import Gateway, remote_session
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 

@@ -16,8 +16,9 @@ from cumulus_jupyter.session import RemoteSession
 from tests.docker.conftest import client
 from tests.docker.test_docker_runtime import execute, partition_state
 from tests.support.engine import Engine
-from tests.support.gateway import Gateway, remote_session, set_expiry, wait_until
+from tests.support.gateway import Gateway, remote_session, set_expiry
 from tests.support.kernel_ws import KernelSocket
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first builds the image
 

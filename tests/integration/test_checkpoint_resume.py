@@ -20,7 +20,8 @@ from jupyter_client.blocking.client import BlockingKernelClient
 
 from tests.integration.test_jobs import cumulus
 from tests.integration.test_magic import notebook_kernel, run
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from chronos import Store, discover
-from tests.support.gateway import Gateway, set_expiry, wait_until
+from tests.support.gateway import Gateway, set_expiry
 from tests.support.kernel_ws import KernelSocket
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ import pytest
 
 from chronos import Store, discover
 from tests.integration.test_gateway_operations import check
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from jupyter_client.manager import start_new_kernel
 
 from tests.support.gateway import Gateway
 from tests.support.messages import shell_reply
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +81,12 @@ def _kernel_of(kc: BlockingKernelClient, session: str) -> str:
 
 
 def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def lost_line() -> str | None:
         _, out, _, _ = run(kc, "%cumulus status")
         line = next(x for x in out.splitlines() if x.startswith(f"{session}:"))
-        if "lost" in line:
-            return line
-        time.sleep(0.2)
-    raise AssertionError(f"session {session} never reported lost: {line}")
+        return line if "lost" in line else None
+
+    return wait_until(lost_line, 60, f"session {session} to report lost")
 
 
 def test_a_cell_runs_remotely_with_variables_both_ways(notebook: Any) -> None:
@@ -226,9 +223,7 @@ def test_an_expired_session_says_so_and_the_next_cell_gets_a_new_partition(noteb
         db.execute(
             "UPDATE partitions SET expires_at = ? WHERE id = ?", (time.time() - 1, partition_id)
         )
-    deadline = time.monotonic() + 60
-    while gw.get(f"/api/kernels/{kernel_id}").status_code != 410 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: gw.get(f"/api/kernels/{kernel_id}").status_code == 410, 60, "the 410")
     _, out, err, _ = run(kc, "%%cumulus --session exp\nprint(keep)")
     assert out == ""
     assert (

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from cumulus_jupyter import loop
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.session import RemoteSession
 from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +21,8 @@ def test_a_dropped_link_to_a_live_kernel_reconnects(gateway: Gateway) -> None:
         assert session.kernel is not None
         first_reader = session._reader
         loop.call(session.kernel.close())  # the link drops; the kernel runs on
-        deadline = time.monotonic() + 60
-        while session._reader is first_reader and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert session._reader is not first_reader  # a new reader on a new WebSocket
+        # a new reader on a new WebSocket
+        wait_until(lambda: session._reader is not first_reader, 60, "a new reader")
         assert session.alive, session.lost
         outputs: list[str] = []
         reply = session.execute(

@@ -19,6 +19,7 @@ import httpx
 
 from chronos import Store, discover
 from chronos.watchdog import live_process
+from tests.support.wait import wait_until
 
 TOKEN = "test-token-" + "0" * 20
 
@@ -71,16 +72,19 @@ class Gateway:
         self.proc = subprocess.Popen(
             command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._log.close()
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.TransportError):  # not listening yet
-                if self.get("/api/cumulus/health").status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway did not answer within 60 s:\n{self.log()}")
+        try:
+            wait_until(self._answers, 60, "the gateway to answer")
+        except AssertionError:
+            raise RuntimeError(f"gateway did not answer within 60 s:\n{self.log()}") from None
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            self._log.close()
+            raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
+            return self.get("/api/cumulus/health").status_code == 200
+        return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -132,17 +136,6 @@ class Gateway:
                     if proc is not None:
                         proc.kill()
                         proc.wait(timeout=30)
-
-
-def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
-    """Poll for a state change; the deadline only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def set_expiry(gateway: Gateway, partition_id: str, seconds_from_now: float) -> None:
