@@ -103,7 +103,7 @@ class CumulusMagics(Magics):
         self.sessions[name] = session
         self.current = name
         if old is not None and opts["renew"]:
-            again = {n: self.ns[n] for n in old.pushed if n in self.ns}
+            again = {n: self.ns[n] for n in old.ledger.held if n in self.ns}
             session.push(again)
             if again:
                 print(f"Cumulus: sent again: {', '.join(sorted(again))}", file=sys.stderr)

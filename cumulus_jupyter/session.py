@@ -101,7 +101,7 @@ class RemoteSession:
         self.session = Session(username="cumulus")
         self._routes: dict[str, queue.Queue[Message] | _Execution] = {}
         self._reader: asyncio.Future[None] | None = None
-        self.pushed: dict[str, str] = {}  # name -> fingerprint of what the remote has
+        self.ledger = transfer.Ledger()  # what the remote kernel holds
         self.sent_bytes = 0  # variables pushed so far, for status and tests
         self.data_path = False  # large buffers go over the gateway's data endpoint
         self.data_bytes = 0  # of which this many took the data path
@@ -402,22 +402,15 @@ class RemoteSession:
 
     def push(self, values: dict[str, Any], force: bool = False) -> list[str]:
         """Send the values that changed since the last push; returns the names sent."""
-        changed: dict[str, Any] = {}
-        prints: dict[str, str] = {}
-        pickled: dict[str, transfer.Pickled] = {}
-        for name, value in values.items():
-            pickled[name] = transfer.dumps(name, value)
-            prints[name] = transfer.fingerprint(*pickled[name])
-            if force or self.pushed.get(name) != prints[name]:
-                changed[name] = value
-        if not changed:
+        pickled, prints = self.ledger.changes(values, force)
+        if not pickled:
             return []
-        entries, frames = transfer.pack_namespace(changed, pickled)
+        entries, frames = transfer.pack_namespace({n: values[n] for n in pickled}, pickled)
         total = sum(memoryview(f).nbytes for f in frames)
         if self.max_transfer_bytes and total > self.max_transfer_bytes:
             sizes = ", ".join(
                 f"{n} {sum(memoryview(b.raw()).nbytes for b in pickled[n][1]) / 2**20:.0f} MiB"
-                for n in changed
+                for n in pickled
             )
             raise InvalidArgument(
                 f"Push of {total / 2**20:.0f} MiB ({sizes}) is over the gateway's cap of "
@@ -436,8 +429,8 @@ class RemoteSession:
         self.sent_bytes += total
         if not answer.get("ok"):
             raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")
-        self.pushed.update({n: prints[n] for n in changed})
-        return sorted(changed)
+        self.ledger.sent(prints)
+        return sorted(pickled)
 
     def pull(
         self, names: list[str], max_bytes: int | None = None
@@ -455,12 +448,8 @@ class RemoteSession:
             raise Internal(f"could not bring the variables back: {answer.get('error')}")
         buffers = self._download(answer["staged"]) if answer.get("staged") else message["buffers"]
         values: dict[str, Any] = transfer.unpack_namespace(answer["entries"], buffers)
+        self.ledger.received(values)
         for name, info in (answer.get("refs") or {}).items():
             values[name] = RemoteRef(self, name, info)
-            self.pushed.pop(name, None)
-        for name, value in values.items():  # what we now hold is what the remote holds
-            if isinstance(value, RemoteRef):
-                continue
-            payload, buffers = transfer.dumps(name, value)
-            self.pushed[name] = transfer.fingerprint(payload, buffers)
+            self.ledger.forget(name)
         return values, list(answer.get("missing", []))

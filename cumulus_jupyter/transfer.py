@@ -117,6 +117,42 @@ def unpack_namespace(entries: list[dict[str, Any]], frames: list[Any]) -> dict[s
     return out
 
 
+class Ledger:
+    """What the remote kernel holds, by name: the fingerprint of each value last pushed there or
+    pulled from there, so that a push sends only what changed since (a 2 GB array is not sent
+    again for every cell)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+
+    def changes(
+        self, values: Mapping[str, Any], force: bool = False
+    ) -> tuple[dict[str, Pickled], dict[str, str]]:
+        """The values that differ from what the remote holds (all of them with ``force``),
+        pickled once, with their fingerprints."""
+        changed: dict[str, Pickled] = {}
+        prints: dict[str, str] = {}
+        for name, value in values.items():
+            pickled = dumps(name, value)
+            prints[name] = fingerprint(*pickled)
+            if force or self.held.get(name) != prints[name]:
+                changed[name] = pickled
+        return changed, {n: prints[n] for n in changed}
+
+    def sent(self, prints: Mapping[str, str]) -> None:
+        """The remote now holds these (a push succeeded)."""
+        self.held.update(prints)
+
+    def received(self, values: Mapping[str, Any]) -> None:
+        """What came back from the remote is what it holds."""
+        for name, value in values.items():
+            self.held[name] = fingerprint(*dumps(name, value))
+
+    def forget(self, name: str) -> None:
+        """The remote's value is not known here (it stayed remote, or is gone)."""
+        self.held.pop(name, None)
+
+
 def size_of(name: str, value: Any) -> int:
     """Bytes ``value`` takes to send (its pickle and out-of-band buffers)."""
     payload, buffers = dumps(name, value)

@@ -26,12 +26,13 @@ def encode_v1(channel: str, parts: Parts) -> bytes:
 
 
 def decode_v1(frame: bytes) -> tuple[str, Parts]:
-    """The channel and raw parts of one v1 frame (the inverse of `encode_v1`)."""
+    """The channel and raw parts of one v1 frame (the inverse of `encode_v1`). The last offset
+    is the end of the last part (it used to be read as the start of one more, empty, part,
+    which then reached every front end as a spurious empty buffer)."""
     count = int.from_bytes(frame[:8], "little")
     offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
-    offsets.append(len(frame))
     channel = frame[offsets[0] : offsets[1]].decode()
-    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count)]
+    return channel, [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
 
 
 def header_of(parts: Parts) -> dict[str, Any]:
