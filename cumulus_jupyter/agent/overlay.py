@@ -55,3 +55,4 @@ def install(requirements: list[str]) -> str:
 
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
+    return path
