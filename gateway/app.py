@@ -3,6 +3,10 @@
 Configured like any Jupyter server (``--ip``, ``--port``, ``--IdentityProvider.token``, a
 ``cumulus_gateway_config.py`` file, ``--help-all``), plus ``--runtime`` and ``--state``.
 ``jupyter lab --gateway-url=http://HOST:PORT`` talks to it unchanged.
+
+The app builds the gateway's `Services` once (`build_services`, in ``init_configurables``) and
+hands them to the kernel manager, the handlers (web app settings), the expiry supervisor and
+the metrics.
 """
 
 from __future__ import annotations
@@ -14,15 +18,32 @@ from jupyter_server.serverapp import aliases as server_aliases
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, default
 
-from chronos import ChronosError
-from gateway import metrics
+from cumulus_jupyter.errors import CumulusError
+from gateway import handlers, metrics
 from gateway.auth import CumulusIdentityProvider
+from gateway.expiry import ExpirySupervisor
+from gateway.handlers.base import SERVICES_SETTING
 from gateway.kernelspecs import CumulusKernelSpecManager
 from gateway.logs import use_json
 from gateway.manager import CumulusKernelManager
 from gateway.provisioner import CumulusProvisioner
 from gateway.runtimes import RUNTIMES
-from gateway.supervisor import ExpirySupervisor
+from gateway.services import Services
+
+
+def build_services(kernels: CumulusKernelManager, parent: Any = None, **settings: Any) -> Services:
+    """The gateway's services from the kernel manager's settings (and the app's,
+    ``settings``), handed to the kernel manager; ``parent`` configures the runtime
+    (default: the kernel manager's config)."""
+    services = Services.build(
+        kernels.settings(**settings),
+        runtime_name=kernels.runtime_name,
+        state_path=kernels.state_path or None,
+        kernels=kernels,
+        parent=parent or kernels,
+    )
+    kernels.services = services
+    return services
 
 
 class CumulusGateway(ServerApp):
@@ -39,6 +60,8 @@ class CumulusGateway(ServerApp):
             "state": "CumulusKernelManager.state_path",
         }
     )
+
+    services: Services  # built in init_configurables
 
     supervise_interval = Float(
         1.0, config=True, help="Seconds between expiry checks and queue moves."
@@ -82,7 +105,7 @@ class CumulusGateway(ServerApp):
 
     @default("extra_services")
     def _extra_services(self) -> list[str]:
-        return ["gateway.handlers", "gateway.data", "gateway.callback", "gateway.jobs"]
+        return list(handlers.SERVICES)
 
     @default("kernel_manager_class")
     def _kernel_manager_class(self) -> type:
@@ -108,13 +131,19 @@ class CumulusGateway(ServerApp):
         super().init_server_extensions()
 
     def init_configurables(self) -> None:
-        """Creates the kernel manager (state file, devices, runtime): a bad setting there ends
-        start-up with its one-line message, not a traceback."""
+        """Creates the kernel manager and the services (state file, devices, runtime): a bad
+        setting there ends start-up with its one-line message and its class's exit code."""
+        super().init_configurables()
         try:
-            super().init_configurables()
-        except (ChronosError, ValueError) as exc:
+            self.services = build_services(
+                cast(CumulusKernelManager, self.kernel_manager),
+                parent=self,
+                max_transfer_bytes=self.max_transfer_bytes,
+                tcp_nodelay=self.tcp_nodelay,
+            )
+        except CumulusError as exc:
             self.log.critical("%s", exc)
-            self.exit(getattr(exc, "exit_code", 2))
+            self.exit(exc.exit_code)
 
     def init_logging(self) -> None:
         super().init_logging()
@@ -123,12 +152,8 @@ class CumulusGateway(ServerApp):
 
     def init_webapp(self) -> None:
         super().init_webapp()
-        self.web_app.settings["cumulus_tcp_nodelay"] = self.tcp_nodelay
         self.web_app.settings["websocket_max_message_size"] = self.max_message_bytes
-        self.web_app.settings["cumulus_max_transfer_bytes"] = self.max_transfer_bytes
-        self.web_app.settings["cumulus_callbacks"] = cast(
-            CumulusKernelManager, self.kernel_manager
-        ).callbacks
+        self.web_app.settings[SERVICES_SETTING] = self.services
 
     def initialize(
         self,
@@ -138,11 +163,16 @@ class CumulusGateway(ServerApp):
         starter_extension: Any = None,
     ) -> None:
         super().initialize(argv, find_extensions, new_httpserver, starter_extension)
-        manager = cast(CumulusKernelManager, self.kernel_manager)
+        services, manager = self.services, cast(CumulusKernelManager, self.kernel_manager)
+        services.settings.port, services.settings.base_url = self.port, self.base_url
         self.io_loop.run_sync(manager.adopt_kernels)
-        self.io_loop.run_sync(manager.jobs.recover)
-        metrics.bind(manager)
-        self.supervisor = ExpirySupervisor(manager)
+        self.io_loop.run_sync(services.jobs.recover)
+        metrics.bind(
+            kernels=lambda: len(manager.list_kernel_ids()),
+            partitions=lambda: len(services.broker.partitions()),
+            queue=lambda: services.broker.queue_length,
+        )
+        self.supervisor = ExpirySupervisor(services, manager)
         self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)
         self._supervise.start()
 

@@ -1,8 +1,11 @@
-"""`CumulusKernelManager`: jupyter_server's kernel manager plus the gateway's partition state.
+"""`CumulusKernelManager`: jupyter_server's mapping kernel manager, for kernels in partitions.
 
-It owns the Chronos store and the `PartitionBroker`, the runtime kernels start on, the map from
-kernel id to partition, and the record of kernels whose partition ended (so that a client
-asking after one hears "partition expired", with a 410, rather than a bare 404).
+Its traitlets are the gateway's kernel settings (``--runtime``, ``--state``,
+``--CumulusKernelManager.launch_timeout`` ...), which the app reads into `Settings` to build the
+`Services`; it is handed those services (`services`) and gives them to each kernel's own manager
+(`gateway.kernel.CumulusServerKernelManager`) it creates, started or adopted after a restart.
+On top of jupyter_server's it records kernels durably (`gateway.records`), releases the
+partition of a kernel the restarter gave up on, and adds the ``cumulus`` object to kernel models.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -19,29 +23,14 @@ from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from traitlets import Float, Unicode, default
 
-from chronos import Partition, Store, discover
-from gateway import metrics
-from gateway.callback import Callbacks
-from gateway.jobs import JobRunner, JobStore
+from cumulus_jupyter.errors import Internal
+from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
-from gateway.partitions import PartitionBroker
-from gateway.runtimes import Runtime, runtime_for
-from gateway.state import KernelRecord, KernelRecords
-
-
-def cumulus_model(partition: Partition) -> dict[str, Any]:
-    """The ``cumulus`` object of a kernel model."""
-    return {
-        "partition_id": partition.id,
-        "device": ",".join(partition.device_ids),
-        "devices": partition.device_ids,
-        "amount": partition.amount.value,
-        "memory_bytes": partition.memory_bytes,
-        "owner": partition.owner,
-        "created_at": partition.created_at,
-        "expires_at": partition.expires_at,
-        "seconds_left": round(partition.seconds_left(), 3),
-    }
+from gateway.provisioner import CumulusProvisioner
+from gateway.records import KernelRecord
+from gateway.registry import cumulus_model
+from gateway.services import Services
+from gateway.settings import Settings
 
 
 class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
@@ -74,26 +63,48 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         help="Seconds a finished job's state and log are kept (cumulus get/logs) after it ends.",
     )
 
+    _services: Services | None = None
+
     @default("data_socket_dir")
     def _default_data_socket_dir(self) -> str:
         return os.path.join(tempfile.gettempdir(), f"cumulus-data-{os.getuid()}")
 
+    @default("kernel_manager_class")
+    def _default_kernel_manager_class(self) -> str:
+        return f"{CumulusServerKernelManager.__module__}.{CumulusServerKernelManager.__name__}"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_kernel_name = BUILTIN_NAME
-        self.callbacks = Callbacks()
-        self.runtime: Runtime = runtime_for(self.runtime_name, parent=self)
-        try:
-            self.runtime.check()
-        except ValueError as exc:  # each kernel start will say it again, to its requester
-            self.log.warning("%s runtime: %s", self.runtime.name, exc)
-        store = Store(self.runtime.devices() or discover(), self.state_path or None)
-        self.broker = PartitionBroker(store, on_allocated=metrics.ALLOCATION.observe)
-        self.records = KernelRecords(store.path)
-        self.partitions: dict[str, Partition] = {}
-        self.ended: dict[str, str] = {}  # kernel id -> why its partition ended
-        self.connections: dict[str, set[Any]] = {}  # kernel id -> open websocket handlers
-        self.jobs = JobRunner(self, JobStore(store.path))
+
+    def settings(self, **app: Any) -> Settings:
+        """The `Settings` these traitlets (and the app's, ``app``) say."""
+        return Settings(
+            launch_timeout=self.launch_timeout,
+            job_queue_timeout=self.job_queue_timeout,
+            job_retention=self.job_retention,
+            data_socket_dir=self.data_socket_dir,
+            **app,
+        )
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise Internal("the kernel manager was not given the gateway's services")
+        return self._services
+
+    @services.setter
+    def services(self, services: Services) -> None:
+        self._services = services
+
+    def _create_kernel_manager_factory(self) -> Callable[..., Any]:
+        """Each kernel's manager gets the services (its provisioner takes them from there)."""
+        create = super()._create_kernel_manager_factory()
+
+        def with_services(*args: Any, **kwargs: Any) -> Any:
+            return create(*args, services=self.services, **kwargs)
+
+        return with_services
 
     async def start_kernel(  # type: ignore[override]
         self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any
@@ -121,7 +132,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         finish restarting first: jupyter_client reads ``ready.exception()`` and fails with
         ``InvalidStateError`` (a 500, partition kept) on a restart still under way."""
         km = self._kernels.get(kernel_id)
-        deadline = time.monotonic() + self.launch_timeout
+        deadline = time.monotonic() + self.services.settings.launch_timeout
         # a restart is a shutdown then a start, each with its own pending `ready`
         while km is not None and not km.ready.done():
             try:
@@ -131,24 +142,30 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                     break  # still pending at the launch timeout: jupyter_client decides
         await super().shutdown_kernel(kernel_id, now=now, restart=restart)
         if not restart:
-            self.records.delete(kernel_id)
+            self.services.records.delete(kernel_id)
+
+    def _provisioner(self, kernel_id: str) -> CumulusProvisioner | None:
+        km = self._kernels.get(kernel_id)
+        provisioner = km.provisioner if km is not None else None
+        return provisioner if isinstance(provisioner, CumulusProvisioner) else None
 
     def _handle_kernel_died(self, kernel_id: str) -> None:
         """The restarter gave up on a kernel: its partition must not outlive it."""
-        partition = self.partitions.pop(kernel_id, None)
-        km = self._kernels.get(kernel_id)
-        outside = getattr(km.provisioner, "ended_outside", None) if km is not None else None
+        services = self.services
+        partition = services.registry.partitions.pop(kernel_id, None)
+        provisioner = self._provisioner(kernel_id)
+        outside = provisioner.ended_outside if provisioner is not None else None
         if partition is not None:
-            self.broker.release(partition.id, outside or "kernel died")
+            services.broker.release(partition.id, outside or "kernel died")
             what = (
                 f"The kernel ended: {outside}"
                 if outside
                 else ("The kernel died and could not be restarted")
             )
-            self.mark_ended(
+            services.registry.mark_ended(
                 kernel_id, f"{what}; partition {partition.id} was released. Start a new kernel."
             )
-        handle = getattr(km.provisioner, "handle", None) if km is not None else None
+        handle = provisioner.handle if provisioner is not None else None
         if handle is not None:  # its container or service is not left behind
             task = asyncio.ensure_future(asyncio.to_thread(handle.remove))
             task.add_done_callback(
@@ -159,19 +176,19 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                     )
                 )
             )
-        self.records.delete(kernel_id)
+        services.records.delete(kernel_id)
         super()._handle_kernel_died(kernel_id)
 
     async def _save(self, kernel_id: str) -> None:
         km = self.get_kernel(kernel_id)
         assert km.provisioner is not None
         info = await km.provisioner.get_provisioner_info()
-        self.records.save(kernel_id, km.kernel_name, dict(km.get_connection_info()), info)
+        self.services.records.save(kernel_id, km.kernel_name, dict(km.get_connection_info()), info)
 
     async def adopt_kernels(self) -> None:
         """After a restart: take back every recorded kernel whose process still runs; release
         the partitions of those that died meanwhile."""
-        for record in self.records.all():
+        for record in self.services.records.all():
             try:
                 adopted = await self._adopt(record)
             except Exception:
@@ -190,19 +207,22 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         )
         km.load_connection_info(record.connection_info)
         km.kernel_id = record.kernel_id
-        km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
+        provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
             record.kernel_id, km.kernel_spec, parent=km
         )
-        await km.provisioner.load_provisioner_info(record.provisioner_info)
-        partition = km.provisioner.partition
-        if km.provisioner.process is None or partition is None or not partition.is_active:
+        km.provisioner = provisioner
+        await provisioner.load_provisioner_info(record.provisioner_info)
+        if not isinstance(provisioner, CumulusProvisioner):
             return False
-        km.provisioner.connection_info = km.get_connection_info()
+        partition = provisioner.partition
+        if provisioner.process is None or partition is None or not partition.is_active:
+            return False
+        provisioner.connection_info = km.get_connection_info()
         km.ready.set_result(None)
         km._connect_control_socket()
         km.start_restarter()
         self._kernels[record.kernel_id] = km
-        self.partitions[record.kernel_id] = partition
+        self.services.registry.partitions[record.kernel_id] = partition
         self._kernel_connections[record.kernel_id] = 0
         km.execution_state = "idle"
         km.reason = ""
@@ -212,44 +232,19 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         return True
 
     def _forget(self, record: KernelRecord) -> None:
+        services = self.services
         partition_id = record.provisioner_info.get("partition_id")
         if partition_id:
-            self.broker.release(partition_id, "kernel gone while the gateway was down")
-        process = self.runtime.adopt(record.provisioner_info.get("runtime") or {})
+            services.broker.release(partition_id, "kernel gone while the gateway was down")
+        process = services.runtime.adopt(record.provisioner_info.get("runtime") or {})
         if process is not None:  # its partition ended: the kernel must not run on
             process.kill()
             process.remove()
-        self.records.delete(record.kernel_id)
+        services.records.delete(record.kernel_id)
         self.log.info("Kernel %s did not survive; its partition was released", record.kernel_id)
 
     def kernel_model(self, kernel_id: str) -> dict[str, Any]:
         model: dict[str, Any] = super().kernel_model(kernel_id)
-        partition = self.partitions.get(kernel_id)
+        partition = self.services.registry.partitions.get(kernel_id)
         model["cumulus"] = cumulus_model(partition) if partition else None
         return model
-
-    def owner_of(self, kernel_id: str) -> str | None:
-        partition = self.partitions.get(kernel_id)
-        return partition.owner if partition else None
-
-    def end_reason(self, kernel_id: str) -> str | None:
-        """Why a kernel that is gone ended, when its partition ended under it."""
-        return self.ended.get(kernel_id)
-
-    def mark_ended(self, kernel_id: str, reason: str) -> None:
-        self.ended[kernel_id] = reason
-        if len(self.ended) > 10_000:  # bounded: keep the most recent
-            for old in list(self.ended)[:1_000]:
-                del self.ended[old]
-
-    def refresh(self) -> dict[str, Partition]:
-        """Every kernel's partition as the store has it now (an operator may have changed
-        one), read in one transaction; by kernel id."""
-        current = self.broker.store.get_many([p.id for p in self.partitions.values()])
-        for kernel_id, partition in list(self.partitions.items()):
-            if partition.id in current and kernel_id in self.partitions:
-                self.partitions[kernel_id] = current[partition.id]
-        return dict(self.partitions)
-
-    def now(self) -> float:
-        return time.time()

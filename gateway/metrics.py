@@ -3,12 +3,9 @@ for every endpoint): kernels, partitions, queue length, allocation latency, free
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from gateway.manager import CumulusKernelManager
 
 KERNELS = Gauge("cumulus_kernels", "Kernels running in partitions")
 PARTITIONS = Gauge("cumulus_partitions_active", "Active Chronos partitions on this gateway's node")
@@ -27,15 +24,16 @@ TRANSFERRED = Counter(
 )
 
 
-def bind(manager: CumulusKernelManager) -> None:
-    """Read the gauges from the live manager whenever ``/metrics`` is scraped."""
-    KERNELS.set_function(lambda: len(manager.list_kernel_ids()))
-    PARTITIONS.set_function(lambda: len(manager.broker.store.partitions()))
-    QUEUE.set_function(lambda: manager.broker.queue_length)
+def bind(
+    kernels: Callable[[], int], partitions: Callable[[], int], queue: Callable[[], int]
+) -> None:
+    """Read the gauges from the live gateway whenever ``/metrics`` is scraped."""
+    KERNELS.set_function(kernels)
+    PARTITIONS.set_function(partitions)
+    QUEUE.set_function(queue)
 
 
-def update_devices(manager: CumulusKernelManager) -> None:
-    """Called on each supervisor tick."""
-    used = manager.broker.store.used()
-    for device in manager.broker.store.devices:
-        DEVICE_FREE.labels(device=device.id).set((10 - used.get(device.index, 0)) / 10)
+def update_devices(free: Iterable[tuple[str, float]]) -> None:
+    """Each device's free share, by device id; called on each supervisor tick."""
+    for device_id, share in free:
+        DEVICE_FREE.labels(device=device_id).set(share)

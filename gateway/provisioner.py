@@ -13,6 +13,9 @@ Called by jupyter_client's `KernelManager`:
   inherited `LocalProvisioner` logic drives any handle with ``Popen``'s interface).
 - `cleanup` releases the partition, unless the kernel is restarting.
 - `get_provisioner_info` / `load_provisioner_info` let a restarted gateway adopt the kernel.
+
+What it needs of the gateway (broker, runtime, registry, settings) is the `Services` its
+kernel's manager (`gateway.kernel.CumulusServerKernelManager`, its ``parent``) carries.
 """
 
 from __future__ import annotations
@@ -24,25 +27,23 @@ import re
 import shutil
 import signal
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Unicode
 
 from chronos import Partition, confinement_env
-from cumulus_jupyter.archive import workdir
-from cumulus_jupyter.errors import PartitionExpired
-from gateway.partitions import PartitionRequest
+from cumulus_jupyter.errors import Internal, InvalidArgument, PartitionExpired
+from cumulus_jupyter.protocol import env as names
+from gateway.broker import PartitionRequest
+from gateway.kernel import CumulusServerKernelManager
 from gateway.runtimes import KernelProcess, Launch
-
-if TYPE_CHECKING:
-    from gateway.manager import CumulusKernelManager
+from gateway.services import Services
 
 # The gateway's own secrets never reach a kernel.
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|^JPY_|^JUPYTER_|^CHRONOS_STATE$", re.IGNORECASE)
 _FALSE = {"0", "false", "no", "off"}
-_CHECKPOINT_ENV = ("CUMULUS_CHECKPOINT_URL", "CUMULUS_CHECKPOINT_OPTIONS")
 
 
 class CumulusProvisioner(LocalProvisioner):
@@ -59,22 +60,28 @@ class CumulusProvisioner(LocalProvisioner):
     ended_outside: str | None = None  # why the kernel was ended by someone else, if it was
 
     @property
-    def manager(self) -> CumulusKernelManager:
-        """The gateway's mapping kernel manager (our parent's parent)."""
-        return cast("CumulusKernelManager", cast(Any, self.parent).parent)
+    def services(self) -> Services:
+        """The gateway's services, from the kernel's manager that created this provisioner."""
+        if not isinstance(self.parent, CumulusServerKernelManager):
+            raise Internal(
+                f"{type(self).__name__} runs only under the gateway's kernel managers "
+                f"(CumulusServerKernelManager), not {type(self.parent).__name__}"
+            )
+        return self.parent.require_services()
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         request_env: dict[str, str] = dict(kwargs.pop("env", None) or {})
+        services = self.services
         if self.partition is None:
             self.partition = await self._acquire(request_env)
-        elif not self.manager.broker.store.get(self.partition.id).is_active:
+        elif not services.broker.get(self.partition.id).is_active:
             raise PartitionExpired(
                 f"Partition {self.partition.id} has ended; start a new kernel for a new one"
             )
         try:
-            self.manager.partitions[self.kernel_id] = self.partition
+            services.registry.partitions[self.kernel_id] = self.partition
             kwargs["env"] = self._kernel_env(request_env, self.partition)
-            if not self.manager.runtime.on_gateway_host:
+            if not services.runtime.on_gateway_host:
                 # the last container's address; jupyter_client writes its placeholder
                 # connection file only for an address of this host (the kernel reports its own)
                 cast(Any, self.parent).ip = "127.0.0.1"
@@ -84,41 +91,44 @@ class CumulusProvisioner(LocalProvisioner):
             raise
 
     async def _acquire(self, env: dict[str, str]) -> Partition:
-        manager = self.manager
+        services = self.services
         request = PartitionRequest.parse(
-            env.get("KERNEL_GPU") or self.gpu,
-            env.get("KERNEL_DURATION") or self.duration,
-            owner=env.get("KERNEL_USERNAME") or "anonymous",
-            devices=env.get("KERNEL_GPU_DEVICES"),
+            env.get(names.KERNEL_GPU) or self.gpu,
+            env.get(names.KERNEL_DURATION) or self.duration,
+            owner=env.get(names.KERNEL_USERNAME) or "anonymous",
+            devices=env.get(names.KERNEL_GPU_DEVICES),
         )
-        timeout = float(env.get("KERNEL_LAUNCH_TIMEOUT") or manager.launch_timeout)
-        wait = env.get("KERNEL_WAIT", "1").strip().lower() not in _FALSE
-        return await manager.broker.acquire(request, wait=wait, timeout=timeout)
+        timeout = _seconds(env.get(names.KERNEL_LAUNCH_TIMEOUT), services.settings.launch_timeout)
+        wait = env.get(names.KERNEL_WAIT, "1").strip().lower() not in _FALSE
+        return await services.broker.acquire(request, wait=wait, timeout=timeout)
 
     def _kernel_env(self, request_env: dict[str, str], partition: Partition) -> dict[str, str]:
-        on_host = self.manager.runtime.on_gateway_host
+        services = self.services
+        on_host = services.runtime.on_gateway_host
         base = {k: v for k, v in os.environ.items() if on_host and not _SECRET_ENV.search(k)}
         # where checkpoints go (L2) is the gateway's setting, for kernels anywhere
-        base |= {k: os.environ[k] for k in _CHECKPOINT_ENV if k in os.environ}
+        base |= {k: os.environ[k] for k in names.CHECKPOINT_ENV if k in os.environ}
         base |= self.kernel_spec.env or {}
         base |= request_env
-        base |= confinement_env(partition, self.manager.broker.store.devices)
-        base["CUMULUS_KERNEL_ID"] = self.kernel_id
+        base |= confinement_env(partition, services.broker.devices)
+        base[names.KERNEL_ID] = self.kernel_id
         host = str(getattr(self.parent, "ip", "") or "127.0.0.1")
         if self.data_port is None:  # kept across restarts, like the partition
             self.data_port = _free_port(host)
-        base["CUMULUS_DATA_HOST"] = host
-        base["CUMULUS_DATA_PORT"] = str(self.data_port)
-        if self.data_socket is None and self.manager.data_socket_dir and on_host:
-            self.data_socket = _socket_path(self.manager.data_socket_dir, self.kernel_id)
+        base[names.DATA_HOST] = host
+        base[names.DATA_PORT] = str(self.data_port)
+        socket_dir = services.settings.data_socket_dir
+        if self.data_socket is None and socket_dir and on_host:
+            self.data_socket = _socket_path(socket_dir, self.kernel_id)
         if self.data_socket:
-            base["CUMULUS_DATA_SOCKET"] = self.data_socket
+            base[names.DATA_SOCKET] = self.data_socket
         return base
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.partition is not None
-        runtime = self.manager.runtime
-        devices = self.manager.broker.store.devices
+        services = self.services
+        runtime = services.runtime
+        devices = services.broker.devices
         launch = Launch(
             cmd, kwargs["env"], kwargs.get("cwd"), self.kernel_id,
             [devices[i] for i in self.partition.devices],
@@ -135,7 +145,7 @@ class CumulusProvisioner(LocalProvisioner):
             if started.connection_info is not None:
                 self._use_reported(started.connection_info, started.data_port)
             if handle.pid > 0:
-                self.manager.broker.store.attach(self.partition.id, handle.pid)
+                services.broker.attach(self.partition.id, handle.pid)
             self.log.info(
                 "kernel %s started in partition %s (%s GPU on %s) by the %s runtime, pid %d",
                 self.kernel_id, self.partition.id, self.partition.amount,
@@ -163,7 +173,7 @@ class CumulusProvisioner(LocalProvisioner):
     async def send_signal(self, signum: int) -> None:
         """An interrupt for a kernel no signal can reach (a Swarm task on another host) goes as
         an ``interrupt_request`` on its control channel, which ipykernel handles the same way."""
-        if signum == signal.SIGINT and not self.manager.runtime.signals:
+        if signum == signal.SIGINT and not self.services.runtime.signals:
             km = cast(Any, self.parent)
             km._connect_control_socket()
             km.session.send(km._control_socket, km.session.msg("interrupt_request", content={}))
@@ -195,12 +205,13 @@ class CumulusProvisioner(LocalProvisioner):
                 with contextlib.suppress(OSError):
                     os.unlink(self.data_socket)
             # files the Cumulus GPU kernel synced for this kernel: scratch, gone with it
-            shutil.rmtree(workdir(self.kernel_id), ignore_errors=True)
+            shutil.rmtree(names.workdir(self.kernel_id), ignore_errors=True)
 
     async def _release(self, reason: str) -> None:
         if self.partition is not None:
-            self.manager.broker.release(self.partition.id, reason)
-            self.manager.partitions.pop(self.kernel_id, None)
+            services = self.services
+            services.broker.release(self.partition.id, reason)
+            services.registry.partitions.pop(self.kernel_id, None)
             self.partition = None
 
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -213,15 +224,28 @@ class CumulusProvisioner(LocalProvisioner):
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
+        services = self.services
         partition_id = provisioner_info.get("partition_id")
-        self.partition = self.manager.broker.store.get(partition_id) if partition_id else None
+        self.partition = services.broker.get(partition_id) if partition_id else None
         self.runtime_info = provisioner_info.get("runtime")
         self.data_port = provisioner_info.get("data_port")
         self.data_socket = provisioner_info.get("data_socket")
-        self.handle = self.manager.runtime.adopt(self.runtime_info or {})
+        self.handle = services.runtime.adopt(self.runtime_info or {})
         self.process = cast(Any, self.handle)
-        if self.handle is not None and not self.manager.runtime.on_gateway_host:
+        if self.handle is not None and not services.runtime.on_gateway_host:
             self.pgid = None
+
+
+def _seconds(value: str | None, default: float) -> float:
+    """A request's timeout in seconds (`InvalidArgument` for one that is not a number)."""
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"{names.KERNEL_LAUNCH_TIMEOUT} must be seconds, not {value!r}"
+        ) from None
 
 
 def _free_port(host: str) -> int:

@@ -3,6 +3,7 @@ Docker job containers on this host, Docker Swarm services across GPU hosts."""
 
 from typing import Any
 
+from cumulus_jupyter.errors import InvalidArgument
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 from gateway.runtimes.docker import DockerRuntime
 from gateway.runtimes.local import LocalRuntime
@@ -16,13 +17,13 @@ RUNTIMES: dict[str, type[Runtime]] = {
 
 
 def runtime_for(name: str, **kwargs: Any) -> Runtime:
-    """The runtime called ``name`` (``kwargs``: traitlets' ``parent``/``config``); `ValueError`
-    naming the choices otherwise."""
+    """The runtime called ``name`` (``kwargs``: `Runtime`'s); `InvalidArgument` naming the
+    choices otherwise."""
     try:
         cls = RUNTIMES[name]
     except KeyError:
         choices = ", ".join(sorted(RUNTIMES))
-        raise ValueError(f"Unknown runtime: {name}. Choose one of: {choices}") from None
+        raise InvalidArgument(f"Unknown runtime: {name}. Choose one of: {choices}") from None
     return cls(**kwargs)
 
 

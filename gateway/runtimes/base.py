@@ -3,7 +3,9 @@
 A `KernelProcess` has the subset of ``subprocess.Popen``'s interface that jupyter_client's
 `LocalProvisioner` drives (``pid``, ``poll``, ``wait``, ``send_signal``, ``terminate``,
 ``kill``), so every runtime's handle plugs into the same provisioner. A runtime is a traitlets
-configurable (``--DockerRuntime.image=...``) whose parent is the gateway's kernel manager.
+configurable (``--DockerRuntime.image=...``, read from its ``parent``'s or its own ``config``);
+what it needs of the gateway is handed to it: the `Settings` (launch timeout, the gateway's port
+and base URL for callbacks) and the `Callbacks` its kernels report through.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, Protocol
 from traitlets.config import LoggingConfigurable
 
 from chronos import Device
+from gateway.callback import Callbacks
+from gateway.settings import Settings
 
 
 class KernelProcess(Protocol):
@@ -74,6 +78,17 @@ class Runtime(LoggingConfigurable):
     #: whether signals reach the kernel (a Swarm task's do not: interrupts go as messages)
     signals = True
 
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        callbacks: Callbacks | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``kwargs``: traitlets' (``parent``, ``config``, trait values)."""
+        super().__init__(**kwargs)
+        self.settings = settings or Settings()
+        self.callbacks = callbacks or Callbacks()
+
     async def launch(self, launch: Launch) -> Started:
         """Start the kernel command; return once the process exists (not when it is ready)."""
         raise NotImplementedError
@@ -88,5 +103,5 @@ class Runtime(LoggingConfigurable):
         return None
 
     def check(self) -> None:
-        """Raise `ValueError` with a one-line reason when the runtime cannot work (the gateway
-        refuses to start)."""
+        """Raise a `CumulusError` with a one-line reason when the runtime cannot work now
+        (called once at start-up, which logs it; each kernel start will then say it again)."""

@@ -7,10 +7,10 @@ user, no capabilities and ``no-new-privileges``; and the host's network by defau
 ports are on loopback, the way back to the gateway), or any network the operator names.
 
 The kernel does not learn its ports from the gateway: the container's launcher
-(`cumulus_jupyter.launcher`) chooses them and a key, and reports them to the gateway's callback
-endpoint with the single-use token issued here (`gateway.callback`). `launch` returns once that
-callback has arrived; a container that exits first, or never calls back within the launch
-timeout, fails the start with its last log lines, and is removed.
+(`cumulus_jupyter.agent.launcher`) chooses them and a key, and reports them to the gateway's
+callback endpoint with the single-use token issued here (`gateway.callback`). `launch` returns
+once that callback has arrived; a container that exits first, or never calls back within the
+launch timeout, fails the start with its last log lines, and is removed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,20 @@ from typing import TYPE_CHECKING, Any, cast
 from traitlets import Float, Int, Unicode
 
 from chronos import Device, Vendor
-from cumulus_jupyter.errors import CumulusError, DeadlineExceeded, KernelDied, Unavailable
+from cumulus_jupyter.errors import (
+    CumulusError,
+    DeadlineExceeded,
+    InvalidArgument,
+    KernelDied,
+    Unavailable,
+)
+from cumulus_jupyter.protocol import callback
+from cumulus_jupyter.protocol import code as kernel_code
+from cumulus_jupyter.protocol import env as names
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 
 if TYPE_CHECKING:
     import docker
-
-    from gateway.manager import CumulusKernelManager
 
 LABEL = "cumulus.kernel"  # every container and service we start carries its kernel id here
 LOG_LINES = 20
@@ -245,10 +252,6 @@ class DockerRuntime(Runtime):
         "and only L2 (CUMULUS_CHECKPOINT_URL) outlives the kernel.",
     )
 
-    @property
-    def manager(self) -> CumulusKernelManager:
-        return cast("CumulusKernelManager", self.parent)
-
     @cached_property
     def client(self) -> docker.DockerClient:
         return engine(self.docker_url)
@@ -259,9 +262,7 @@ class DockerRuntime(Runtime):
         try:
             self.client.images.get(self.image)
         except docker.errors.ImageNotFound:
-            raise ValueError(self.missing_image()) from None
-        except CumulusError as exc:
-            raise ValueError(str(exc)) from None
+            raise Unavailable(self.missing_image()) from None
 
     def missing_image(self) -> str:
         return (
@@ -274,10 +275,13 @@ class DockerRuntime(Runtime):
         host network, else the host's end of the kernels' network (its IPAM gateway)."""
         if self.callback_url:
             return self.callback_url.rstrip("/")
-        app = self.manager.parent
-        base = str(getattr(app, "base_url", "/") or "/").rstrip("/")
         host = "127.0.0.1" if self.network == "host" else self.network_gateway()
-        return f"http://{host}:{getattr(app, 'port', 8888)}{base}"
+        return self.gateway_url(host)
+
+    def gateway_url(self, host: str) -> str:
+        """The gateway's base URL at ``host`` (its port and base URL from the settings)."""
+        base = (self.settings.base_url or "/").rstrip("/")
+        return f"http://{host}:{self.settings.port}{base}"
 
     def network_gateway(self) -> str:
         import docker
@@ -294,10 +298,9 @@ class DockerRuntime(Runtime):
     def environment(self, launch: Launch, token: str) -> dict[str, str]:
         env = {k: v for k, v in launch.env.items() if k not in ("JPY_PARENT_PID", "PATH")}
         env |= {
-            "CUMULUS_CALLBACK_URL": f"{self.base_url()}/api/cumulus/kernels/{launch.kernel_id}/"
-            "callback",
-            "CUMULUS_CALLBACK_TOKEN": token,
-            "CUMULUS_WORKDIR": "/work",
+            names.CALLBACK_URL: self.base_url() + callback.path(launch.kernel_id),
+            names.CALLBACK_TOKEN: token,
+            names.WORKDIR: "/work",
             "HOME": "/work",
             "JUPYTER_RUNTIME_DIR": "/work/.runtime",
         }
@@ -307,10 +310,10 @@ class DockerRuntime(Runtime):
         """The engine's create options for one kernel (also what the unit tests check)."""
         uid, _, gid = self.user.partition(":")
         if uid in ("0", "root"):
-            raise ValueError("DockerRuntime.user must not be root")
+            raise InvalidArgument("DockerRuntime.user must not be root")
         options: dict[str, Any] = {
             "image": self.image,
-            "command": ["python", "-m", "cumulus_jupyter.launcher", *launch.argv[1:]],
+            "command": ["python", "-m", kernel_code.LAUNCHER, *launch.argv[1:]],
             "name": f"cumulus-kernel-{launch.kernel_id}",
             "labels": {LABEL: launch.kernel_id},
             "environment": self.environment(launch, token),
@@ -335,9 +338,9 @@ class DockerRuntime(Runtime):
         options |= gpu_options(launch.devices)
         if self.checkpoint_dir:
             options["volumes"] = {self.checkpoint_dir: {"bind": "/checkpoints", "mode": "rw"}}
-            options["environment"]["CUMULUS_CHECKPOINT_DIR"] = "/checkpoints"
+            options["environment"][names.CHECKPOINT_DIR] = "/checkpoints"
         else:
-            options["environment"]["CUMULUS_CHECKPOINT_DIR"] = "/work/.checkpoints"
+            options["environment"][names.CHECKPOINT_DIR] = "/work/.checkpoints"
         return options
 
     async def launch(self, launch: Launch) -> Started:
@@ -345,8 +348,8 @@ class DockerRuntime(Runtime):
         any failure nothing of it stays and its token is void."""
         import docker
 
-        callbacks = self.manager.callbacks
-        token = callbacks.issue(launch.kernel_id, self.manager.launch_timeout)
+        callbacks = self.callbacks
+        token = callbacks.issue(launch.kernel_id, self.settings.launch_timeout)
         process: EngineProcess | None = None
         try:
             try:

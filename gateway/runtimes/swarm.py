@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from chronos import Device, Vendor
 from chronos.device import load_configured
-from cumulus_jupyter.errors import CumulusError, InvalidArgument
+from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable
+from cumulus_jupyter.protocol import code as kernel_code
+from gateway.errors import chronos_boundary
 from gateway.runtimes.base import KernelProcess, Launch
 from gateway.runtimes.docker import (
     LABEL,
@@ -149,25 +151,19 @@ class SwarmRuntime(DockerRuntime):
     def manager_info(self) -> dict[str, Any]:
         swarm = self.client.info().get("Swarm", {})
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-            raise ValueError(
+            raise Unavailable(
                 "The swarm runtime needs the gateway on a Swarm manager (docker swarm init)"
             )
         return dict(swarm)
 
     def check(self) -> None:
-        try:
-            self.manager_info()
-        except CumulusError as exc:
-            raise ValueError(str(exc)) from None
+        self.manager_info()
         super().check()
 
     def devices(self) -> list[Device] | None:
         """Every labelled node's devices, numbered across the Swarm (``gpu0``… in node order)."""
-        try:
-            self.manager_info()
-            nodes = self.client.api.nodes()
-        except CumulusError as exc:
-            raise ValueError(str(exc)) from None
+        self.manager_info()
+        nodes = self.client.api.nodes()
         entries: list[dict[str, Any]] = []
         owners: list[str] = []
         for node in sorted(nodes, key=lambda n: n["Description"]["Hostname"] + n["ID"]):
@@ -179,26 +175,26 @@ class SwarmRuntime(DockerRuntime):
             try:
                 found = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"node {node['ID'][:12]}: {DEVICES_LABEL} is not JSON") from exc
+                raise InvalidArgument(
+                    f"node {node['ID'][:12]}: {DEVICES_LABEL} is not JSON"
+                ) from exc
             for entry in found:
                 entries.append(dict(entry) | {"node": node["ID"]})
                 owners.append(node["ID"])
         if not entries:
-            raise ValueError(
+            raise Unavailable(
                 f"No Swarm node has a {DEVICES_LABEL} label: onboard GPU hosts with "
                 "scripts/setup-worker.sh"
             )
-        devices = load_configured(json.dumps(entries))
+        with chronos_boundary():
+            devices = load_configured(json.dumps(entries))
         self.node_of = dict(enumerate(owners))
         return devices
 
     def base_url(self) -> str:
         if self.callback_url:
             return self.callback_url.rstrip("/")
-        app = self.manager.parent
-        address = self.manager_info().get("NodeAddr") or "127.0.0.1"
-        base = str(getattr(app, "base_url", "/") or "/").rstrip("/")
-        return f"http://{address}:{getattr(app, 'port', 8888)}{base}"
+        return self.gateway_url(self.manager_info().get("NodeAddr") or "127.0.0.1")
 
     def service_options(self, launch: Launch, token: str) -> dict[str, Any]:
         """The Swarm service for one kernel (also what the unit tests check)."""
@@ -217,7 +213,7 @@ class SwarmRuntime(DockerRuntime):
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(nvidia) or "void"
         return {
             "image": self.image,
-            "command": ["python", "-m", "cumulus_jupyter.launcher", *launch.argv[1:]],
+            "command": ["python", "-m", kernel_code.LAUNCHER, *launch.argv[1:]],
             "name": f"cumulus-kernel-{launch.kernel_id}",
             "labels": {LABEL: launch.kernel_id},
             "container_labels": {LABEL: launch.kernel_id},

@@ -180,12 +180,14 @@ def test_a_kernel_shut_down_while_it_restarts_is_shut_down(
     restart's result and raised InvalidStateError: a 500, kernel and partition kept; seen in
     CI when a magic session let go of a kernel that had just died.) Driven in-process so the
     shutdown lands inside the restart every time."""
+    from gateway.app import build_services
     from gateway.kernelspecs import CumulusKernelSpecManager
     from gateway.manager import CumulusKernelManager
 
     async def run() -> None:
         manager = CumulusKernelManager(root_dir=str(tmp_path), connection_dir=str(tmp_path))
         manager.kernel_spec_manager = CumulusKernelSpecManager()
+        services = build_services(manager)
         kernel_id = await manager.start_kernel()
         try:
             restarting = asyncio.ensure_future(manager.restart_kernel(kernel_id))
@@ -193,7 +195,7 @@ def test_a_kernel_shut_down_while_it_restarts_is_shut_down(
                 await asyncio.sleep(0)  # until the restart is under way
             await manager.shutdown_kernel(kernel_id)
             assert manager.list_kernel_ids() == []
-            assert manager.broker.store.partitions() == []
+            assert services.broker.partitions() == []
             await asyncio.gather(restarting, return_exceptions=True)
         finally:
             await manager.shutdown_all(now=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.callback import default_handlers as callback_handlers
-from gateway.data import default_handlers as data_handlers
-from gateway.handlers import default_handlers
-from gateway.jobs import default_handlers as job_handlers
+from gateway.handlers import SERVICES
 from tests.support.gateway import Gateway
 
 pytestmark = pytest.mark.integration
@@ -35,7 +33,8 @@ def check(instance: Any, ref: str) -> None:
 
 def test_every_gateway_route_is_documented() -> None:
     documented = set(SPEC["paths"])
-    for pattern, _ in [*default_handlers, *data_handlers, *callback_handlers, *job_handlers]:
+    served = [h for name in SERVICES for h in importlib.import_module(name).default_handlers]
+    for pattern, _ in served:
         path = pattern.replace("(?P<kernel_id>\\w+-\\w+-\\w+-\\w+-\\w+)", "{kernel_id}")
         path = path.replace("(?P<kernel_id>[\\w-]+)", "{kernel_id}")
         path = path.replace("(?P<transfer_id>[^/]+)", "{transfer_id}")

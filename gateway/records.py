@@ -1,5 +1,5 @@
 """Kernel records that outlive the gateway process, in the same SQLite file as Chronos's
-partitions (its own table, its own connection; WAL lets both share the file).
+partitions (their own table, through `gateway.sqlite`).
 
 A record holds what a restarted gateway needs to talk to a kernel again: the kernelspec name,
 the connection info (ports and HMAC key) and the provisioner's info (partition id, runtime
@@ -9,14 +9,12 @@ handle). It is written when a kernel has started or restarted and deleted when i
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chronos import StateUnavailable
+from gateway.sqlite import Table
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_kernels (
@@ -44,16 +42,9 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 class KernelRecords:
     """Durable kernel records; every call is one short transaction."""
 
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StateUnavailable(f"State file {path} cannot hold kernel records: {exc}") from exc
+        self._table = Table(path, _SCHEMA, "kernel records")
 
     def save(
         self,
@@ -66,21 +57,17 @@ class KernelRecords:
             kernel_id, kernel_name, json.dumps(_jsonable(connection_info)),
             json.dumps(provisioner_info, default=str), time.time(),
         )  # fmt: skip
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO gateway_kernels VALUES (?,?,?,?,?)", row)
+        self._table.execute("INSERT OR REPLACE INTO gateway_kernels VALUES (?,?,?,?,?)", row)
 
     def delete(self, kernel_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM gateway_kernels WHERE kernel_id = ?", (kernel_id,))
+        self._table.execute("DELETE FROM gateway_kernels WHERE kernel_id = ?", (kernel_id,))
 
     def all(self) -> list[KernelRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT kernel_id, kernel_name, connection_info, provisioner_info "
-                "FROM gateway_kernels ORDER BY saved_at"
-            ).fetchall()
+        rows = self._table.execute(
+            "SELECT kernel_id, kernel_name, connection_info, provisioner_info "
+            "FROM gateway_kernels ORDER BY saved_at"
+        )
         return [KernelRecord(k, n, json.loads(c), json.loads(p)) for k, n, c, p in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._table.close()

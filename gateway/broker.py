@@ -1,4 +1,6 @@
-"""The gateway's partition broker: Chronos partitions for kernels, with a FIFO wait queue.
+"""The gateway's partition broker: Chronos partitions for kernels, with a FIFO wait queue, and
+the gateway's one way into the Chronos store (every store call goes through here, inside
+`gateway.errors.chronos_boundary`, so the rest of the gateway sees only Cumulus errors).
 
 A request that fits is served at once. One that does not either fails at once (``wait=False``:
 `ResourceExhausted`, 429 with ``Retry-After``) or joins the back of the queue and waits up to
@@ -16,17 +18,12 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from chronos import (
-    GpuAmount,
-    Partition,
-    PartitionEnded,
-    ResourceExhausted,
-    Store,
-    parse_duration,
-)
-from cumulus_jupyter.errors import DeadlineExceeded
+from chronos import Device, GpuAmount, Partition, Store, parse_duration
+from cumulus_jupyter.errors import DeadlineExceeded, PartitionExpired, ResourceExhausted
+from gateway.errors import chronos_boundary
 
 
 @dataclass
@@ -44,7 +41,9 @@ class PartitionRequest:
     def parse(
         cls, amount: str | float, duration: str | float | None, owner: str, devices: str | None
     ) -> PartitionRequest:
-        return cls(GpuAmount.parse(amount), parse_duration(duration), owner, devices or None)
+        with chronos_boundary():
+            parsed = GpuAmount.parse(amount), parse_duration(duration)
+        return cls(*parsed, owner, devices or None)
 
 
 @dataclass
@@ -60,9 +59,54 @@ class PartitionBroker:
     def __init__(
         self, store: Store, on_allocated: Callable[[float], None] = lambda seconds: None
     ) -> None:
-        self.store = store
+        self._store = store
         self.on_allocated = on_allocated  # gets each allocation's latency, queueing included
         self._queue: list[_Waiter] = []
+
+    # -- the store, read through the boundary ----------------------------------------------------
+
+    @property
+    def devices(self) -> list[Device]:
+        return self._store.devices
+
+    @property
+    def path(self) -> Path:
+        """The state file (the gateway's own tables live in it too)."""
+        return self._store.path
+
+    def get(self, partition_id: str) -> Partition:
+        with chronos_boundary():
+            return self._store.get(partition_id)
+
+    def get_many(self, partition_ids: list[str]) -> dict[str, Partition]:
+        """The partitions named, read in one transaction; by id."""
+        with chronos_boundary():
+            return self._store.get_many(partition_ids)
+
+    def partitions(self) -> list[Partition]:
+        """The active partitions."""
+        with chronos_boundary():
+            return self._store.partitions()
+
+    def used(self) -> dict[int, int]:
+        """Tenths in use, by device index."""
+        with chronos_boundary():
+            return self._store.used()
+
+    def free(self) -> list[tuple[Device, float]]:
+        """Each device with its free share (0-1)."""
+        used = self.used()
+        return [(d, (10 - used.get(d.index, 0)) / 10) for d in self.devices]
+
+    def attach(self, partition_id: str, pid: int) -> None:
+        """Record a kernel process as running in the partition (for the watchdog)."""
+        with chronos_boundary():
+            self._store.attach(partition_id, pid)
+
+    def close(self) -> None:
+        self._store.close()
+
+    # -- the queue -------------------------------------------------------------------------------
 
     @property
     def queue_length(self) -> int:
@@ -135,9 +179,10 @@ class PartitionBroker:
             self.release(waiter.future.result().id, "unclaimed")
 
     def _created(self, request: PartitionRequest, started: float) -> Partition:
-        partition = self.store.create(
-            request.amount, request.duration_s, devices=request.devices, owner=request.owner
-        )
+        with chronos_boundary():
+            partition = self._store.create(
+                request.amount, request.duration_s, devices=request.devices, owner=request.owner
+            )
         self.on_allocated(time.monotonic() - started)
         return partition
 
@@ -158,6 +203,6 @@ class PartitionBroker:
 
     def release(self, partition_id: str, reason: str = "released") -> None:
         """Release a partition (already ended ones are fine) and let the queue move."""
-        with contextlib.suppress(PartitionEnded):
-            self.store.release(partition_id, reason)
+        with contextlib.suppress(PartitionExpired), chronos_boundary():
+            self._store.release(partition_id, reason)
         self.pump()

@@ -1,4 +1,4 @@
-"""The expiry supervisor: warns a kernel's clients before its partition ends, then stops it.
+"""`ExpirySupervisor`: warns a kernel's clients before its partition ends, then stops it.
 
 Every tick (one second by default) it moves the partition queue, then for each kernel re-reads
 its partition from the store (so expiries and releases made by other processes count):
@@ -13,13 +13,16 @@ its partition from the store (so expiries and releases made by other processes c
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from jupyter_client.session import Session
 
 from chronos import Partition, format_duration
 from gateway import metrics
-from gateway.manager import CumulusKernelManager, cumulus_model
+from gateway.manager import CumulusKernelManager
+from gateway.registry import cumulus_model
+from gateway.services import Services
 
 WARN_BEFORE_S = (300.0, 60.0)
 SHORT_PARTITION_S = 600.0
@@ -35,23 +38,25 @@ def warning_offsets(partition: Partition) -> tuple[float, ...]:
 
 
 class ExpirySupervisor:
-    """Runs `tick` on the gateway's event loop."""
+    """Runs `tick` on the gateway's event loop (the app's periodic callback)."""
 
-    def __init__(self, manager: CumulusKernelManager) -> None:
-        self.manager = manager
+    def __init__(self, services: Services, kernels: CumulusKernelManager) -> None:
+        self.services = services
+        self.kernels = kernels
+        self.log = kernels.log
         self._warned: set[tuple[str, float]] = set()
         self._ending: set[str] = set()
         self._next_prune = 0.0
 
     async def tick(self) -> None:
-        manager = self.manager
-        manager.broker.pump()
-        metrics.update_devices(manager)
-        now = manager.now()
+        services = self.services
+        services.broker.pump()
+        metrics.update_devices((d.id, free) for d, free in services.broker.free())
+        now = time.time()
         if now >= self._next_prune:  # finished jobs past their retention
             self._next_prune = now + PRUNE_EVERY_S
-            manager.jobs.store.prune(manager.job_retention)
-        for kernel_id, partition in manager.refresh().items():
+            services.jobs.store.prune(services.settings.job_retention)
+        for kernel_id, partition in services.refresh().items():
             if kernel_id in self._ending:
                 continue
             left = partition.expires_at - now
@@ -70,8 +75,8 @@ class ExpirySupervisor:
             f"{','.join(partition.device_ids)}) expires in {format_duration(left)}; "
             "save your work. The kernel will be stopped then.\n"
         )
-        sent = broadcast(self.manager, kernel_id, text, "expiry_warning", partition, left)
-        self.manager.log.info(
+        sent = self.broadcast(kernel_id, text, "expiry_warning", partition, left)
+        self.log.info(
             "kernel %s: %s (told %d client(s))", kernel_id, text.strip(), sent,
             extra={"event": "expiry_warning", "kernel_id": kernel_id, "partition_id": partition.id},
         )  # fmt: skip
@@ -84,46 +89,40 @@ class ExpirySupervisor:
             f"{','.join(partition.device_ids)}) {how}; the kernel was stopped and the GPU "
             "released. Start a new kernel (or a longer --duration) to go on."
         )
-        sent = broadcast(self.manager, kernel_id, reason + "\n", "expired", partition, 0.0)
-        self.manager.mark_ended(kernel_id, reason)
-        self.manager.log.info(
+        sent = self.broadcast(kernel_id, reason + "\n", "expired", partition, 0.0)
+        self.services.registry.mark_ended(kernel_id, reason)
+        self.log.info(
             "kernel %s: %s (told %d client(s))", kernel_id, reason, sent,
             extra={"event": "expired", "kernel_id": kernel_id, "partition_id": partition.id},
         )  # fmt: skip
         try:
             with contextlib.suppress(KeyError):  # already gone
-                await self.manager.shutdown_kernel(kernel_id, now=True)
+                await self.kernels.shutdown_kernel(kernel_id, now=True)
         finally:
             self._ending.discard(kernel_id)
             self._warned = {w for w in self._warned if w[0] != kernel_id}
 
-
-def broadcast(
-    manager: CumulusKernelManager,
-    kernel_id: str,
-    text: str,
-    event: str,
-    partition: Partition,
-    seconds_left: float,
-) -> int:
-    """Send a stderr stream message and a ``cumulus`` message to every client of a kernel,
-    through each websocket connection's own serialisation (both protocols)."""
-    try:
-        session: Session = manager.get_kernel(kernel_id).session
-    except KeyError:
-        return 0
-    content: dict[str, Any] = {
-        "event": event,
-        "seconds_left": round(seconds_left, 1),
-        "partition": cumulus_model(partition),
-        "message": text.strip(),
-    }
-    messages = [
-        session.msg("stream", {"name": "stderr", "text": text}),
-        session.msg("cumulus", content),
-    ]
-    handlers = list(manager.connections.get(kernel_id, ()))
-    for handler in handlers:
-        for msg in messages:
-            handler.inject_iopub(session.serialize(msg))
-    return len(handlers)
+    def broadcast(
+        self, kernel_id: str, text: str, event: str, partition: Partition, seconds_left: float
+    ) -> int:
+        """Send a stderr stream message and a ``cumulus`` message to every client of a kernel,
+        through each websocket connection's own serialisation (both protocols)."""
+        try:
+            session: Session = self.kernels.get_kernel(kernel_id).session
+        except KeyError:
+            return 0
+        content: dict[str, Any] = {
+            "event": event,
+            "seconds_left": round(seconds_left, 1),
+            "partition": cumulus_model(partition),
+            "message": text.strip(),
+        }
+        messages = [
+            session.msg("stream", {"name": "stderr", "text": text}),
+            session.msg("cumulus", content),
+        ]
+        clients = self.services.registry.clients(kernel_id)
+        for client in clients:
+            for msg in messages:
+                client.inject_iopub(session.serialize(msg))
+        return len(clients)

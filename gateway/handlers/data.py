@@ -1,11 +1,15 @@
 """``/api/cumulus/kernels/{id}/data/{transfer}``: bulk bytes between a client and a kernel.
 
 ``PUT`` stages the request body (the buffers named by ``X-Cumulus-Frames``) in the kernel;
-``GET`` returns the buffers the kernel staged for a pull. See `cumulus_jupyter.datachannel` for
-the whole path. The request is authenticated and scoped like every kernel request; the gateway
+``GET`` returns the buffers the kernel staged for a pull. See `cumulus_jupyter.protocol.dataport`
+for the whole path. The request is authenticated and scoped like every kernel request; the gateway
 then signs a request to the kernel's data port with the kernel's own key, waits for the kernel
 to accept it, takes the client's socket from tornado and moves the body kernel-side with
 ``splice(2)``: the bytes never enter this process's memory, and the event loop never sees them.
+
+A kernel with no data port, or whose port is not listening, refuses or fails, is
+`DataChannelError` (502): the client then sends the values in messages. A pull of nothing staged
+is `NotFound` (404); a transfer over ``max_transfer_bytes`` is `TooLarge` (413).
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from typing import Any
 
 from tornado import web
 
-from cumulus_jupyter import datachannel
-from cumulus_jupyter.errors import CumulusError
+from cumulus_jupyter.errors import (
+    CumulusError,
+    DataChannelError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TooLarge,
+)
+from cumulus_jupyter.protocol import dataport
 from gateway import metrics
-from gateway.handlers import GatewayError, _Errors
+from gateway.handlers.base import CumulusHandler
 
 _CONNECT_TIMEOUT_S = 10.0
 _STALL_TIMEOUT_S = 120.0  # a transfer that moves no byte for this long is cut off
@@ -51,25 +62,22 @@ def _http_response(status: int, reason: str, body: dict[str, Any]) -> bytes:
 
 
 @web.stream_request_body
-class DataHandler(_Errors):
+class DataHandler(CumulusHandler):
     """Both directions are served from `prepare`: the body must not reach tornado's buffers."""
+
+    SUPPORTED_METHODS = ("GET", "PUT")  # tornado answers any other with 405
 
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if not self.current_user:
-            raise web.HTTPError(403)
+            raise PermissionDenied("The data path needs the gateway's token or a user's")
         kernel_id, transfer_id = self.path_kwargs["kernel_id"], self.path_kwargs["transfer_id"]
-        self.gone_or_missing(kernel_id)
-        try:
-            datachannel.check_transfer_id(transfer_id)
-            if self.request.method == "PUT":
-                await self._put(kernel_id, transfer_id)
-            elif self.request.method == "GET":
-                await self._get(kernel_id, transfer_id)
-            else:
-                raise GatewayError(405, "Use PUT to send buffers and GET to fetch them")
-        except CumulusError as exc:
-            raise GatewayError.from_exception(exc) from exc
+        self.check_kernel_access(kernel_id)
+        dataport.check_transfer_id(transfer_id)
+        if self.request.method == "PUT":
+            await self._put(kernel_id, transfer_id)
+        else:
+            await self._get(kernel_id, transfer_id)
 
     # -- the kernel's end ------------------------------------------------------------------------
 
@@ -77,15 +85,15 @@ class DataHandler(_Errors):
         """Send the signed request to the kernel's data port and wait for it to accept:
         through its Unix socket when the kernel is on this host (the client's connection will
         be handed over), else over TCP (the bytes will be relayed)."""
-        km = self.cumulus
+        km = self.kernels
         if kernel_id not in km:
-            raise GatewayError(404, f"No kernel {kernel_id}")
+            raise NotFound(f"No kernel {kernel_id}")
         kernel = km.get_kernel(kernel_id)
         provisioner = kernel.provisioner
         port = getattr(provisioner, "data_port", None)
         unix_path = getattr(provisioner, "data_socket", None)
         if not port:
-            raise GatewayError(409, f"Kernel {kernel_id} has no data port; send through messages")
+            raise DataChannelError(f"Kernel {kernel_id} has no data port; send through messages")
         host, key = kernel.ip, kernel.session.key
 
         def connect() -> _KernelEnd:
@@ -97,20 +105,22 @@ class DataHandler(_Errors):
                 else:
                     sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
             except OSError as exc:
-                raise GatewayError(
-                    409, f"Kernel {kernel_id} is not listening on its data port ({exc.strerror}); "
+                raise DataChannelError(
+                    f"Kernel {kernel_id} is not listening on its data port ({exc.strerror}); "
                     "send through messages"
-                ) from exc  # fmt: skip
+                ) from exc
             try:
-                sock.sendall(datachannel.sign(key, message))
-                answer = datachannel.read_reply(sock)
+                sock.sendall(dataport.sign(key, message))
+                answer = dataport.read_reply(sock)
             except (OSError, CumulusError, ValueError) as exc:
                 sock.close()
-                raise GatewayError(502, f"Kernel {kernel_id}'s data port failed: {exc}") from exc
+                raise DataChannelError(f"Kernel {kernel_id}'s data port failed: {exc}") from exc
             if not answer.get("ok"):
                 sock.close()
-                status = 404 if "no data staged" in str(answer.get("error")) else 409
-                raise GatewayError(status, f"Kernel {kernel_id} refused: {answer.get('error')}")
+                refusal = f"Kernel {kernel_id} refused: {answer.get('error')}"
+                if "no data staged" in str(answer.get("error")):
+                    raise NotFound(refusal)
+                raise DataChannelError(refusal)
             _stall_timeout(sock)
             return _KernelEnd(sock, answer)
 
@@ -125,13 +135,13 @@ class DataHandler(_Errors):
     # -- the two directions ----------------------------------------------------------------------
 
     async def _put(self, kernel_id: str, transfer_id: str) -> None:
-        sizes = datachannel.parse_sizes(self.request.headers.get("X-Cumulus-Frames", ""))
+        sizes = dataport.parse_sizes(self.request.headers.get("X-Cumulus-Frames", ""))
         total = sum(sizes)
         declared = self.request.headers.get("Content-Length")
         if declared is None or int(declared) != total:
-            raise GatewayError(400, "Content-Length must equal the sum of X-Cumulus-Frames")
+            raise InvalidArgument("Content-Length must equal the sum of X-Cumulus-Frames")
         self._check_cap(total)
-        kernel = await self._open_kernel(kernel_id, datachannel.request("put", transfer_id, sizes))
+        kernel = await self._open_kernel(kernel_id, dataport.request("put", transfer_id, sizes))
         stream = self.detach()
         try:
             first = await stream.read_bytes(total, partial=True) if total else b""
@@ -145,12 +155,12 @@ class DataHandler(_Errors):
             with client, kernel.sock:
                 try:
                     if kernel.handover:
-                        datachannel.hand_over(kernel.sock, client)
-                        kernel.sock.sendall(datachannel.frame(first))
+                        dataport.hand_over(kernel.sock, client)
+                        kernel.sock.sendall(dataport.frame(first))
                     else:
                         kernel.sock.sendall(first)
-                        datachannel.pump(client, kernel.sock, total - len(first))
-                    answer = datachannel.read_reply(kernel.sock)
+                        dataport.pump(client, kernel.sock, total - len(first))
+                    answer = dataport.read_reply(kernel.sock)
                 except (OSError, CumulusError, ValueError) as exc:
                     answer = {"ok": False, "error": f"transfer broke off: {exc}"}
                 if answer.get("ok"):
@@ -163,7 +173,7 @@ class DataHandler(_Errors):
         await self._relay(relay)
 
     async def _get(self, kernel_id: str, transfer_id: str) -> None:
-        kernel = await self._open_kernel(kernel_id, datachannel.request("get", transfer_id))
+        kernel = await self._open_kernel(kernel_id, dataport.request("get", transfer_id))
         sizes = [int(s) for s in kernel.answer.get("sizes", [])]
         total = sum(sizes)
         try:
@@ -178,21 +188,21 @@ class DataHandler(_Errors):
                 frames = f"X-Cumulus-Frames: {','.join(map(str, sizes))}\r\n"
                 client.sendall(_http_head(200, "OK", "application/octet-stream", total, frames))
                 if kernel.handover:
-                    datachannel.hand_over(kernel.sock, client)
-                    datachannel.read_reply(kernel.sock)  # the kernel wrote the body itself
+                    dataport.hand_over(kernel.sock, client)
+                    dataport.read_reply(kernel.sock)  # the kernel wrote the body itself
                 else:
-                    datachannel.pump(kernel.sock, client, total)
+                    dataport.pump(kernel.sock, client, total)
                 metrics.TRANSFERRED.labels(direction="pull").inc(total)
 
         await self._relay(relay)
 
     def _check_cap(self, total: int) -> None:
-        cap = int(self.settings.get("cumulus_max_transfer_bytes", 0))
+        cap = self.services.settings.max_transfer_bytes
         if cap and total > cap:
-            raise GatewayError(
-                413, f"This transfer is {total / 2**20:.0f} MiB; the gateway accepts at most "
+            raise TooLarge(
+                f"This transfer is {total / 2**20:.0f} MiB; the gateway accepts at most "
                 f"{cap / 2**20:.0f} MiB (CumulusGateway.max_transfer_bytes)"
-            )  # fmt: skip
+            )
 
     async def _relay(self, work: Any) -> None:
         try:

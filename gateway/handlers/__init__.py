@@ -1,0 +1,20 @@
+"""The gateway's HTTP and WebSocket endpoints, each module a service jupyter_server loads by
+name (its ``default_handlers`` list, see `gateway.app`):
+
+- `gateway.handlers.base`: `CumulusHandler`, the one base of them all, whose ``write_error``
+  turns any `CumulusError` (and any Chronos error) into the JSON error with its status;
+- `gateway.handlers.kernels`: ``/api/kernels`` and its channels WebSocket, in front of
+  jupyter_server's own;
+- `gateway.handlers.cumulus`: ``/api/cumulus/{health,devices,partitions,queue}``;
+- `gateway.handlers.jobs`: ``/api/cumulus/jobs``;
+- `gateway.handlers.data`: ``/api/cumulus/kernels/{id}/data/{transfer}``, the data path;
+- `gateway.handlers.callback`: ``/api/cumulus/kernels/{id}/callback``, kernels in containers.
+"""
+
+SERVICES = [
+    "gateway.handlers.kernels",
+    "gateway.handlers.cumulus",
+    "gateway.handlers.data",
+    "gateway.handlers.callback",
+    "gateway.handlers.jobs",
+]

@@ -1,0 +1,130 @@
+"""`CumulusHandler`, the base of the gateway's REST handlers, and the one ``write_error``.
+
+Handlers raise `CumulusError` subclasses; `CumulusErrors.write_error` answers with the class's
+status and jupyter_server's JSON error body, ``{"message": str(exc), "reason": class name}``,
+plus ``Retry-After`` (whole seconds, rounded up, at least 1) when the error has ``retry_after``.
+A Chronos error that reaches it is mapped through `gateway.errors` first. Anything else is
+jupyter_server's business (its ``APIHandler.write_error``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import TracebackType
+from typing import Any, cast
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from chronos import ChronosError
+from cumulus_jupyter.errors import (
+    CumulusError,
+    InvalidArgument,
+    PartitionExpired,
+    PermissionDenied,
+)
+from gateway.auth import CumulusIdentityProvider
+from gateway.errors import from_chronos
+from gateway.manager import CumulusKernelManager
+from gateway.services import Services
+
+SERVICES_SETTING = "cumulus_services"  # where the app puts the services in the web app settings
+
+
+def cumulus_error(exc: BaseException | None) -> CumulusError | None:
+    """The `CumulusError` an exception stands for, if it stands for one."""
+    if isinstance(exc, ChronosError):
+        return from_chronos(exc)
+    return exc if isinstance(exc, CumulusError) else None
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+class CumulusErrors(web.RequestHandler):
+    """The ``write_error`` of every gateway handler (REST, and the kernel WebSocket's
+    handshake): mixed in before jupyter_server's handler classes."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = cumulus_error(kwargs.get("exc_info", (None, None, None))[1])
+        if exc is None:
+            super().write_error(status_code, **kwargs)
+            return
+        self.set_status(exc.status)
+        if exc.retry_after is not None:
+            self.set_header("Retry-After", retry_after_header(exc.retry_after))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": str(exc), "reason": type(exc).__name__}))
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """A `CumulusError` is an answer, not a crash: one warning line, no traceback."""
+        exc = cumulus_error(value)
+        if exc is None:
+            super().log_exception(typ, value, tb)
+            return
+        self.log.warning(  # type: ignore[attr-defined]
+            "%d %s %s: %s", exc.status, self.request.method, self.request.path, exc
+        )
+
+
+def services_of(handler: web.RequestHandler) -> Services:
+    return cast(Services, handler.settings[SERVICES_SETTING])
+
+
+def scoped_name(handler: Any) -> str | None:
+    """The requesting user's name when they may touch only their own kernels and jobs."""
+    provider = handler.identity_provider
+    if isinstance(provider, CumulusIdentityProvider):
+        return provider.scoped_name(handler.current_user)
+    return None
+
+
+def check_kernel_access(handler: Any, kernel_id: str) -> None:
+    """`PartitionExpired` (410) with the reason for a kernel whose partition ended;
+    `PermissionDenied` (403) for another user's kernel (per-user tokens); else nothing (an
+    unknown kernel is jupyter_server's 404)."""
+    registry = services_of(handler).registry
+    if kernel_id not in handler.kernel_manager:
+        reason = registry.end_reason(kernel_id)
+        if reason:
+            raise PartitionExpired(reason)
+        return
+    user = scoped_name(handler)
+    if user is not None and registry.owner_of(kernel_id) != user:
+        raise PermissionDenied(f"Kernel {kernel_id} belongs to another user")
+
+
+class CumulusHandler(CumulusErrors, APIHandler):
+    """The base of the gateway's REST handlers."""
+
+    @property
+    def services(self) -> Services:
+        return services_of(self)
+
+    @property
+    def kernels(self) -> CumulusKernelManager:
+        return cast(CumulusKernelManager, self.kernel_manager)
+
+    def scoped_name(self) -> str | None:
+        return scoped_name(self)
+
+    def check_kernel_access(self, kernel_id: str) -> None:
+        check_kernel_access(self, kernel_id)
+
+    def json_object(self) -> dict[str, Any]:
+        """The request's JSON body, an object (`InvalidArgument` otherwise; none is ``{}``)."""
+        try:
+            body = json.loads(self.request.body) if self.request.body else None
+        except ValueError as exc:
+            raise InvalidArgument(f"Invalid JSON in body of request: {exc}") from exc
+        body = body or {}
+        if not isinstance(body, dict):
+            raise InvalidArgument("request body must be a JSON object")
+        return body

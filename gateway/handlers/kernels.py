@@ -1,0 +1,184 @@
+"""``/api/kernels`` and the kernel channels WebSocket, in front of jupyter_server's handlers.
+
+- ``POST /api/kernels`` accepts the ``env`` a Kernel Gateway client sends (``KERNEL_GPU``,
+  ``KERNEL_DURATION``, ``KERNEL_USERNAME``, ...), validates it (`validated_env`) and refuses a
+  bad amount or duration before any kernel machinery starts;
+- ``GET/DELETE /api/kernels/{id}``, its actions and the channels WebSocket answer 410 with the
+  reason for a kernel whose partition ended, 403 for another user's kernel;
+- the kernel WebSocket sets TCP_NODELAY (without it, Nagle's algorithm adds ~40 ms to every
+  execute round trip) and can inject iopub messages (expiry warnings) into its client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, cast
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.services.kernels.handlers import KernelActionHandler as _KernelActionHandler
+from jupyter_server.services.kernels.handlers import (
+    KernelHandler,
+    MainKernelHandler,
+    _kernel_action_regex,
+    _kernel_id_regex,
+)
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from jupyter_server.utils import url_escape, url_path_join
+from tornado import web
+
+from chronos import GpuAmount, parse_duration
+from cumulus_jupyter.errors import InvalidArgument, NotFound, PermissionDenied, TooLarge
+from cumulus_jupyter.protocol import env as names
+from gateway.errors import chronos_boundary
+from gateway.handlers.base import CumulusErrors, CumulusHandler, check_kernel_access, services_of
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE = 4096
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def validated_env(raw: object) -> dict[str, str]:
+    """The request's kernel environment: ``KERNEL_*`` names with bounded, printable values.
+
+    Other names are dropped (a Jupyter Server's ``GatewayClient.allowed_envs`` may send them);
+    a malformed entry is `InvalidArgument` (400) naming it.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidArgument("env must be a JSON object of string values")
+    if len(raw) > MAX_ENV_VARS:
+        raise InvalidArgument(f"env has {len(raw)} variables; at most {MAX_ENV_VARS} allowed")
+    env: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"env {name}: value must be a string")
+        if not _ENV_NAME.fullmatch(name):
+            raise InvalidArgument(f"env {name!r}: not a valid variable name")
+        if len(value) > MAX_ENV_VALUE:
+            raise InvalidArgument(f"env {name}: value longer than {MAX_ENV_VALUE} characters")
+        if _CONTROL.search(value):
+            raise InvalidArgument(f"env {name}: value contains control characters")
+        if name.startswith(names.KERNEL_PREFIX):
+            env[name] = value
+    return env
+
+
+def check_amounts(env: dict[str, str]) -> None:
+    """A bad ``KERNEL_GPU`` or ``KERNEL_DURATION`` is `InvalidArgument`, before any launch."""
+    with chronos_boundary():
+        if names.KERNEL_GPU in env:
+            GpuAmount.parse(env[names.KERNEL_GPU])
+        if names.KERNEL_DURATION in env:
+            parse_duration(env[names.KERNEL_DURATION])
+
+
+class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        km, registry = self.kernels, self.services.registry
+        user = self.scoped_name()
+        models = [
+            km.kernel_model(kernel_id)
+            for kernel_id in km.list_kernel_ids()
+            if user is None or registry.owner_of(kernel_id) == user
+        ]
+        self.finish(json.dumps(models, default=str))
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise TooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        model = self.json_object()
+        km = self.kernels
+        name = model.get("name") or km.default_kernel_name
+        specs = self.kernel_spec_manager.find_kernel_specs()
+        if not isinstance(name, str) or name not in specs:
+            raise NotFound(f"Unknown kernelspec: {name}. Available: {', '.join(specs)}")
+        env = validated_env(model.get("env"))
+        user = self.scoped_name()
+        if user is not None and env.setdefault(names.KERNEL_USERNAME, user) != user:
+            raise PermissionDenied(f"{user} may not start kernels as {env[names.KERNEL_USERNAME]}")
+        check_amounts(env)
+        path = model.get("path")
+        if path is not None and not isinstance(path, str):
+            raise InvalidArgument("path must be a string")
+        kernel_id = await km.start_kernel(kernel_name=name, path=cast(Any, path), env=env)
+        body = km.kernel_model(kernel_id)
+        self.set_header(
+            "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
+        )
+        self.set_status(201)
+        self.finish(json.dumps(body, default=str))
+
+
+class CumulusKernelHandler(CumulusHandler, KernelHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        self.check_kernel_access(kernel_id)
+        model = await ensure_async(self.kernels.kernel_model(kernel_id))
+        self.finish(json.dumps(model, default=str))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, kernel_id: str) -> None:
+        self.check_kernel_access(kernel_id)
+        await self.kernels.shutdown_kernel(kernel_id)
+        self.set_status(204)
+        self.finish()
+
+
+class CumulusKernelActionHandler(CumulusHandler, _KernelActionHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str, action: str) -> None:
+        self.check_kernel_access(kernel_id)
+        km = self.kernels
+        if action == "interrupt":
+            await ensure_async(cast(Any, km).interrupt_kernel(kernel_id))
+            self.set_status(204)
+            self.finish()
+            return
+        await km.restart_kernel(kernel_id)
+        self.finish(json.dumps(km.kernel_model(kernel_id), default=str))
+
+
+class CumulusKernelWebsocketHandler(CumulusErrors, KernelWebsocketHandler):
+    """The channels WebSocket, with TCP_NODELAY and expiry messages."""
+
+    async def pre_get(self) -> None:
+        check_kernel_access(self, self.kernel_id)
+        await super().pre_get()
+
+    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        services = services_of(self)
+        self.set_nodelay(services.settings.tcp_nodelay)
+        services.registry.connect(kernel_id, self)
+        await super().open(kernel_id)
+
+    def on_close(self) -> None:
+        services_of(self).registry.disconnect(getattr(self, "kernel_id", ""), self)
+        super().on_close()
+
+    def inject_iopub(self, frames: list[bytes]) -> None:
+        """Deliver a signed iopub message to this client as if the kernel had sent it, through
+        the connection's own path (so both WebSocket protocols get their framing)."""
+        connection = getattr(self, "connection", None)
+        stream = connection.channels.get("iopub") if connection is not None else None
+        if connection is not None and stream is not None and not stream.closed():
+            connection.handle_outgoing_message("iopub", frames)
+
+
+default_handlers = [  # loaded by jupyter_server as an extra service
+    (r"/api/kernels", CumulusMainKernelHandler),
+    (rf"/api/kernels/{_kernel_id_regex}", CumulusKernelHandler),
+    (rf"/api/kernels/{_kernel_id_regex}/{_kernel_action_regex}", CumulusKernelActionHandler),
+    (rf"/api/kernels/{_kernel_id_regex}/channels", CumulusKernelWebsocketHandler),
+]

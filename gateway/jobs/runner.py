@@ -1,0 +1,186 @@
+"""`JobRunner`: runs each submitted job in a kernel of the gateway's own, on its event loop.
+
+It starts the kernel through the gateway's kernel manager (so the job waits in the partition
+queue like any request, up to ``job_queue_timeout``), runs what `cumulus_jupyter.protocol.code`
+builds before the job's own code (restoring a checkpoint, arming one before expiry, installing
+the requirements), then the code, writing every output to the job's log; and shuts the kernel
+down at the end, which releases the partition. A job that was pending or running when the
+gateway stopped is marked failed on the next start ("the gateway restarted"): nothing is re-run
+behind the user's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+
+from cumulus_jupyter.errors import KernelDied, PartitionExpired
+from cumulus_jupyter.protocol import code as kernel_code
+from cumulus_jupyter.protocol import env as names
+from gateway.jobs.model import Job, JobState
+from gateway.jobs.store import JobStore
+from gateway.registry import KernelRegistry
+from gateway.settings import Settings
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ALIVE_CHECK_S = 1.0
+
+
+class JobRunner:
+    """Runs jobs in kernels started by ``kernels`` (the gateway's kernel manager)."""
+
+    def __init__(
+        self,
+        kernels: AsyncMappingKernelManager,
+        store: JobStore,
+        registry: KernelRegistry,
+        settings: Settings,
+    ) -> None:
+        self.kernels = kernels
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def recover(self) -> None:
+        """After a restart: jobs the old gateway was running cannot be followed any more; they
+        are marked failed and their kernels (adopted like any other) shut down."""
+        for job in self.store.all():
+            if not job.state.final:
+                self._finish(job, JobState.FAILED, "the gateway restarted while the job ran")
+                if job.kernel_id and job.kernel_id in self.kernels:
+                    with contextlib.suppress(Exception):
+                        await self.kernels.shutdown_kernel(job.kernel_id, now=True)
+        self.store.prune(self.settings.job_retention)
+
+    def submit(self, job: Job) -> Job:
+        self.store.save(job)
+        self.store.append(job.id, "")
+        self.tasks[job.id] = asyncio.ensure_future(self._run(job))
+        self.tasks[job.id].add_done_callback(lambda _: self.tasks.pop(job.id, None))
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.state.final:
+            return job
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return self.store.get(job_id)
+
+    def _env(self, job: Job) -> dict[str, str]:
+        return {
+            names.KERNEL_GPU: job.gpu,
+            names.KERNEL_DURATION: str(job.duration_s),
+            names.KERNEL_USERNAME: job.owner,
+            names.KERNEL_LAUNCH_TIMEOUT: str(self.settings.job_queue_timeout),
+            names.JOB_ID: job.id,
+        }
+
+    async def _run(self, job: Job) -> None:
+        kernels = self.kernels
+        kernel_id: str | None = None
+        try:
+            kernel_id = await kernels.start_kernel(
+                kernel_name=kernels.default_kernel_name, env=self._env(job)
+            )
+            assert kernel_id is not None
+            partition = self.registry.partitions[kernel_id]
+            job.kernel_id, job.partition_id = kernel_id, partition.id
+            job.device = ",".join(partition.device_ids)
+            job.state, job.started_at = JobState.RUNNING, time.time()
+            self.store.save(job)
+            await self._execute(job, kernel_id)
+        except asyncio.CancelledError:
+            self._finish(job, JobState.CANCELLED, "cancelled")
+            raise
+        except Exception as exc:
+            reason = self.registry.end_reason(kernel_id) if kernel_id else None
+            self._finish(job, JobState.FAILED, reason or str(exc) or type(exc).__name__)
+        finally:
+            if kernel_id is not None and kernel_id in kernels:
+                with contextlib.suppress(Exception):  # politely: its checkpoint copies finish
+                    await kernels.shutdown_kernel(kernel_id)
+
+    async def _execute(self, job: Job, kernel_id: str) -> None:
+        client: Any = self.kernels.get_kernel(kernel_id).client()  # an AsyncKernelClient
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=self.settings.launch_timeout)
+            prelude = self._prelude(job)
+            if prelude and not await self._run_code(client, job, prelude, kernel_id):
+                self._finish(job, JobState.FAILED, f"preparing the job failed: {job.error}")
+                return
+            install = kernel_code.install(job.requirements) if job.requirements else ""
+            if install and not await self._run_code(client, job, install, kernel_id):
+                self._finish(
+                    job, JobState.FAILED, "installing the requirements failed (see the log)"
+                )
+                return
+            ok = await self._run_code(client, job, job.code, kernel_id)
+            self._finish(job, JobState.COMPLETED if ok else JobState.FAILED, job.error)
+        finally:
+            client.stop_channels()
+
+    def _prelude(self, job: Job) -> str:
+        """Code run before the job's own: restoring a checkpoint, arming one before expiry."""
+        partition = self.registry.partitions.get(job.kernel_id or "")
+        armed = None
+        if job.checkpoint and partition is not None:
+            armed = (job.checkpoint["name"], job.checkpoint["names"], partition.expires_at)
+        return kernel_code.prelude(job.resume, armed)
+
+    async def _run_code(self, client: Any, job: Job, code: str, kernel_id: str) -> bool:
+        """Execute ``code``; write its output to the job's log; whether it succeeded. A kernel
+        that ends meanwhile (its partition expired, it died) fails the job with that reason."""
+        run = asyncio.ensure_future(
+            client.execute_interactive(
+                code, store_history=False, allow_stdin=False,
+                output_hook=lambda message: self._log_output(job, message),
+            )
+        )  # fmt: skip
+        try:
+            while not run.done():
+                await asyncio.wait({run}, timeout=_ALIVE_CHECK_S)
+                if not run.done() and not await self._alive(kernel_id):
+                    reason = self.registry.end_reason(kernel_id)
+                    raise PartitionExpired(reason) if reason else KernelDied("the kernel died")
+            reply: dict[str, Any] = run.result()
+        finally:
+            run.cancel()
+        content = reply["content"]
+        if content.get("status") != "ok":
+            job.error = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
+            return False
+        return True
+
+    async def _alive(self, kernel_id: str) -> bool:
+        if kernel_id not in self.kernels:
+            return False
+        return bool(await ensure_async(self.kernels.get_kernel(kernel_id).is_alive()))
+
+    def _log_output(self, job: Job, message: dict[str, Any]) -> None:
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream":
+            self.store.append(job.id, content.get("text", ""))
+        elif kind in ("execute_result", "display_data"):
+            text = content.get("data", {}).get("text/plain")
+            if text:
+                self.store.append(job.id, text + "\n")
+        elif kind == "error":
+            traceback = "\n".join(content.get("traceback", []))
+            self.store.append(job.id, _ANSI.sub("", traceback) + "\n")
+
+    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+        job.state, job.finished_at = state, time.time()
+        job.error = None if state is JobState.COMPLETED else error
+        self.store.save(job)

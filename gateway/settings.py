@@ -1,0 +1,21 @@
+"""`Settings`: the values the gateway's parts are configured with, read once from the traitlets
+configuration (``--CumulusKernelManager.launch_timeout``, ``--CumulusGateway.max_transfer_bytes``
+...) by the app and handed down inside `gateway.services.Services`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    launch_timeout: float = 60.0  # seconds a kernel request may wait for a partition
+    job_queue_timeout: float = 86400.0  # seconds a batch job may wait for one
+    job_retention: float = 7 * 86400.0  # seconds a finished job is kept
+    data_socket_dir: str = ""  # where kernels' Unix data sockets go; empty: TCP only
+    max_transfer_bytes: int = 16 * 2**30  # one push or pull on the data path; 0: no limit
+    tcp_nodelay: bool = True  # on the kernel WebSocket
+    #: where this gateway listens, for kernels that call back (filled in by the app once its
+    #: HTTP server has its port: runtimes read it at each launch)
+    port: int = 8888
+    base_url: str = "/"
