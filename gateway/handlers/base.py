@@ -10,12 +10,14 @@ jupyter_server's business (its ``APIHandler.write_error``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from types import TracebackType
 from typing import Any, cast
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
+from tornado.log import app_log
 
 from chronos import ChronosError
 from cumulus_jupyter.errors import (
@@ -69,9 +71,8 @@ class CumulusErrors(web.RequestHandler):
         if exc is None:
             super().log_exception(typ, value, tb)
             return
-        self.log.warning(  # type: ignore[attr-defined]
-            "%d %s %s: %s", exc.status, self.request.method, self.request.path, exc
-        )
+        logger: logging.Logger = getattr(self, "log", app_log)  # jupyter_server's, if any
+        logger.warning("%d %s %s: %s", exc.status, self.request.method, self.request.path, exc)
 
 
 def services_of(handler: web.RequestHandler) -> Services:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from chronos import Device, Vendor
+from cumulus_jupyter.errors import InvalidArgument
 from gateway.runtimes import DockerRuntime, Launch, SwarmRuntime, runtime_for
 from gateway.runtimes.docker import exit_code, gpu_options
 
@@ -37,8 +38,8 @@ def test_a_container_is_confined_and_gets_none_of_the_gateways_environment() -> 
     runtime = DockerRuntime(memory="2g", cpus=0.5, callback_url="http://127.0.0.1:9")
     options = runtime.container_options(launch(device(0, Vendor.NVIDIA, uuid="GPU-1")), "tok")
     assert options["command"] == [
-        "python", "-m", "cumulus_jupyter.launcher", "-m", "chronos.confine", "ipykernel_launcher",
-        "-f", "/x.json",
+        "python", "-m", "cumulus_jupyter.agent.launcher", "-m", "chronos.confine",
+        "ipykernel_launcher", "-f", "/x.json",
     ]  # fmt: skip
     assert options["read_only"] and options["user"] == "1000:1000"
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
@@ -52,7 +53,7 @@ def test_a_container_is_confined_and_gets_none_of_the_gateways_environment() -> 
 
 
 def test_root_is_refused_as_the_kernels_user() -> None:
-    with pytest.raises(ValueError, match="must not be root"):
+    with pytest.raises(InvalidArgument, match="must not be root"):
         DockerRuntime(user="0:0").container_options(launch(), "tok")
 
 
@@ -66,7 +67,7 @@ def test_a_swarm_kernel_is_placed_on_the_node_of_its_devices() -> None:
         "CUMULUS_CALLBACK_URL=http://10.0.0.1:8888/api/cumulus/kernels/k-1/callback"
         in options["env"]
     )
-    with pytest.raises(ValueError, match="must all be on one node"):
+    with pytest.raises(InvalidArgument, match="must all be on one node"):
         runtime.service_options(launch(device(0, Vendor.NVIDIA), device(1, Vendor.NVIDIA)), "t")
 
 
@@ -75,7 +76,7 @@ def test_exit_codes_follow_popen() -> None:
 
 
 def test_unknown_runtimes_name_the_choices() -> None:
-    with pytest.raises(ValueError, match="Choose one of: docker, local, swarm"):
+    with pytest.raises(InvalidArgument, match="Choose one of: docker, local, swarm"):
         runtime_for("kubernetes")
 
 
