@@ -54,7 +54,7 @@ class CumulusProvisioner(LocalProvisioner):
 
     partition: Partition | None = None
     runtime_info: dict[str, Any] | None = None
-    data_port: int | None = None  # the kernel's bulk data port (cumulus_jupyter.datachannel)
+    data_port: int | None = None  # the kernel's bulk data port (cumulus_jupyter.protocol.dataport)
     data_socket: str | None = None  # its Unix socket, where the client's connection is handed
     handle: KernelProcess | None = None  # the runtime's handle, kept after the process ended
     ended_outside: str | None = None  # why the kernel was ended by someone else, if it was
