@@ -148,7 +148,8 @@ def test_the_data_endpoint_checks_token_ids_and_lengths(
 def test_when_the_kernels_data_port_is_gone_transfers_fall_back_to_messages(
     gateway: Gateway, session: RemoteSession
 ) -> None:
-    reply = session.execute("_cumulus_remote._DATA.pop().close()", lambda m: None)
+    code = "from cumulus_jupyter.agent import dataserver; dataserver._OPEN.pop().close()"
+    reply = session.execute(code, lambda m: None)
     assert reply["content"]["status"] == "ok"
     big = np.arange(2 * MIB, dtype=np.int64)
     session.push({"big": big})
