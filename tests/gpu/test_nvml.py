@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from chronos import Device, Store, Vendor, Watchdog, confinement_env, discover, nvml
 from chronos.watchdog import EventKind
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.gpu
 
@@ -50,13 +50,12 @@ def nvidia(state_path: Path) -> Iterator[tuple[Store, Device]]:
 
 def wait_for_usage(monitor: nvml.NvmlMonitor, pid: int, minimum: int) -> int:
     """NVML lists a new context within a moment; poll for it rather than sleep a fixed time."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        held = sum(u.bytes for u in monitor.usage() if u.pid == pid)
-        if held >= minimum:
-            return held
-        time.sleep(0.2)
-    raise AssertionError(f"NVML never reported {minimum} bytes for pid {pid}")
+
+    def held() -> int:
+        total = sum(u.bytes for u in monitor.usage() if u.pid == pid)
+        return total if total >= minimum else 0
+
+    return wait_until(held, 60, f"NVML to report {minimum} bytes for pid {pid}")
 
 
 def start(code: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:

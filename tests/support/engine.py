@@ -8,10 +8,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from tests.support.wait import wait_until
 
 ROOT = Path("/var/lib/cumulus-tests")  # images persist between runs: the base is built once
 RUN = Path("/run/cumulus-tests")  # short: containerd's socket paths must fit a sockaddr
@@ -62,14 +63,16 @@ class Engine:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n{self.log()}")
-            if self._answers():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"dockerd did not answer within 60 s:\n{self.log()}")
+        try:
+            wait_until(self._up, 60, "dockerd to answer")
+        except AssertionError:
+            raise RuntimeError(f"dockerd did not answer within 60 s:\n{self.log()}") from None
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n{self.log()}")
+        return self._answers()
 
     def _answers(self) -> bool:
         """``GET /_ping`` on the engine's socket answers OK (a plain socket: a Docker client
@@ -96,9 +99,7 @@ class Engine:
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pidfile.read_text())
             os.kill(pid, 15)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.1)
+            wait_until(lambda: not _alive(pid), 10, f"the leftover dockerd {pid} to stop")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -116,3 +117,11 @@ class Engine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

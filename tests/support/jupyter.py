@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.gateway import free_port
+from tests.support.wait import wait_until
 
 
 @contextmanager
@@ -29,15 +29,16 @@ def jupyter_server(
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
+
+            def answers() -> bool:
                 assert proc.poll() is None, log.read_text()
                 try:
                     headers = {"Authorization": f"token {token}"}
-                    if httpx.get(f"{url}/api/status", headers=headers).status_code == 200:
-                        break
+                    return httpx.get(f"{url}/api/status", headers=headers).status_code == 200
                 except httpx.TransportError:
-                    time.sleep(0.2)
+                    return False
+
+            wait_until(answers, 90, f"{module} to answer")
             yield url, token
         finally:
             proc.terminate()
