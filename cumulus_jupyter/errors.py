@@ -79,13 +79,15 @@ class KernelDied(CumulusError):
 
 
 class RemoteError(CumulusError):
-    """The user's code raised in the remote kernel. ``str()`` is the exception line and the
-    remote traceback; IPython shows the remote traceback itself (`_render_traceback_`)."""
+    """The user's code raised in the remote kernel. ``str()`` is the remote exception's line;
+    the remote traceback is ``traceback`` (as the kernel sent it), shown by IPython in place of
+    a local one (`_render_traceback_`) and by plain Python after the exception, as a note."""
 
     def __init__(self, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+        super().__init__(f"{ename}: {evalue}")
         self.ename, self.evalue, self.traceback = ename, evalue, list(traceback or [])
-        plain = "\n".join(_strip_ansi(line) for line in self.traceback)
-        super().__init__(f"{ename}: {evalue}" + (f"\n{plain}" if plain else ""))
+        if self.traceback:
+            self.add_note("\n".join(_strip_ansi(line) for line in self.traceback))
 
     @classmethod
     def from_reply(cls, content: dict[str, object]) -> RemoteError:

@@ -132,5 +132,6 @@ def test_a_remote_error_keeps_the_remote_traceback() -> None:
         {"ename": "ZeroDivisionError", "evalue": "division by zero",
          "traceback": ["\x1b[31mTraceback\x1b[0m", "  1/0"]}
     )  # fmt: skip
-    assert str(error).splitlines() == ["ZeroDivisionError: division by zero", "Traceback", "  1/0"]
-    assert error._render_traceback_()[0] == "\x1b[31mTraceback\x1b[0m"
+    assert str(error) == "ZeroDivisionError: division by zero"  # one line, like every error
+    assert error.__notes__ == ["Traceback\n  1/0"]  # plain Python prints it after the line
+    assert error._render_traceback_()[0] == "\x1b[31mTraceback\x1b[0m"  # IPython's view
