@@ -160,12 +160,15 @@ def size_of(name: str, value: Any) -> int:
 
 
 def describe(value: Any) -> dict[str, Any]:
-    """What a `RemoteRef` shows of a value it does not hold."""
+    """What a `RemoteRef` shows of a value it does not hold, and its ``fingerprint`` (so the
+    client can tell, without bringing it back, whether a value it sent changed there)."""
     info: dict[str, Any] = {"type": type(value).__name__}
     for attribute in ("shape", "dtype"):
         if hasattr(value, attribute):
             info[attribute] = str(getattr(value, attribute))
-    info["bytes"] = size_of("value", value)
+    payload, buffers = dumps("value", value)
+    info["bytes"] = len(payload) + sum(b.raw().nbytes for b in buffers)
+    info["fingerprint"] = fingerprint(payload, buffers)
     return info
 
 

@@ -1,32 +1,14 @@
-"""What a cell reads and assigns, and values surviving the trip (pickle-5 buffers out of band)."""
+"""Values surviving the trip (pickle-5 buffers out of band), fingerprints, module pickling."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cumulus_jupyter import cells, transfer
+from cumulus_jupyter import transfer
 from cumulus_jupyter.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.mark.parametrize(
-    ("code", "reads", "assigns"),
-    [
-        ("y = x @ x.T\nprint(y.shape)", ["x"], ["y"]),
-        ("import numpy as np\nz = np.zeros(n)", ["n"], ["np", "z"]),
-        ("a = 1\nb = a + c", ["c"], ["a", "b"]),
-        ("def f(q):\n    return q + hidden\nr = f(k)", ["k"], ["f", "r"]),
-        ("s = [i * w for i in items]", ["items"], ["s"]),
-        ("%time t = slow()\nu = v", ["v"], ["u"]),
-        ("for i in range(3):\n    acc += i", ["acc"], ["i", "acc"]),
-        ("this is not python (", [], []),
-    ],
-)
-def test_cell_names(code: str, reads: list[str], assigns: list[str]) -> None:
-    names = cells.cell_names(code)
-    assert (names.reads, names.assigns) == (reads, assigns)
 
 
 def round_trip(value: object) -> object:

@@ -1,0 +1,121 @@
+"""What a ``%%cumulus`` cell sends, brings back and deletes, so that it leaves the notebook's
+namespace as the same cell run locally would (`cumulus_jupyter.cells` says which names the
+cell reads, binds and deletes; this decides what that means for values).
+
+- **push**: every name the cell may read that exists here, modules included: an installed
+  module travels by reference (the remote kernel imports it), a local one (a ``helpers.py``
+  beside the notebook) by value (`transfer.register_local_modules`). IPython's own names
+  (``In``, ``Out``, ``_``, ``get_ipython``, ...) and `RemoteRef`s (already remote) stay.
+  Only values that changed since the remote last held them are sent (`transfer.Ledger`).
+- **pull**: the names the cell binds at top level (and ``global`` names its functions bind).
+  A name bound only by an ``import`` comes back only if its module can be imported here (it
+  travels by reference; a package the remote has and this side lacks would not load).
+- **watch**: values the cell was sent that it may change in place (``lst.append(x)``,
+  ``model.fit(X)``, ``a[0] = 1``, anything a called function does): after the cell, the remote
+  says what each now pickles to (no data moves), and those that changed come back.
+- **deletes**: a name the cell deleted that the remote no longer has is deleted here too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cumulus_jupyter.cells import CellNames
+from cumulus_jupyter.session import RemoteRef, RemoteSession
+
+# IPython's history and helpers; they describe this kernel, never the cell's data
+_IPYTHON = re.compile(r"_|__|___|_i|_ii|_iii|_i?\d+|_ih|_oh|_dh|In|Out|get_ipython|exit|quit")
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, types.ModuleType,
+              types.FunctionType, types.BuiltinFunctionType, type)  # fmt: skip
+
+
+def ipython_name(name: str, namespace: Mapping[str, Any], hidden: Mapping[str, Any]) -> bool:
+    """Whether ``name`` is IPython's own (its history, ``get_ipython``, names it put there)."""
+    if _IPYTHON.fullmatch(name) or (name.startswith("__") and name.endswith("__")):
+        return True
+    return name in hidden and namespace.get(name) is hidden[name]
+
+
+def _immutable(value: Any) -> bool:
+    if isinstance(value, tuple | frozenset):
+        return all(_immutable(v) for v in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+def _importable(module: str | None) -> bool:
+    if module is None:
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class Plan:
+    push: list[str] = field(default_factory=list)
+    pull: list[str] = field(default_factory=list)
+    watch: list[str] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+
+def plan(
+    names: CellNames,
+    namespace: Mapping[str, Any],
+    hidden: Mapping[str, Any] | None = None,
+    also_push: list[str] | None = None,
+) -> Plan:
+    """What to send before the cell and bring back after it (see the module docstring)."""
+    hidden = hidden or {}
+    wanted = dict.fromkeys([*names.reads, *(also_push or [])])
+    push = [
+        n for n in wanted
+        if n in namespace and not ipython_name(n, namespace, hidden)
+        and not isinstance(namespace[n], RemoteRef)
+    ]  # fmt: skip
+    pull = [
+        n for n in names.assigns
+        if not ipython_name(n, namespace, hidden)
+        and (n not in names.imports or _importable(names.imports[n]))
+    ]  # fmt: skip
+    bound = set(names.assigns)
+    watch = [n for n in push if n not in bound and not _immutable(namespace[n])]
+    return Plan(push=push, pull=pull, watch=watch, deletes=list(names.deletes))
+
+
+def changed_remotely(session: RemoteSession, names: list[str]) -> list[str]:
+    """Of ``names`` (values this side sent or received), those whose remote value no longer
+    pickles to what the session's ledger holds: the remote describes each (its fingerprint),
+    nothing is transferred. A remote that gives no fingerprint counts as changed."""
+    held = {n: session.ledger.held[n] for n in names if n in session.ledger.held}
+    if not held:
+        return []
+    described, _ = session.pull(list(held), 0)  # over 0 bytes: all come back as descriptions
+    session.ledger.sent(held)  # pull forgot them as refs; the remote still holds these values
+    changed = []
+    for name, ref in described.items():
+        info = ref.info if isinstance(ref, RemoteRef) else {}
+        if info.get("fingerprint") != held[name]:
+            changed.append(name)
+    return changed
+
+
+def bring_back(
+    session: RemoteSession, found: Plan, namespace: dict[str, Any], limit: int, skip: list[str]
+) -> None:
+    """After the cell ran: pull what it bound and what it changed in place (values over
+    ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there."""
+    wanted = [n for n in found.pull if n not in skip]
+    assigned, missing = session.pull(wanted, limit)
+    changed = changed_remotely(session, [n for n in found.watch if n not in skip])
+    updated, _ = session.pull(changed, limit)
+    namespace.update(updated | assigned)
+    for name in missing:
+        session.ledger.forget(name)
+        if name in found.deletes:
+            namespace.pop(name, None)
