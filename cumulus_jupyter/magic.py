@@ -12,52 +12,89 @@ kernel and partition. ``%cumulus status | sessions | release [NAME] | push NAMES
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import contextlib
 import shlex
 import sys
 import types
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.display import publish_display_data
+from IPython.core.magic_arguments import argument as _untyped_argument
+from IPython.core.magic_arguments import magic_arguments as _untyped_magic_arguments
 from traitlets import Float, Unicode
 
 from cumulus_jupyter.cells import cell_names
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
+from cumulus_jupyter.frontend import LocalFrontend, Status
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.session import RemoteRef, RemoteSession
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _options(line: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {
-        "gpu": "0.5", "duration": "1h", "session": None, "push": [], "pull": [],
-        "no_push": False, "no_pull": False, "gateway": None, "renew": False, "requirements": None,
-        "resume": None, "checkpoint_before_expiry": None,
-    }  # fmt: skip
-    words = shlex.split(line)
-    i = 0
-    while i < len(words):
-        word = words[i]
-        key = word.lstrip("-").replace("-", "_")
-        if word in ("--no-push", "--no-pull", "--renew"):
-            opts[key] = True
-        elif word in ("--gpu", "--duration", "--session", "--gateway", "--push", "--pull",
-                      "--requirements", "--resume", "--checkpoint-before-expiry"):  # fmt: skip
-            if i + 1 >= len(words):
-                raise InvalidArgument(f"{word} needs a value")
-            value = words[i + 1]
-            listed = key in ("push", "pull", "checkpoint_before_expiry")
-            opts[key] = [n for n in value.split(",") if n] if listed else value
-            i += 1
-        else:
+
+def _argument(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """IPython's `magic_arguments.argument`, typed."""
+    return _untyped_argument(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _magic_arguments(name: str) -> Callable[[F], F]:
+    """IPython's `magic_arguments.magic_arguments`, typed (``name`` as the usage line says)."""
+    return _untyped_magic_arguments(name)  # type: ignore[no-untyped-call]
+
+
+#: the options of ``%%cumulus`` that list names
+_LISTED = ("push", "pull", "checkpoint_before_expiry")
+
+
+def _names(value: str) -> list[str]:
+    return [n for n in value.split(",") if n]
+
+
+def _parse(parser: argparse.ArgumentParser, line: str, cell: bool = True) -> argparse.Namespace:
+    """``line`` (shell quoting, as before) through a magic's parser; a bad option is one
+    `InvalidArgument`, never a usage traceback."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise InvalidArgument(f"Cannot read the options: {exc}") from None
+    try:
+        return parser.parse_args(words)
+    except UsageError as exc:
+        message = str(exc)
+        if message.startswith("unrecognized arguments: "):
+            word = message.removeprefix("unrecognized arguments: ").split()[0]
+            if not cell:
+                raise InvalidArgument(
+                    f"Unknown option: {word}. Use --session, --name (see %cumulus?)"
+                ) from None
             raise InvalidArgument(
                 f"Unknown option: {word}. Use --gpu, --duration, --session, --push, --pull, "
                 "--no-push, --no-pull, --renew, --gateway, --requirements, --resume, "
-                "--checkpoint-before-expiry"
-            )
-        i += 1
+                "--checkpoint-before-expiry, --quiet (see %%cumulus?)"
+            ) from None
+        if message.startswith("argument ") and "expected one argument" in message:
+            option = message.removeprefix("argument ").split(":")[0].split("/")[-1]
+            raise InvalidArgument(f"{option} needs a value") from None
+        raise InvalidArgument(f"{message} (see {'%%cumulus' if cell else '%cumulus'}?)") from None
+
+
+def _parser_of(magic: Any) -> argparse.ArgumentParser:
+    """The parser `magic_arguments` gave a magic (its ``?`` help is made from it)."""
+    return magic.parser  # type: ignore[no-any-return]
+
+
+def _options(line: str) -> dict[str, Any]:
+    opts = vars(_parse(_parser_of(CumulusMagics.cumulus), line))
+    for key in _LISTED:
+        value = opts[key]
+        opts[key] = _names(value) if isinstance(value, str) else list(value or [])
     return opts
 
 
@@ -76,6 +113,17 @@ class CumulusMagics(Magics):
         super().__init__(shell)
         self.sessions: dict[str, RemoteSession] = {}
         self.current = ""  # the session the last %%cumulus cell used: line commands act on it
+        self.frontend = LocalFrontend(shell)
+        self.status = Status(self.frontend, quiet=True)  # the cell's; a new one per cell
+        # a notebook closed or restarted gives its partitions back (a crash cannot)
+        atexit.register(_release_at_exit, weakref.ref(self))
+
+    def release_all(self, timeout: float = 4.0) -> None:
+        """Release every session at once, waiting at most ``timeout`` seconds in all."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            self.frontend.forget(session)
+        RemoteSession.release_many(sessions, timeout)
 
     @property
     def ns(self) -> dict[str, Any]:
@@ -94,11 +142,13 @@ class CumulusMagics(Magics):
                 "(the session's variables are sent again), with a longer --duration if needed."
             )
         if old is not None:
-            print(f"Cumulus: {old.lost}. Starting a new session.", file=sys.stderr)
+            self.status.line(f"{old.lost}. Starting a new session.")
+            self.frontend.forget(old)
             with contextlib.suppress(CumulusError):
                 old.release()  # a restarted kernel would still hold the old partition
         settings = GatewaySettings.resolve(opts["gateway"] or self.gateway_url or None)
         session = RemoteSession(name, settings, heartbeat=self.heartbeat_s)
+        session.on_comm = lambda message: self.frontend.comm(message, session)
         session.start(opts["gpu"], opts["duration"], self._progress)
         self.sessions[name] = session
         self.current = name
@@ -106,7 +156,7 @@ class CumulusMagics(Magics):
             again = {n: self.ns[n] for n in old.ledger.held if n in self.ns}
             session.push(again)
             if again:
-                print(f"Cumulus: sent again: {', '.join(sorted(again))}", file=sys.stderr)
+                self.status.line(f"sent again: {', '.join(sorted(again))}")
         return session
 
     def _target(self, args: list[str]) -> tuple[RemoteSession, list[str]]:
@@ -120,13 +170,50 @@ class CumulusMagics(Magics):
             )  # fmt: skip
         return session, args
 
-    @staticmethod
-    def _progress(line: str) -> None:
-        print(f"Cumulus: {line}", file=sys.stderr, flush=True)
+    def _progress(self, line: str) -> None:
+        """Cumulus's news for the cell (any thread): its one status display."""
+        self.status.line(line)
 
     @cell_magic
+    @_magic_arguments("%cumulus")
+    @_argument("--gpu", default="0.5", help="GPU amount of a new session: 0.1-0.9 or 1-8.")
+    @_argument("--duration", default="1h", help="How long a new session's partition lasts.")
+    @_argument(
+        "--session",
+        default=None,
+        help="Cells with the same session share one remote kernel (default: gpu-AMOUNT).",
+    )
+    @_argument("--push", default="", help="Names to send (comma-separated), besides those read.")
+    @_argument(
+        "--pull", default="", help="Names to bring back whatever their size (comma-separated)."
+    )
+    @_argument("--no-push", action="store_true", help="Send no variables.")
+    @_argument("--no-pull", action="store_true", help="Bring no variables back.")
+    @_argument("--gateway", default=None, help="Gateway URL (default: $CUMULUS_GATEWAY_URL).")
+    @_argument(
+        "--renew",
+        action="store_true",
+        help="After an expiry: a new partition, the session's variables sent again.",
+    )
+    @_argument(
+        "--requirements",
+        default=None,
+        help='pip-install into an overlay first: a requirements file or "pkg1 pkg2".',
+    )
+    @_argument("--resume", default=None, help="Restore checkpoint NAME's variables first.")
+    @_argument(
+        "--checkpoint-before-expiry",
+        default=None,
+        help="Checkpoint these remote names (comma-separated) a minute before expiry.",
+    )
+    @_argument("--quiet", action="store_true", help="Hide Cumulus's own status lines.")
     def cumulus(self, line: str, cell: str) -> None:
-        """Run the cell remotely in a GPU partition; see the module docstring."""
+        """Run the cell remotely in a GPU partition: the names it reads go there, the names it
+        assigns come back, its outputs, widgets and input() are live here.
+
+        ``%%cumulus --gpu 0.5 --duration 30m``. Consecutive cells with the same ``--session``
+        share one remote kernel; ``%cumulus?`` lists the line commands.
+        """
         try:
             self._run_cell(line, cell)
         except CumulusError as exc:
@@ -140,8 +227,11 @@ class CumulusMagics(Magics):
                 )
 
     def _run_cell(self, line: str, cell: str) -> None:
+        self.status = Status(self.frontend, quiet=True)
         opts = _options(line)
+        self.status.quiet = opts["quiet"]
         session = self._session(opts)
+        self.frontend.begin(session)
         if opts["requirements"]:
             session.install(_requirements(opts["requirements"]), self._show)
         if opts["resume"]:
@@ -179,24 +269,48 @@ class CumulusMagics(Magics):
         if content.get("status") == "error":
             raise RemoteError.from_reply(content)
 
-    @staticmethod
-    def _show(message: dict[str, Any]) -> None:
-        kind, content = message["msg_type"], message["content"]
-        if kind == "stream":
-            stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
-            stream.write(content.get("text", ""))
-            stream.flush()
-        elif kind in ("display_data", "execute_result", "update_display_data"):
-            publish_display_data(content.get("data", {}), content.get("metadata", {}))  # type: ignore[no-untyped-call]
-        # an "error" output is raised as RemoteError from the reply, with its traceback
+    def _show(self, message: dict[str, Any]) -> None:
+        """An output of the cell's remote kernel, shown as the local kernel's own."""
+        self.frontend.show(message)
 
     @line_magic("cumulus")  # type: ignore[arg-type]
+    @_magic_arguments("cumulus")
+    @_argument(
+        "command",
+        nargs="?",
+        default="status",
+        help=(
+            "status: each session's partition and time left (the default); "
+            "sessions: the same; "
+            "release [NAME ...]: give sessions' partitions back (all without a name); "
+            "push NAMES: send these variables now, changed or not; "
+            "pull NAMES: bring these variables back; "
+            "checkpoint [NAMES] [--name CHECKPOINT]: checkpoint remote variables; "
+            "sync DIR: upload a directory into the remote working directory; "
+            "pip install PACKAGE ...: pip-install into the session's overlay"
+        ),
+    )
+    @_argument("args", nargs=argparse.REMAINDER, help="The command's arguments.")
+    @_argument(
+        "--session", default=None, help="The session to act on (default: the last one used)."
+    )
+    @_argument("--name", default=None, help="checkpoint: the checkpoint's name.")
     def cumulus_line(self, line: str) -> None:
-        """%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES |
-        checkpoint [NAMES] [--name CHECKPOINT] | sync DIR | pip install PACKAGES"""
-        words = shlex.split(line)
+        """Act on the ``%%cumulus`` sessions: status, sessions, release, push, pull,
+        checkpoint, sync, pip install (``%%cumulus?`` lists the cell's options)."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            print(f"InvalidArgument: Cannot read the command: {exc}", file=sys.stderr)
+            return
         command, args = (words[0], words[1:]) if words else ("status", [])
         try:
+            if command.startswith("-"):  # options first: the parser sorts them out
+                parsed = _parse(_parser_of(self.cumulus_line), line, cell=False)
+                command, args = parsed.command, list(parsed.args)
+                for option in ("session", "name"):
+                    if getattr(parsed, option):
+                        args += [f"--{option}", getattr(parsed, option)]
             if command in ("status", "sessions"):
                 if not self.sessions:
                     print("No Cumulus sessions.")
@@ -214,7 +328,9 @@ class CumulusMagics(Magics):
                 for name in args or list(self.sessions):
                     if name not in self.sessions:
                         raise InvalidArgument(f"No session named {name}")
-                    self.sessions.pop(name).release()
+                    session = self.sessions.pop(name)
+                    self.frontend.forget(session)
+                    session.release()
                     print(f"Released session {name}")
             elif command in ("sync", "pip"):
                 session, args = self._target(args)
@@ -254,6 +370,12 @@ class CumulusMagics(Magics):
                 )
         except CumulusError as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _release_at_exit(ref: weakref.ref[CumulusMagics]) -> None:
+    magics = ref()
+    if magics is not None:
+        magics.release_all()
 
 
 def _take_option(args: list[str], option: str, default: str) -> tuple[str, list[str]]:

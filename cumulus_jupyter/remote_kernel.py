@@ -95,11 +95,17 @@ class RemoteKernel:
             queue = []
         if queue:
             head = queue[-1]
+            estimate = head.get("estimated_start")  # an epoch time, when the gateway gives one
+            start = (
+                f", estimated start {time.strftime('%H:%M:%S', time.localtime(estimate))}"
+                if isinstance(estimate, int | float)
+                else ""
+            )
             return (
                 f"waiting for a partition: queue position {head['position']} "
-                f"({head['waiting_for']}), {waited:.0f} s"
+                f"({head['waiting_for']}){start}, waited {waited:.0f} s"
             )
-        return f"starting the remote kernel, {waited:.0f} s"
+        return f"starting the remote kernel, waited {waited:.0f} s"
 
     @classmethod
     async def attach(cls, client: GatewayClient, kernel_id: str) -> RemoteKernel:

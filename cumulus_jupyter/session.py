@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import queue
 import time
@@ -36,6 +37,9 @@ from cumulus_jupyter.remote_kernel import RemoteKernel
 
 #: read back after registering the agent: the kernel's package versions and its data port
 EXPRESSIONS = {"v": kernel_code.VERSIONS_EXPRESSION, "d": kernel_code.DATA_PORT_EXPRESSION}
+
+
+_COMMS = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class _Execution:
@@ -108,6 +112,10 @@ class RemoteSession:
         self.data_error = ""  # why the data path was given up, if it was
         self.max_transfer_bytes = 0  # the gateway's cap on one transfer (0: none)
         self.lost: CumulusError | None = None
+        self.allow_stdin = False  # executes may ask for input (the local front end answers)
+        #: gets the remote kernel's comm traffic that belongs to no execute (a widget's
+        #: answers to the front end after its cell), in the reader's thread
+        self.on_comm: Callable[[Message], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -172,6 +180,24 @@ class RemoteSession:
         if kernel is not None:
             loop.call(self._release(kernel))
 
+    @staticmethod
+    def release_many(sessions: list[RemoteSession], timeout: float = 4.0) -> None:
+        """Release these sessions at once (the local kernel is shutting down), waiting at most
+        ``timeout`` seconds: the gateway finishes a release it has heard of."""
+        kernels = []
+        for session in sessions:
+            kernel, session.kernel = session.kernel, None
+            if kernel is not None:
+                kernels.append((session, kernel))
+        if not kernels:
+            return
+
+        async def release_all() -> None:
+            await asyncio.gather(*(s._release(k) for s, k in kernels), return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            loop.call(asyncio.wait_for(release_all(), timeout))
+
     async def _release(self, kernel: RemoteKernel) -> None:
         for task in (self._reader, self._watcher):
             if task is not None:
@@ -189,8 +215,10 @@ class RemoteSession:
             while True:
                 channel, parts = await self.kernel.recv()
                 key = parent_of(parts).get("msg_id", "")
-                if header_of(parts).get("msg_type") in ("comm_msg", "comm_close"):
-                    key = json.loads(parts[3]).get("comm_id", key)
+                msg_type = header_of(parts).get("msg_type")
+                if msg_type in ("comm_msg", "comm_close"):
+                    comm_id = json.loads(parts[3]).get("comm_id", key)
+                    key = comm_id if comm_id in self._routes else key  # our own comms' answers
                 target = self._routes.get(key)
                 if isinstance(target, _Execution):
                     target.take(messages.parse(parts))
@@ -198,7 +226,10 @@ class RemoteSession:
                     message = messages.parse(parts)
                     message["channel"] = channel
                     target.put(message)
-                elif header_of(parts).get("msg_type") == "cumulus":
+                elif msg_type in _COMMS and channel == "iopub":
+                    if self.on_comm is not None:
+                        self.on_comm(messages.parse(parts))
+                elif msg_type == "cumulus":
                     event = json.loads(parts[3])
                     if event.get("event") == "expired":
                         self._lose(PartitionExpired(event.get("message", "partition expired")))
@@ -258,9 +289,11 @@ class RemoteSession:
         for target in self._routes.values():
             target.put({"msg_type": "_lost", "error": error})
 
-    def _request(self, msg_type: str, content: dict[str, Any]) -> tuple[str, Parts]:
+    def _request(
+        self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None
+    ) -> tuple[str, Parts]:
         """A new request's id and its packed parts (header, parent, metadata, content)."""
-        msg = self.session.msg(msg_type, content)
+        msg = self.session.msg(msg_type, content, parent=parent)
         parts = [
             self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
         ]
@@ -268,11 +301,15 @@ class RemoteSession:
 
     @staticmethod
     def _execute_content(
-        code: str, silent: bool = False, expressions: dict[str, str] | None = None
+        code: str,
+        silent: bool = False,
+        expressions: dict[str, str] | None = None,
+        allow_stdin: bool = False,
     ) -> dict[str, Any]:
         return {
             "code": code, "silent": silent, "store_history": not silent,
-            "user_expressions": expressions or {}, "allow_stdin": False, "stop_on_error": True,
+            "user_expressions": expressions or {}, "allow_stdin": allow_stdin,
+            "stop_on_error": True,
         }  # fmt: skip
 
     async def _execute_async(
@@ -324,17 +361,43 @@ class RemoteSession:
     def _send_execute(self, code: str, execution: _Execution) -> str:
         assert self.kernel is not None
         kernel = self.kernel
-        msg_id, parts = self._request("execute_request", self._execute_content(code))
+        msg_id, parts = self._request(
+            "execute_request", self._execute_content(code, allow_stdin=self.allow_stdin)
+        )
         self._routes[msg_id] = execution
+        self._send_soon(kernel, "shell", parts)
+        return msg_id
+
+    def _send_soon(self, kernel: RemoteKernel, channel: str, parts: Parts) -> None:
+        """Send on the background loop without waiting for it here."""
 
         async def send() -> None:
             try:
-                await kernel.send("shell", parts)
+                await kernel.send(channel, parts)
             except Exception as exc:  # the link is gone: the waiting thread must hear it
                 self._lose(self._gone(f"became unreachable ({exc})"))
 
         loop.background_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(send()))
+
+    def send_message(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[Any] | None = None,
+        parent: dict[str, Any] | None = None,
+    ) -> str:
+        """Send one message to the remote kernel (a comm_msg from the local front end, an
+        input_reply) without waiting; returns its id, the parent of what answers it."""
+        if self.kernel is None or self.lost is not None:
+            return ""
+        msg_id, parts = self._request(msg_type, content, parent)
+        self._send_soon(self.kernel, channel, [*parts, *(buffers or [])])
         return msg_id
+
+    def reply_input(self, value: str, request: dict[str, Any]) -> None:
+        """Answer the remote kernel's ``input_request`` (its header: ``request``)."""
+        self.send_message("stdin", "input_reply", {"value": value}, parent=request)
 
     def _comm(
         self, data: dict[str, Any], buffers: list[Any], target: str = kernel_code.VARS_TARGET

@@ -66,6 +66,17 @@ def run(
     return reply, out, err, outputs
 
 
+def status_text(outputs: list[dict[str, Any]]) -> str:
+    """Cumulus's status display of a cell (one display updated in place), as last shown."""
+    texts: dict[str, str] = {}
+    for m in outputs:
+        if m["msg_type"] in ("display_data", "update_display_data"):
+            display_id = m["content"].get("transient", {}).get("display_id", "")
+            if display_id.startswith("cumulus-"):
+                texts[display_id] = m["content"]["data"]["text/plain"]
+    return "\n".join(texts.values())
+
+
 def _session_attr(kc: BlockingKernelClient, session: str, attribute: str) -> str:
     """``str()`` of an attribute of a magic session, read in the notebook kernel."""
     _, out, _, _ = run(
@@ -92,13 +103,15 @@ def _status_once_lost(kc: BlockingKernelClient, session: str) -> str:
 def test_a_cell_runs_remotely_with_variables_both_ways(notebook: Any) -> None:
     kc, gw = notebook
     run(kc, "import numpy as np\nx = np.arange(6.0).reshape(2, 3)")
-    reply, out, err, _ = run(
+    reply, out, err, outputs = run(
         kc,
         "%%cumulus --gpu 0.5 --duration 30m\nimport numpy as np, os\ny = x @ x.T\nwhere = os.environ['CHRONOS_PARTITION_ID']\nprint(y.shape)",
     )
     assert reply["status"] == "ok", err
     assert out == "(2, 2)\n"
-    assert "Cumulus: partition p-" in err and "ready (0.5 GPU" in err
+    assert err == ""  # Cumulus's own lines are a display, not stderr
+    status = status_text(outputs)
+    assert "Cumulus: partition p-" in status and "ready (0.5 GPU" in status
     reply, out, _, _ = run(kc, "print(y.tolist(), where.startswith('p-'))")  # y and where came back
     assert out == "[[5.0, 14.0], [14.0, 50.0]] True\n"
     [kernel] = gw.get("/api/kernels").json()
@@ -230,9 +243,9 @@ def test_an_expired_session_says_so_and_the_next_cell_gets_a_new_partition(noteb
         f"PartitionExpired: Session exp: Partition {partition_id} (0.5 GPU on gpu0) expired" in err
     )
     assert "Run the cell with --renew for a new partition" in err
-    _, out, err, _ = run(kc, "%%cumulus --session exp --renew\nprint(keep + 1)")
+    _, out, err, outputs = run(kc, "%%cumulus --session exp --renew\nprint(keep + 1)")
     assert out == "42\n"  # keep came back from the old partition and was sent to the new one
-    assert "Cumulus: sent again: keep" in err
+    assert "Cumulus: sent again: keep" in status_text(outputs)
     run(kc, "%cumulus release exp")
 
 
@@ -388,9 +401,11 @@ def test_a_kernel_that_died_between_cells_is_reported_and_replaced(notebook: Any
     line = _status_once_lost(kc, "died")
     assert "session died lost: the kernel died at" in line
     assert "its variables are gone" in line
-    reply, out, err, _ = run(kc, "%%cumulus --session died\nprint(base + 2)")
+    reply, out, _, outputs = run(kc, "%%cumulus --session died\nprint(base + 2)")
     assert reply["status"] == "ok"
-    assert "session died lost: the kernel died at" in err and "Starting a new session" in err
+    status = status_text(outputs)
+    assert "session died lost: the kernel died at" in status, status
+    assert "Starting a new session" in status
     assert out == "42\n"  # base was pushed again to the new kernel
     assert _kernel_of(kc, "died") != kernel_id
     partitions = [p["id"] for p in gw.get("/api/cumulus/partitions").json()]
@@ -426,33 +441,46 @@ def test_a_queued_cell_shows_its_queue_position_then_its_partition(notebook: Any
     assert reply["status"] == "ok", err
     holder = _kernel_of(kc, "whole")
     msg_id = kc.execute("%%cumulus --gpu 0.5 --session queued\nprint('ran')")
-    stderr: list[str] = []
+    seen: list[dict[str, Any]] = []
 
-    def waiting(message: dict[str, Any]) -> bool:
-        if message["parent_header"].get("msg_id") != msg_id or message["msg_type"] != "stream":
-            return False
-        stderr.append(message["content"]["text"])
-        return "queue position 1" in "".join(stderr)
+    def mine(message: dict[str, Any]) -> bool:
+        if message["parent_header"].get("msg_id") == msg_id:
+            seen.append(message)
+        return False
 
-    iopub_message(kc, waiting, timeout=120)
+    def queued() -> bool:
+        with contextlib.suppress(Exception):  # no message yet: ask again
+            iopub_message(kc, mine, timeout=0.5)
+        return "queue position 1" in status_text(seen)
+
+    wait_until(queued, 120, "the status display to show the queue position")
     assert re.search(
-        r"Cumulus: waiting for a partition: queue position 1 \(no device has 0.5 free .*\), \d+ s",
-        "".join(stderr),
-    )
+        r"Cumulus: waiting for a partition: queue position 1 \(no device has 0.5 free .*\), "
+        r"waited \d+ s",
+        status_text(seen),
+    ), status_text(seen)
     assert gw.delete(f"/api/kernels/{holder}").status_code == 204  # the device frees up
     ran = iopub_message(
         kc,
         lambda m: (
-            m["parent_header"].get("msg_id") == msg_id
-            and m["msg_type"] == "stream"
-            and (stderr.append(m["content"]["text"]) or "ran" in m["content"]["text"])
+            mine(m)
+            or (
+                m["parent_header"].get("msg_id") == msg_id
+                and m["msg_type"] == "stream"
+                and "ran" in m["content"]["text"]
+            )
         ),
         timeout=120,
     )
     assert ran["content"]["text"] == "ran\n"
     assert shell_reply(kc, msg_id)["content"]["status"] == "ok"
-    text = "".join(stderr)
-    assert "ready (0.5 GPU" in text.split("queue position 1", 1)[1]  # ready came after the wait
+    displays = [m for m in seen if m["msg_type"] in ("display_data", "update_display_data")]
+    assert [m["msg_type"] for m in displays][:1] == ["display_data"]
+    assert len(displays) >= 2 and {m["msg_type"] for m in displays[1:]} == {"update_display_data"}
+    assert len({m["content"]["transient"]["display_id"] for m in displays}) == 1  # one, in place
+    assert not [m for m in seen if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"]
+    final = status_text(seen)
+    assert "waiting" not in final and re.search(r"ready \(0.5 GPU.*after \d+\.\d s", final)
     run(kc, "%cumulus release")
 
 
