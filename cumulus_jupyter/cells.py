@@ -18,8 +18,9 @@ says it is, in every nested function, lambda, class body and comprehension.
   targets, walrus, ``import``, ``def``, ``class``, ``match`` captures, ``except ... as``) and
   names a nested scope declares ``global`` and binds; never names bound only inside a nested
   scope.
-- **deletes**: names ``del`` unbinds at top level (or, declared ``global``, in a nested scope):
-  if the remote no longer has them after the cell, they go locally too.
+- **deletes**: names ``del`` unbinds at top level (and ``except ... as e`` names, which Python
+  unbinds when the handler ends): if the remote no longer has them after the cell, they go
+  locally too.
 - **imports**: names bound by ``import`` statements at top level, with the top-level module
   they come from (``None`` for a relative import), so the caller can decide whether the value
   can come back here.
@@ -85,7 +86,7 @@ def cell_names(code: str, python: str | None = None) -> CellNames:
         for name in mentioned:
             if name in global_reads and name not in definitely_bound and name not in reads:
                 reads.append(name)
-        deleted = _deleted(statement)
+        deleted = _unbound(statement)
         for name in _bound(statement):
             symbol = top.get(name)
             is_bound = symbol is not None and (symbol.is_assigned() or symbol.is_imported())
@@ -98,9 +99,17 @@ def cell_names(code: str, python: str | None = None) -> CellNames:
             imports.setdefault(name, module)
         definitely_bound |= _definitely_bound(statement)
         definitely_bound -= deleted
-    # names a nested scope binds as globals but whose binding the walk above did not see
+    # names a nested scope binds (or deletes) as globals
     for name in sorted(bound_globals - set(assigns)):
         assigns.append(name)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Del)
+            and node.id in bound_globals
+        ):
+            deletes.append(node.id)
+    deletes = list(dict.fromkeys(deletes))
     # a name also bound otherwise than by an import statement is not "only an import"
     others = _non_import_bindings(tree)
     imports = {n: m for n, m in imports.items() if n not in others}
@@ -152,7 +161,7 @@ def _own_scope(node: ast.AST) -> list[ast.AST]:
     while stack:
         current = stack.pop()
         out.append(current)
-        if current is not node and isinstance(current, _SCOPES):
+        if isinstance(current, _SCOPES):
             if isinstance(current, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 stack.extend(current.args.defaults)
                 stack.extend(d for d in current.args.kw_defaults if d is not None)
@@ -198,6 +207,17 @@ def _deleted(statement: ast.stmt) -> set[str]:
         for node in _own_scope(statement)
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del)
     }
+
+
+def _unbound(statement: ast.stmt) -> set[str]:
+    """Names ``statement`` may leave unbound: ``del``, and ``except ... as e`` (Python deletes
+    ``e`` when the handler ends, even if it was bound before)."""
+    handlers = {
+        node.name
+        for node in _own_scope(statement)
+        if isinstance(node, ast.ExceptHandler) and node.name
+    }
+    return _deleted(statement) | handlers
 
 
 def _alias_name(alias: ast.alias) -> str:

@@ -9,10 +9,13 @@ which names a cell reads and assigns is `cumulus_jupyter.cells`).
 
 from __future__ import annotations
 
+import dis
 import functools
 import importlib.metadata
+import io
 import pickle
 import sys
+import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -57,12 +60,114 @@ def register_local_modules() -> list[str]:
     return added
 
 
-def dumps(name: str, value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def _main_namespace() -> dict[str, Any]:
+    """The namespace of whoever loads a notebook function: the kernel's user namespace."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        shell = None
+    namespace: dict[str, Any] = (
+        shell.user_ns if shell is not None else vars(sys.modules["__main__"])
+    )
+    return namespace
+
+
+class _MainNamespace:
+    """Pickles as "the loading side's user namespace"."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _main_namespace, ()
+
+
+_MAIN = _MainNamespace()
+
+
+def _rebuilt_setstate(function: types.FunctionType, state: Any) -> None:
+    """cloudpickle's function state, except that the globals it carries only fill in names the
+    namespace lacks (the values a cell sends by name are the ones that count) and the
+    namespace's own ``__builtins__`` is left as it is."""
+    attributes, slotstate = state
+    carried = slotstate.get("__globals__", {})
+    namespace = function.__globals__
+    builtins_before = namespace.get("__builtins__", sys.modules["builtins"])
+    cloudpickle.cloudpickle._function_setstate(
+        function, (attributes, {**slotstate, "__globals__": {}})
+    )
+    namespace["__builtins__"] = builtins_before  # cloudpickle sets its own module's
+    for key, value in carried.items():
+        namespace.setdefault(key, value)
+
+
+_GLOBAL_OPS = {"LOAD_GLOBAL": 0, "LOAD_NAME": 0, "STORE_GLOBAL": 1, "DELETE_GLOBAL": 2}
+
+
+def _code_globals(code: types.CodeType) -> tuple[set[str], set[str], set[str]]:
+    """The global names ``code`` (and the code nested in it) reads, binds and deletes."""
+    found: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_OPS:
+            found[_GLOBAL_OPS[instruction.opname]].add(str(instruction.argval))
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            for mine, nested in zip(found, _code_globals(constant), strict=True):
+                mine |= nested
+    return found
+
+
+class _NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, but a function of the notebook (its globals are ``namespace``: defined in a
+    cell, or a method of a class defined in one) travels without its globals and is rebuilt
+    with the receiving kernel's user namespace as its globals: there it reads and writes that
+    namespace, as it did this one (cloudpickle alone gives it a private copy of what it read).
+    The names it reads and writes are collected, for the caller to send and bring back."""
+
+    def __init__(self, file: Any, namespace: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.namespace = namespace
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
+        self.deletes: set[str] = set()
+
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> Any:
+        reduced = super()._dynamic_function_reduce(func)
+        if func.__globals__ is not self.namespace:
+            return reduced
+        make, newargs, (state, slotstate), *_ = reduced
+        reads, writes, deletes = _code_globals(func.__code__)
+        self.reads |= reads
+        self.writes |= writes | deletes
+        self.deletes |= deletes
+        newargs = (newargs[0], _MAIN, *newargs[2:])
+        return make, newargs, (state, slotstate), None, None, _rebuilt_setstate
+
+
+def notebook_globals(
+    value: Any, namespace: Mapping[str, Any]
+) -> tuple[set[str], set[str], set[str]]:
+    """The global names the notebook functions inside ``value`` read, bind and delete (pickling
+    it as `dumps` does with ``namespace``, buffers left untouched: no data is copied)."""
+    pickler = _NotebookPickler(io.BytesIO(), namespace, protocol=5, buffer_callback=lambda b: None)
+    pickler.dump(value)
+    return pickler.reads, pickler.writes, pickler.deletes
+
+
+def dumps(
+    name: str, value: Any, namespace: Mapping[str, Any] | None = None
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``value`` (protocol 5, out-of-band buffers); `InvalidArgument` names the variable
-    and the reason when neither cloudpickle nor dill can."""
+    and the reason when neither cloudpickle nor dill can. With ``namespace`` (the notebook's),
+    functions defined in it travel as `_NotebookPickler` says."""
     register_local_modules()
     buffers: list[pickle.PickleBuffer] = []
     try:
+        if namespace is not None:
+            file = io.BytesIO()
+            _NotebookPickler(file, namespace, protocol=5, buffer_callback=buffers.append).dump(
+                value
+            )
+            return file.getvalue(), buffers
         return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
     except Exception as first:  # cloudpickle raises many kinds
         try:
@@ -124,6 +229,9 @@ class Ledger:
 
     def __init__(self) -> None:
         self.held: dict[str, str] = {}
+        # the notebook's namespace, once a %%cumulus cell sent from it: its functions travel
+        # rebound to the remote namespace (`dumps`)
+        self.namespace: Mapping[str, Any] | None = None
 
     def changes(
         self, values: Mapping[str, Any], force: bool = False
@@ -133,7 +241,7 @@ class Ledger:
         changed: dict[str, Pickled] = {}
         prints: dict[str, str] = {}
         for name, value in values.items():
-            pickled = dumps(name, value)
+            pickled = dumps(name, value, self.namespace)
             prints[name] = fingerprint(*pickled)
             if force or self.held.get(name) != prints[name]:
                 changed[name] = pickled
@@ -146,7 +254,7 @@ class Ledger:
     def received(self, values: Mapping[str, Any]) -> None:
         """What came back from the remote is what it holds."""
         for name, value in values.items():
-            self.held[name] = fingerprint(*dumps(name, value))
+            self.held[name] = fingerprint(*dumps(name, value, self.namespace))
 
     def forget(self, name: str) -> None:
         """The remote's value is not known here (it stayed remote, or is gone)."""

@@ -10,6 +10,9 @@ cell reads, binds and deletes; this decides what that means for values).
 - **pull**: the names the cell binds at top level (and ``global`` names its functions bind).
   A name bound only by an ``import`` comes back only if its module can be imported here (it
   travels by reference; a package the remote has and this side lacks would not load).
+- **their functions' globals**: a function defined in the notebook travels rebound to the
+  remote namespace (`transfer.dumps`), so the globals it reads are sent too, and those it
+  binds (``global counter``) or deletes are brought back (or deleted) like the cell's own.
 - **watch**: values the cell was sent that it may change in place (``lst.append(x)``,
   ``model.fit(X)``, ``a[0] = 1``, anything a called function does): after the cell, the remote
   says what each now pickles to (no data moves), and those that changed come back.
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cumulus_jupyter import transfer
 from cumulus_jupyter.cells import CellNames
+from cumulus_jupyter.errors import Internal
 from cumulus_jupyter.session import RemoteRef, RemoteSession
 
 # IPython's history and helpers; they describe this kernel, never the cell's data
@@ -83,9 +89,35 @@ def plan(
         if not ipython_name(n, namespace, hidden)
         and (n not in names.imports or _importable(names.imports[n]))
     ]  # fmt: skip
-    bound = set(names.assigns)
+    deletes = list(names.deletes)
+    # what the notebook functions sent read and write (a helper defined in an earlier cell
+    # that appends to a global list, or declares one `global`): send and bring back those too
+    queue = list(push)
+    while queue:
+        try:
+            reads, writes, dels = transfer.notebook_globals(namespace[queue.pop()], namespace)
+        except Exception:  # cannot be pickled: the push will say so, naming it
+            continue
+        for name in sorted(reads):
+            if (
+                name in namespace
+                and name not in push
+                and not ipython_name(name, namespace, hidden)
+                and not isinstance(namespace[name], RemoteRef)
+            ):
+                push.append(name)
+                queue.append(name)
+        pull += [n for n in sorted(writes) if n not in pull]
+        deletes += [n for n in sorted(dels) if n not in deletes]
+    bound = set(pull)
     watch = [n for n in push if n not in bound and not _immutable(namespace[n])]
-    return Plan(push=push, pull=pull, watch=watch, deletes=list(names.deletes))
+    return Plan(push=push, pull=pull, watch=watch, deletes=deletes)
+
+
+def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> list[str]:
+    """Push what the plan says, the notebook's functions rebound to the remote namespace."""
+    session.ledger.namespace = namespace
+    return session.push({n: namespace[n] for n in found.push})
 
 
 def changed_remotely(session: RemoteSession, names: list[str]) -> list[str]:
@@ -111,11 +143,35 @@ def bring_back(
     """After the cell ran: pull what it bound and what it changed in place (values over
     ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there."""
     wanted = [n for n in found.pull if n not in skip]
-    assigned, missing = session.pull(wanted, limit)
+    assigned, missing = _pull_what_can_come(session, wanted, limit)
     changed = changed_remotely(session, [n for n in found.watch if n not in skip])
-    updated, _ = session.pull(changed, limit)
+    updated, _ = _pull_what_can_come(session, changed, limit)
     namespace.update(updated | assigned)
     for name in missing:
         session.ledger.forget(name)
         if name in found.deletes:
             namespace.pop(name, None)
+
+
+def _pull_what_can_come(
+    session: RemoteSession, names: list[str], limit: int
+) -> tuple[dict[str, Any], list[str]]:
+    """`RemoteSession.pull`, but one value that cannot be pickled there (a file the cell
+    opened) does not keep the others from coming back: it stays remote, with a note."""
+    try:
+        return session.pull(names, limit)
+    except Internal as exc:
+        if len(names) < 2:
+            print(f"Cumulus: {', '.join(names)} stays in the remote kernel: {exc}", file=sys.stderr)
+            return {}, []
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    for name in names:
+        try:
+            one, gone = session.pull([name], limit)
+        except Internal as exc:
+            print(f"Cumulus: {name} stays in the remote kernel: {exc}", file=sys.stderr)
+            continue
+        values.update(one)
+        missing.extend(gone)
+    return values, missing
