@@ -17,7 +17,6 @@ import atexit
 import contextlib
 import shlex
 import sys
-import types
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -29,12 +28,13 @@ from IPython.core.magic_arguments import argument as _untyped_argument
 from IPython.core.magic_arguments import magic_arguments as _untyped_magic_arguments
 from traitlets import Float, Unicode
 
+from cumulus_jupyter import variables
 from cumulus_jupyter.cells import cell_names
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
 from cumulus_jupyter.frontend import LocalFrontend, Status
 from cumulus_jupyter.protocol import code as kernel_code
-from cumulus_jupyter.session import RemoteRef, RemoteSession
+from cumulus_jupyter.session import RemoteSession
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -240,28 +240,30 @@ class CumulusMagics(Magics):
             expires = float(session.info()["expires_at"])
             names = opts["checkpoint_before_expiry"]
             self._remote(session, kernel_code.before_expiry(session.name, names, expires))
-        names = cell_names(cell)
         ns = self.ns
+        assert self.shell is not None
+        found = variables.plan(
+            cell_names(cell, self.shell.transform_cell(cell)), ns,  # type: ignore[no-untyped-call]
+            self.shell.user_ns_hidden, opts["push"],
+        )  # fmt: skip
         if not opts["no_push"]:
-            wanted = [n for n in dict.fromkeys([*names.reads, *opts["push"]]) if n in ns]
-            values = {
-                n: ns[n] for n in wanted if not isinstance(ns[n], types.ModuleType | RemoteRef)
-            }
             missing = [n for n in opts["push"] if n not in ns]
             if missing:
                 raise InvalidArgument(
                     f"--push names what does not exist here: {', '.join(missing)}"
                 )
-            session.push(values)
+            variables.send(session, found, ns)
         reply = session.execute(cell, self._show)
         content = reply["content"]
-        if content.get("status") == "error":
-            raise RemoteError.from_reply(content)
-        if not opts["no_pull"]:
+        failed = content.get("status") == "error"
+        if not opts["no_pull"]:  # after an error too: what ran before it stays, as it would here
             limit = int(self.ref_threshold_mb * 2**20)
-            assigned, _ = session.pull([n for n in names.assigns if n not in opts["pull"]], limit)
-            explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
-            ns.update(assigned | explicit)
+            with contextlib.suppress(CumulusError) if failed else contextlib.nullcontext():
+                variables.bring_back(session, found, ns, limit, skip=opts["pull"])
+                explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
+                ns.update(explicit)
+        if failed:
+            raise RemoteError.from_reply(content)
 
     def _remote(self, session: RemoteSession, source: str) -> None:
         """Run agent code (`protocol.code`) in the session's kernel; it prints its own line."""
