@@ -29,7 +29,15 @@ SLIDER = "import ipywidgets\nslider = ipywidgets.IntSlider(value=3, min=0, max=1
 READ_SLIDER = "print('slider at', slider.value)"
 
 
-def notebook() -> dict[str, object]:
+MAGIC_CELLS = (
+    "%load_ext cumulus_jupyter",
+    "%%cumulus --session ui --no-pull\nimport ipywidgets\n"
+    "remote_slider = ipywidgets.IntSlider(value=3, min=0, max=10)\nremote_slider",
+    "%%cumulus --session ui --no-push --no-pull\nprint('remote slider at', remote_slider.value)",
+)
+
+
+def notebook(sources: tuple[str, ...] = (CELL, SLIDER, READ_SLIDER)) -> dict[str, object]:
     cells = [
         {
             "cell_type": "code",
@@ -39,9 +47,19 @@ def notebook() -> dict[str, object]:
             "outputs": [],
             "source": source,
         }
-        for i, source in enumerate((CELL, SLIDER, READ_SLIDER))
+        for i, source in enumerate(sources)
     ]
     return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def magic_notebook() -> dict[str, object]:
+    """A local Python 3 notebook whose cells use ``%%cumulus``."""
+    nb = notebook(MAGIC_CELLS)
+    nb["metadata"] = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                       "language": "python"},
+    }  # fmt: skip
+    return nb
 
 
 @pytest.fixture
@@ -65,6 +83,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, Gateway]]:
     work = tmp_path / "work"
     work.mkdir()
     (work / "demo.ipynb").write_text(json.dumps(notebook()))
+    (work / "magic.ipynb").write_text(json.dumps(magic_notebook()))
     try:
         with jupyter_server("jupyterlab", work, tmp_path / "lab.log", env=env) as (url, token):
             yield url, token, gw
@@ -121,3 +140,47 @@ def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gate
             browser.close()
     [kernel] = gw.get("/api/kernels").json()
     assert f"partition {kernel['cumulus']['partition_id']} gpu 0.5" in text
+
+
+@pytest.mark.timeout(300)
+def test_a_slider_from_a_cumulus_cell_renders_and_moves_the_remote_value(
+    lab: tuple[str, str, Gateway],
+) -> None:
+    """A local notebook, a ``%%cumulus`` cell makes a slider: it renders here, moving it
+    changes the value in the remote kernel, and Cumulus's status is no error-red stderr."""
+    from playwright.sync_api import sync_playwright
+
+    url, token, gw = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab/tree/magic.ipynb?token={token}", timeout=120_000)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+            page.keyboard.press("Shift+Enter")  # %load_ext
+            page.keyboard.press("Shift+Enter")  # the %%cumulus cell that makes the slider
+            handle = page.locator(".jp-OutputArea-output .widget-slider .noUi-handle")
+            handle.first.wait_for(timeout=120_000)
+            status = page.locator(".jp-OutputArea-output", has_text="Cumulus: partition p-")
+            status.first.wait_for(timeout=60_000)
+            assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+            handle.first.focus()
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            page.locator(".widget-readout", has_text="5").first.wait_for(timeout=60_000)
+            page.locator(".jp-Notebook .jp-Cell .cm-content").nth(2).click()
+            page.keyboard.press("Shift+Enter")
+            page.locator(".jp-OutputArea-output", has_text="remote slider at 5").first.wait_for(
+                timeout=120_000
+            )
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cumulus-magic-slider.png"))
+        finally:
+            browser.close()
+    [kernel] = gw.get("/api/kernels").json()
+    assert kernel["cumulus"]["amount"] == 0.5
