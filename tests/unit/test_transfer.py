@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
 
@@ -86,3 +89,50 @@ def test_pandas_frames_round_trip() -> None:
     back = round_trip(frame)
     assert isinstance(back, pd.DataFrame)
     pd.testing.assert_frame_equal(back, frame)
+
+
+def test_a_notebook_function_travels_rebound_to_the_receiving_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notebook: dict[str, object] = {"__builtins__": __builtins__, "rate": 2, "log": []}
+    exec(
+        "def cost(v):\n    return v * rate\n"
+        "def note(v):\n    global last\n    log.append(v)\n    last = v\n"
+        "def forget():\n    global last\n    del last",
+        notebook,
+    )
+    assert transfer.notebook_globals(notebook["note"], notebook) == (
+        {"log"}, {"last"}, set()
+    )  # fmt: skip
+    assert transfer.notebook_globals([notebook["forget"]], notebook)[2] == {"last"}
+    receiving = types.ModuleType("__main__")  # the loading side's namespace (no IPython here)
+    remote = vars(receiving)
+    remote.update(rate=5, log=[])
+    monkeypatch.setitem(sys.modules, "__main__", receiving)
+    payload, buffers = transfer.dumps("cost", notebook["cost"], notebook)
+    cost = transfer.loads(payload, buffers)
+    assert cost(10) == 50  # it reads the remote namespace, not a copy of the notebook's
+    payload, buffers = transfer.dumps("note", notebook["note"], notebook)
+    note = transfer.loads(payload, buffers)
+    note(7)
+    assert remote["log"] == [7] and remote["last"] == 7
+    assert remote["__builtins__"] is sys.modules["builtins"]  # not cloudpickle's own
+    fresh = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", fresh)
+    transfer.loads(*transfer.dumps("cost", notebook["cost"], notebook))
+    assert vars(fresh)["rate"] == 2  # a global the receiving side lacks is filled in
+
+
+def test_without_a_namespace_functions_keep_their_own_globals() -> None:
+    notebook: dict[str, object] = {"__builtins__": __builtins__, "rate": 2}
+    exec("def cost(v):\n    return v * rate", notebook)
+    cost = transfer.loads(*transfer.dumps("cost", notebook["cost"]))
+    notebook["rate"] = 3
+    assert cost(10) == 20  # cloudpickle's copy (the function API's way)
+
+
+def test_a_description_carries_the_fingerprint() -> None:
+    value = {"a": np.arange(3)}
+    assert transfer.describe(value)["fingerprint"] == transfer.fingerprint(
+        *transfer.dumps("v", value)
+    )
