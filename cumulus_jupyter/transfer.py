@@ -74,14 +74,12 @@ def _main_namespace() -> dict[str, Any]:
     return namespace
 
 
-class _MainNamespace:
-    """Pickles as "the loading side's user namespace"."""
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return _main_namespace, ()
-
-
-_MAIN = _MainNamespace()
+def _make_rebound_function(
+    code: types.CodeType, name: str | None, argdefs: Any, closure: Any
+) -> types.FunctionType:
+    """A notebook function, made with the loading side's user namespace as its globals (its
+    ``__builtins__`` left as they are, unlike cloudpickle's ``_make_function``)."""
+    return types.FunctionType(code, _main_namespace(), name, argdefs, closure)
 
 
 def _rebuilt_setstate(function: types.FunctionType, state: Any) -> None:
@@ -134,13 +132,14 @@ class _NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
         reduced = super()._dynamic_function_reduce(func)
         if func.__globals__ is not self.namespace:
             return reduced
-        make, newargs, (state, slotstate), *_ = reduced
+        _, newargs, (state, slotstate), *_ = reduced
         reads, writes, deletes = _code_globals(func.__code__)
         self.reads |= reads
         self.writes |= writes | deletes
         self.deletes |= deletes
-        newargs = (newargs[0], _MAIN, *newargs[2:])
-        return make, newargs, (state, slotstate), None, None, _rebuilt_setstate
+        code, _globals, name, argdefs, closure = newargs
+        rebound = (code, name, argdefs, closure)
+        return _make_rebound_function, rebound, (state, slotstate), None, None, _rebuilt_setstate
 
 
 def notebook_globals(
