@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,13 @@ def notebook(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
     """A local ipykernel (the user's notebook) with the extension loaded, and a gateway."""
-    tmp = tmp_path_factory.mktemp("magic")
+    with gateway_and_notebook(tmp_path_factory.mktemp("magic")) as both:
+        yield both
+
+
+@contextlib.contextmanager
+def gateway_and_notebook(tmp: Path) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
+    """A gateway with its state in ``tmp`` and a notebook kernel on it; both stopped after."""
     gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
     try:
         with notebook_kernel(gw) as kc:

@@ -16,7 +16,7 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from tests.integration.test_magic import notebook_kernel, run, status_text
+from tests.integration.test_magic import gateway_and_notebook, run, status_text
 from tests.support.gateway import Gateway
 from tests.support.messages import shell_reply
 from tests.support.wait import wait_until
@@ -31,13 +31,8 @@ VIEW = "application/vnd.jupyter.widget-view+json"
 def notebook(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
-    tmp = tmp_path_factory.mktemp("magic-comms")
-    gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
-    try:
-        with notebook_kernel(gw) as kc:
-            yield kc, gw
-    finally:
-        gw.stop()
+    with gateway_and_notebook(tmp_path_factory.mktemp("magic-comms")) as both:
+        yield both
 
 
 def _opened(outputs: list[dict[str, Any]], model: str) -> dict[str, Any]:
