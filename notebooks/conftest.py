@@ -1,7 +1,12 @@
 """The notebooks under nbval (``pytest`` collects them with ``--nbval``): a real gateway on
 loopback, started once collection is done and before nbval starts any kernel, which all inherit
 ``CUMULUS_GATEWAY_URL`` / ``CUMULUS_TOKEN``; and the "Cumulus GPU (0.5 GPU, 1h)" kernelspec that
-``02-cumulus-kernel.ipynb`` names, installed into a private ``JUPYTER_PATH`` pointing at it."""
+``02-cumulus-kernel.ipynb`` names, installed into a private ``JUPYTER_PATH`` pointing at it.
+
+nbval (0.11) ignores ``update_display_data``, so it would compare a display's first state (a
+``%%cumulus`` cell's status says "starting the remote kernel" before "ready" when the start
+takes a while) against the final one a notebook stores; `_displays_update_in_place` gives it
+the protocol's meaning, as nbclient and JupyterLab do."""
 
 from __future__ import annotations
 
@@ -26,9 +31,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.timeout(300))  # 05 waits out a one-minute partition
 
 
+def _displays_update_in_place() -> None:
+    """An ``update_display_data`` replaces the data of the display it names, in the output
+    nbval already collected for it (nbval keeps ``data`` as given when it is a NotebookNode)."""
+    from nbformat import NotebookNode, from_dict
+    from nbval.kernel import RunningKernel
+
+    original = RunningKernel.get_message
+    shown: dict[str, NotebookNode] = {}
+
+    def get_message(self: RunningKernel, stream: str, timeout: float | None = None) -> Any:
+        while True:
+            msg = original(self, stream, timeout=timeout)
+            kind, content = msg["msg_type"], msg["content"]
+            display_id = (content.get("transient") or {}).get("display_id")
+            if kind == "display_data" and display_id:
+                content["data"] = shown[display_id] = from_dict(content["data"])
+            elif kind == "update_display_data" and display_id in shown:
+                shown[display_id].clear()
+                shown[display_id].update(from_dict(content["data"]))
+                continue
+            return msg
+
+    RunningKernel.get_message = get_message  # type: ignore[method-assign]
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     if not _notebook_items(session.items):
         return
+    _displays_update_in_place()
     from cumulus_jupyter.kernelspec import install
     from tests.support.gateway import Gateway
 
