@@ -9,6 +9,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,26 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, Gateway]]:
         gw.stop()
 
 
+def launch(playwright: Any) -> Any:
+    """Debian's chromium, headless, as these machines run it (never a downloaded browser)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )  # fmt: skip
+
+
+def move_slider_to_5_and_read_it(page: Any, handle: Any) -> None:
+    """Two steps right from 3 with the keyboard, then run the third cell (it reads the value
+    in the remote kernel)."""
+    handle.first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.locator(".widget-readout", has_text="5").first.wait_for(timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell .cm-content").nth(2).click()
+    page.keyboard.press("Shift+Enter")
+
+
 @pytest.mark.timeout(300)
 def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gateway]) -> None:
     from playwright.sync_api import sync_playwright
@@ -98,11 +119,7 @@ def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gate
     url, token, gw = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{url}/lab/tree/demo.ipynb?token={token}", timeout=120_000)
@@ -126,12 +143,7 @@ def test_pick_cumulus_gpu_in_jupyterlab_and_run_a_cell(lab: tuple[str, str, Gate
             page.keyboard.press("Shift+Enter")
             handle = page.locator(".jp-OutputArea-output .widget-slider .noUi-handle")
             handle.first.wait_for(timeout=120_000)
-            handle.first.focus()
-            page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowRight")
-            page.locator(".widget-readout", has_text="5").first.wait_for(timeout=60_000)
-            page.locator(".jp-Notebook .jp-Cell .cm-content").nth(2).click()
-            page.keyboard.press("Shift+Enter")
+            move_slider_to_5_and_read_it(page, handle)
             page.locator(".jp-OutputArea-output", has_text="slider at 5").first.wait_for(
                 timeout=120_000
             )
@@ -153,11 +165,7 @@ def test_a_slider_from_a_cumulus_cell_renders_and_moves_the_remote_value(
     url, token, gw = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{url}/lab/tree/magic.ipynb?token={token}", timeout=120_000)
@@ -170,12 +178,7 @@ def test_a_slider_from_a_cumulus_cell_renders_and_moves_the_remote_value(
             status = page.locator(".jp-OutputArea-output", has_text="Cumulus: partition p-")
             status.first.wait_for(timeout=60_000)
             assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
-            handle.first.focus()
-            page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowRight")
-            page.locator(".widget-readout", has_text="5").first.wait_for(timeout=60_000)
-            page.locator(".jp-Notebook .jp-Cell .cm-content").nth(2).click()
-            page.keyboard.press("Shift+Enter")
+            move_slider_to_5_and_read_it(page, handle)
             page.locator(".jp-OutputArea-output", has_text="remote slider at 5").first.wait_for(
                 timeout=120_000
             )
