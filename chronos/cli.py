@@ -21,7 +21,7 @@ from typing import Any
 
 from chronos import device as device_mod
 from chronos import nvml
-from chronos.amount import AMOUNT_RULE, DURATION_RULE, format_duration
+from chronos.amount import AMOUNT_RULE, DURATION_RULE, format_duration, parse_duration
 from chronos.enforce import confinement_env
 from chronos.errors import ChronosError, InvalidArgument
 from chronos.partition import Partition, format_bytes
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--all", action="store_true", help="include released and expired ones")
     release = add("release", "end a partition now")
     release.add_argument("id", metavar="ID")
+    extend = add("extend", "move partition ID's expiry DURATION later")
+    extend.add_argument("id", metavar="ID")
+    extend.add_argument("duration", metavar="DURATION", help='how much more: 90, "30m", "2h"')
     env = add("env", "print the environment that confines a process to partition ID")
     env.add_argument("id", metavar="ID")
     run = add("run", "run COMMAND confined to a new partition, released when it exits")
@@ -177,6 +180,13 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extend(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        partition = store.extend(args.id, parse_duration(args.duration))
+    _emit(args, partition.to_json(), f"extended {partition.describe()}")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     with _open(args) as store:
         partition = store.get(args.id)
@@ -258,6 +268,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "create": cmd_create,
     "list": cmd_list,
     "release": cmd_release,
+    "extend": cmd_extend,
     "env": cmd_env,
     "run": cmd_run,
     "watch": cmd_watch,

@@ -10,6 +10,7 @@ next frees their capacity.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -22,7 +23,13 @@ import platformdirs
 import psutil
 
 from chronos import allocator
-from chronos.amount import TENTHS_PER_DEVICE, GpuAmount, parse_duration
+from chronos.amount import (
+    MAX_DURATION_S,
+    TENTHS_PER_DEVICE,
+    GpuAmount,
+    format_duration,
+    parse_duration,
+)
 from chronos.device import Device, resolve
 from chronos.errors import InvalidArgument, NotFound, ResourceExhausted, StateUnavailable
 from chronos.partition import (
@@ -307,6 +314,36 @@ class Store:
                 self._get(db, checked).require_active()
             db.execute("DELETE FROM shares WHERE partition_id=?", (checked,))
             return _row_to_partition(row, self._processes_of(db, checked), self.clock())
+
+    def extend(self, partition_id: str, seconds: float) -> Partition:
+        """Move an active partition's expiry ``seconds`` later, in one transaction.
+
+        The partition's whole life (creation to the new expiry) stays within Chronos's longest
+        duration; `InvalidArgument` otherwise or for a non-positive ``seconds``, `NotFound` /
+        `PartitionEnded` for an unknown or ended partition (one past its expiry is reaped
+        first, so it is ended).
+        """
+        checked = _checked_id(partition_id)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise InvalidArgument(
+                f"Invalid extension: {seconds!r}. Must be a positive number of seconds"
+            )
+        with self._write("extend") as db:
+            current = self._get(db, checked)
+            current.require_active()
+            lasts = current.expires_at - current.created_at
+            if lasts + seconds > MAX_DURATION_S:
+                raise InvalidArgument(
+                    f"Invalid extension: {format_duration(seconds)} would make partition "
+                    f"{checked} last {format_duration(lasts + seconds)}; a partition lasts at "
+                    f"most {format_duration(MAX_DURATION_S)}, so it can be extended by "
+                    f"{format_duration(MAX_DURATION_S - lasts)} at most"
+                )
+            db.execute(
+                "UPDATE partitions SET expires_at=? WHERE id=? AND state='active'",
+                (current.expires_at + seconds, checked),
+            )
+            return self._get(db, checked)
 
     def attach(self, partition_id: str, pid: int) -> Partition:
         """Confine process ``pid`` (and its descendants) to an active partition."""

@@ -8,6 +8,8 @@
     ├── Unauthenticated           401  6  missing or wrong token
     ├── PermissionDenied          403  7  the token is valid but may not do this
     ├── NotFound                  404  3  no such kernel, partition, job or session
+    ├── Conflict                  409 10  refused because of others' claims (an extension that
+    │                                     would delay a queued request's reserved start)
     ├── PartitionExpired          410  3  the partition ended (expired or released)
     ├── ResourceExhausted         429  4  nothing fits now; ``retry_after`` says when to retry
     ├── KernelDied                500  9  the remote kernel process died under a request
@@ -59,6 +61,14 @@ class PermissionDenied(CumulusError):
 class NotFound(CumulusError, LookupError):
     status = 404
     exit_code = 3
+
+
+class Conflict(CumulusError):
+    """The request is well-formed and allowed, but others' claims forbid it now (extending a
+    partition that a queued request's reserved start is waiting for)."""
+
+    status = 409
+    exit_code = 10
 
 
 class PartitionExpired(CumulusError):
@@ -135,7 +145,7 @@ _BY_STATUS: dict[int, type[CumulusError]] = {
     cls.status: cls
     for cls in (
         InvalidArgument, TooLarge, Unauthenticated, PermissionDenied, NotFound, PartitionExpired,
-        ResourceExhausted, Internal, DataChannelError, Unavailable, DeadlineExceeded,
+        ResourceExhausted, Internal, DataChannelError, Unavailable, DeadlineExceeded, Conflict,
     )
 }  # fmt: skip
 
@@ -149,6 +159,7 @@ def error_for_status(status: int) -> type[CumulusError]:
 
 
 __all__ = [
+    "Conflict",
     "CumulusError",
     "DataChannelError",
     "DeadlineExceeded",

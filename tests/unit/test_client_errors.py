@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 CLASSES = [
     errors.InvalidArgument, errors.TooLarge, errors.Unauthenticated, errors.PermissionDenied,
     errors.NotFound, errors.PartitionExpired, errors.ResourceExhausted, errors.Internal,
-    errors.DataChannelError, errors.Unavailable, errors.DeadlineExceeded,
+    errors.DataChannelError, errors.Unavailable, errors.DeadlineExceeded, errors.Conflict,
 ]  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def test_each_status_maps_back_to_its_class(cls: type[errors.CumulusError]) -> N
 
 
 def test_statuses_without_a_class_map_to_the_nearest() -> None:
-    assert errors.error_for_status(409) is errors.InvalidArgument  # no longer "capacity"
+    assert errors.error_for_status(422) is errors.InvalidArgument
     assert errors.error_for_status(418) is errors.InvalidArgument
     assert errors.error_for_status(501) is errors.Internal
 
@@ -39,6 +39,7 @@ def test_every_class_has_its_own_status_and_an_exit_code() -> None:
     statuses = [cls.status for cls in CLASSES]
     assert len(set(statuses)) == len(statuses)
     assert all(cls.exit_code > 0 for cls in CLASSES)
+    assert errors.Conflict.exit_code == 10  # one a script can tell from every other
     assert errors.CumulusError("x").exit_code == 1
 
 
