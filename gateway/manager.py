@@ -11,6 +11,7 @@ partition of a kernel the restarter gave up on, and adds the ``cumulus`` object 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from traitlets import Float, Unicode, default
 
-from cumulus_jupyter.errors import Internal
+from cumulus_jupyter.errors import Internal, InvalidArgument
 from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.provisioner import CumulusProvisioner
@@ -53,6 +54,13 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     launch_timeout = Float(
         60.0, config=True, help="Seconds a kernel request may wait in the queue for a partition."
     )
+    disconnected_timeout = Float(
+        900.0,
+        config=True,
+        help="Seconds a kernel may have no client connected (no WebSocket on its channels) "
+        "before it is stopped and its partition released; 0 turns this off. Batch jobs' "
+        "kernels are exempt.",
+    )
 
     job_queue_timeout = Float(
         86400.0, config=True, help="Seconds a batch job may wait in the queue for a partition."
@@ -64,6 +72,8 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     )
 
     _services: Services | None = None
+    _starting: dict[str, Any]  # kernel id -> its manager, while its start is under way
+    _abandoned: set[asyncio.Task[None]]  # clean-ups of starts whose requester left
 
     @default("data_socket_dir")
     def _default_data_socket_dir(self) -> str:
@@ -76,11 +86,19 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_kernel_name = BUILTIN_NAME
+        self._starting, self._abandoned = {}, set()
 
     def settings(self, **app: Any) -> Settings:
-        """The `Settings` these traitlets (and the app's, ``app``) say."""
+        """The `Settings` these traitlets (and the app's, ``app``) say; `InvalidArgument`
+        for a value that cannot be meant."""
+        if self.disconnected_timeout < 0:
+            raise InvalidArgument(
+                "--CumulusKernelManager.disconnected_timeout must be seconds (0 turns it off), "
+                f"not {self.disconnected_timeout:g}"
+            )
         return Settings(
             launch_timeout=self.launch_timeout,
+            disconnected_timeout=self.disconnected_timeout,
             job_queue_timeout=self.job_queue_timeout,
             job_retention=self.job_retention,
             data_socket_dir=self.data_socket_dir,
@@ -110,16 +128,73 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any
     ) -> str:
         """Start a kernel; when its launch fails (no partition, bad input) nothing of it stays
-        behind, so a later shutdown of all kernels does not wait on it."""
+        behind, so a later shutdown of all kernels does not wait on it.
+
+        When the caller is cancelled (its HTTP client left, its job was cancelled) no kernel
+        and no partition outlive the request: a start still waiting for its partition leaves
+        the queue at once; one past it is let finish (a process may be coming up in a thread)
+        and is then shut down. The start runs in a task of its own for that."""
         kernel_id = kernel_id or str(uuid.uuid4())
+        start = asyncio.ensure_future(self._start_and_save(kernel_id, path, **kwargs))
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            await self._abandon(kernel_id, start)
+            raise
+
+    async def _start_and_save(self, kernel_id: str, path: Any, **kwargs: Any) -> str:
         try:
             started: str = await super().start_kernel(kernel_id=kernel_id, path=path, **kwargs)
+            await self._save(started)
         except BaseException:
-            self._pending_kernels.pop(kernel_id, None)
-            self._kernels.pop(kernel_id, None)
+            await self._scrap(kernel_id)
             raise
-        await self._save(started)
+        finally:
+            self._starting.pop(kernel_id, None)
         return started
+
+    def pre_start_kernel(self, kernel_name: str | None, kwargs: Any) -> tuple[Any, str, str]:
+        """jupyter_client's, remembering the kernel's manager until its start ends."""
+        km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
+        self._starting[kernel_id] = km
+        return km, name, kernel_id
+
+    async def _abandon(self, kernel_id: str, start: asyncio.Future[str]) -> None:
+        """The requester of a start left; waits (through any further cancellation) until
+        nothing of the kernel is left."""
+        km = self._starting.get(kernel_id)
+        provisioner = km.provisioner if km is not None else None
+        if not isinstance(provisioner, CumulusProvisioner) or provisioner.partition is None:
+            start.cancel()  # still queued: the broker drops the wait (and an unclaimed partition)
+        cleanup = asyncio.ensure_future(self._end_abandoned(kernel_id, start))
+        self._abandoned.add(cleanup)
+        cleanup.add_done_callback(self._abandoned.discard)
+        await asyncio.shield(cleanup)
+
+    async def _end_abandoned(self, kernel_id: str, start: asyncio.Future[str]) -> None:
+        with contextlib.suppress(BaseException):
+            await start
+        if start.cancelled() or start.exception() is not None:
+            self.log.info("Kernel %s: its requester left before it started", kernel_id)
+            return
+        self.log.info("Kernel %s: its requester left while it started; stopping it", kernel_id)
+        try:
+            await self.shutdown_kernel(kernel_id, now=True)
+        except Exception:
+            self.log.exception("Could not stop kernel %s, whose requester left", kernel_id)
+
+    async def _scrap(self, kernel_id: str) -> None:
+        """A start that failed or was cancelled: forget the kernel; a process it left is
+        killed and its partition released (the provisioner releases on its own failures)."""
+        self._pending_kernels.pop(kernel_id, None)
+        self._kernel_connections.pop(kernel_id, None)
+        km = self._kernels.pop(kernel_id, None) or self._starting.get(kernel_id)
+        if km is not None and km.has_kernel:
+            try:
+                await asyncio.shield(km.shutdown_kernel(now=True))
+            except Exception:
+                self.log.exception("Could not stop kernel %s after its failed start", kernel_id)
+        self.services.records.delete(kernel_id)
 
     async def restart_kernel(self, kernel_id: str, now: bool = False) -> None:  # type: ignore[override]
         await super().restart_kernel(kernel_id, now=now)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 @dataclass
 class Settings:
     launch_timeout: float = 60.0  # seconds a kernel request may wait for a partition
+    disconnected_timeout: float = 900.0  # seconds a kernel may have no client; 0: no limit
     job_queue_timeout: float = 86400.0  # seconds a batch job may wait for one
     job_retention: float = 7 * 86400.0  # seconds a finished job is kept
     data_socket_dir: str = ""  # where kernels' Unix data sockets go; empty: TCP only

@@ -47,6 +47,12 @@ class JobRunner:
         self.registry = registry
         self.settings = settings
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._kernel_ids: set[str] = set()  # the kernels jobs run in now
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def runs(self, kernel_id: str) -> bool:
+        """Whether a job runs in this kernel (no client connects to a job's kernel)."""
+        return kernel_id in self._kernel_ids
 
     async def recover(self) -> None:
         """After a restart: jobs the old gateway was running cannot be followed any more; they
@@ -67,6 +73,8 @@ class JobRunner:
         return job
 
     async def cancel(self, job_id: str) -> Job:
+        """Cancel a job at any point: it leaves the partition queue, or its kernel (however far
+        its start got) is shut down; returns once no kernel and no partition of it is left."""
         job = self.store.get(job_id)
         if job.state.final:
             return job
@@ -75,7 +83,10 @@ class JobRunner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        return self.store.get(job_id)
+        job = self.store.get(job_id)
+        if not job.state.final:  # cancelled before its task first ran
+            self._finish(job, JobState.CANCELLED, "cancelled")
+        return job
 
     def _env(self, job: Job) -> dict[str, str]:
         return {
@@ -94,6 +105,7 @@ class JobRunner:
                 kernel_name=kernels.default_kernel_name, env=self._env(job)
             )
             assert kernel_id is not None
+            self._kernel_ids.add(kernel_id)
             partition = self.registry.partitions[kernel_id]
             job.kernel_id, job.partition_id = kernel_id, partition.id
             job.device = ",".join(partition.device_ids)
@@ -107,9 +119,26 @@ class JobRunner:
             reason = self.registry.end_reason(kernel_id) if kernel_id else None
             self._finish(job, JobState.FAILED, reason or str(exc) or type(exc).__name__)
         finally:
-            if kernel_id is not None and kernel_id in kernels:
-                with contextlib.suppress(Exception):  # politely: its checkpoint copies finish
-                    await kernels.shutdown_kernel(kernel_id)
+            if kernel_id is not None:
+                await self._stop(kernel_id)
+
+    async def _stop(self, kernel_id: str) -> None:
+        """Shut the job's kernel down politely (its checkpoint copies finish), and through to
+        the end even when the job is cancelled again meanwhile."""
+
+        async def stop() -> None:
+            try:
+                if kernel_id in self.kernels:
+                    await self.kernels.shutdown_kernel(kernel_id)
+            except Exception:
+                self.kernels.log.exception("could not stop job kernel %s", kernel_id)
+            finally:
+                self._kernel_ids.discard(kernel_id)
+
+        stopping = asyncio.ensure_future(stop())
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.shield(stopping)
 
     async def _execute(self, job: Job, kernel_id: str) -> None:
         client: Any = self.kernels.get_kernel(kernel_id).client()  # an AsyncKernelClient
