@@ -1,5 +1,5 @@
-"""``cumulus``: the user's command line: batch jobs (submit, get, list, logs, cancel) and the
-Cumulus GPU kernelspecs."""
+"""``cumulus``: the user's command line: batch jobs (submit, get, list, logs, cancel), more time
+for a partition (``cumulus extend ID 30m``) and the Cumulus GPU kernelspecs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cumulus_jupyter import jobs, kernelspec
+from cumulus_jupyter import jobs, kernelspec, partitions
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import CumulusError
 
@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (install, remove):
         p.add_argument("--json", action="store_true")
     _job_commands(sub)
+    extend = sub.add_parser("extend", help="add time to a partition (yours) before it expires")
+    extend.add_argument("partition_id", help="the partition (p-...; a kernel's cumulus object)")
+    extend.add_argument("duration", help='how much to add: 90, "30m", "2h"')
+    extend.add_argument("--json", action="store_true", help="the partition, as JSON")
+    extend.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")
     return parser
 
 
@@ -94,9 +99,17 @@ def _requirements(text: str) -> list[str]:
 async def _jobs(args: argparse.Namespace) -> int:
     client = GatewayClient(GatewaySettings.resolve(args.gateway))
     try:
+        if args.command == "extend":
+            return await _extend(client, args)
         return await _job_command(client, args)
     finally:
         await client.aclose()
+
+
+async def _extend(client: GatewayClient, args: argparse.Namespace) -> int:
+    partition = await partitions.extend(client, args.partition_id, args.duration)
+    print(json.dumps(partition) if args.json else partitions.describe(partition, args.duration))
+    return 0
 
 
 def _say(line: str) -> None:

@@ -7,7 +7,8 @@
     y = x @ x.T          # x is pushed (it changed since last time); y comes back
 
 Consecutive cells with the same ``--session`` (default: one per GPU amount) share one remote
-kernel and partition. ``%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES``.
+kernel and partition. ``%cumulus status | sessions | release [NAME] | push NAMES | pull NAMES |
+extend DURATION``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from IPython.core.magic_arguments import argument as _untyped_argument
 from IPython.core.magic_arguments import magic_arguments as _untyped_magic_arguments
 from traitlets import Float, Unicode
 
-from cumulus_jupyter import variables
+from cumulus_jupyter import partitions, variables
 from cumulus_jupyter.cells import cell_names
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
@@ -289,7 +290,8 @@ class CumulusMagics(Magics):
             "pull NAMES: bring these variables back; "
             "checkpoint [NAMES] [--name CHECKPOINT]: checkpoint remote variables; "
             "sync DIR: upload a directory into the remote working directory; "
-            "pip install PACKAGE ...: pip-install into the session's overlay"
+            "pip install PACKAGE ...: pip-install into the session's overlay; "
+            "extend DURATION: add DURATION (90, 30m, 2h) to the session's partition"
         ),
     )
     @_argument("args", nargs=argparse.REMAINDER, help="The command's arguments.")
@@ -299,7 +301,7 @@ class CumulusMagics(Magics):
     @_argument("--name", default=None, help="checkpoint: the checkpoint's name.")
     def cumulus_line(self, line: str) -> None:
         """Act on the ``%%cumulus`` sessions: status, sessions, release, push, pull,
-        checkpoint, sync, pip install (``%%cumulus?`` lists the cell's options)."""
+        checkpoint, sync, pip install, extend (``%%cumulus?`` lists the cell's options)."""
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -344,6 +346,10 @@ class CumulusMagics(Magics):
                     if args[:1] != ["install"] or len(args) < 2:
                         raise InvalidArgument("Usage: %cumulus pip install PACKAGE ...")
                     session.install(args[1:], self._show)
+            elif command == "extend":
+                session, args = self._target(args)
+                duration = partitions.duration_of(args)
+                print(f"Cumulus: {partitions.describe(session.extend(duration), duration)}")
             elif command == "checkpoint":
                 session, args = self._target(args)
                 name, args = _take_option(args, "--name", session.name)
@@ -368,7 +374,8 @@ class CumulusMagics(Magics):
             else:
                 raise InvalidArgument(
                     f"Unknown %cumulus command: {command}. "
-                    "Use status, sessions, release, push, pull, checkpoint, sync, pip install"
+                    "Use status, sessions, release, push, pull, checkpoint, sync, pip install, "
+                    "extend"
                 )
         except CumulusError as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -516,3 +516,14 @@ class RemoteSession:
             values[name] = RemoteRef(self, name, info)
             self.ledger.forget(name)
         return values, list(answer.get("missing", []))
+
+    # -- the partition ---------------------------------------------------------------------------
+
+    def extend(self, duration: str) -> dict[str, Any]:
+        """Add ``duration`` ("30m") to this session's partition; the partition now."""
+        from cumulus_jupyter import partitions
+
+        if self.kernel is None or not self.kernel.cumulus.get("partition_id"):
+            raise InvalidArgument(f"Session {self.name} has no partition to extend")
+        kernel = self.kernel
+        return loop.call(partitions.extend(kernel.client, kernel.cumulus["partition_id"], duration))

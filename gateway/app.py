@@ -144,6 +144,17 @@ class CumulusGateway(ServerApp):
         except CumulusError as exc:
             self.log.critical("%s", exc)
             self.exit(exc.exit_code)
+        self._check_quotas()
+
+    def _check_quotas(self) -> None:
+        """Quotas bind per-user tokens only: without any, say they apply to no one."""
+        provider = self.identity_provider
+        scoped = isinstance(provider, CumulusIdentityProvider) and bool(provider.user_tokens)
+        if self.services.settings.quotas.any and not scoped:
+            self.log.warning(
+                "Quotas are set but no --CumulusIdentityProvider.user_tokens: every request "
+                "is made with the operator token, which quotas exempt, so they bind no one"
+            )
 
     def init_logging(self) -> None:
         super().init_logging()

@@ -4,7 +4,10 @@ Every tick (one second by default) it moves the partition queue, then for each k
 its partition from the store (so expiries and releases made by other processes count):
 
 - at T-5 min and T-1 min (for partitions shorter than 10 min: at 1/2 and 1/10 of the duration)
-  it sends the kernel's clients a stderr stream message and a ``cumulus`` message;
+  it sends the kernel's clients a stderr stream message and a ``cumulus`` message, which say
+  how to extend the partition (``%cumulus extend 30m``, ``cumulus extend ID 30m``); a warning
+  whose moment lies ahead again (the partition was extended, ``POST
+  /api/cumulus/partitions/{id}/extend``) is re-armed, so it comes again before the new end;
 - at T, or as soon as the partition is released under it, it tells them the partition expired,
   shuts the kernel down (its provisioner releases the partition) and remembers why, so later
   requests for that kernel get a 410 that says so.
@@ -63,7 +66,10 @@ class ExpirySupervisor:
             if not partition.is_active or left <= 0:
                 await self.expire(kernel_id, partition)
                 continue
-            for offset in warning_offsets(partition):
+            offsets = warning_offsets(partition)
+            # extended: a warning already given whose moment lies ahead again comes again then
+            self._warned -= {(kernel_id, offset) for offset in offsets if left > offset}
+            for offset in offsets:
                 if left <= offset and (kernel_id, offset) not in self._warned:
                     self._warned.add((kernel_id, offset))
                     self.warn(kernel_id, partition, left)
@@ -73,7 +79,9 @@ class ExpirySupervisor:
         text = (
             f"Cumulus: partition {partition.id} ({partition.amount} GPU on "
             f"{','.join(partition.device_ids)}) expires in {format_duration(left)}; "
-            "save your work. The kernel will be stopped then.\n"
+            "save your work, or extend it: `%cumulus extend 30m` (in the notebook), "
+            f"`cumulus extend {partition.id} 30m` (in a shell). The kernel will be stopped "
+            "then.\n"
         )
         sent = self.broadcast(kernel_id, text, "expiry_warning", partition, left)
         self.log.info(

@@ -22,12 +22,13 @@ from typing import Any
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-from traitlets import Float, Unicode, default
+from traitlets import Float, Int, Unicode, default
 
 from cumulus_jupyter.errors import Internal, InvalidArgument
 from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.provisioner import CumulusProvisioner
+from gateway.quotas import Quotas
 from gateway.records import KernelRecord
 from gateway.registry import cumulus_model
 from gateway.services import Services
@@ -71,6 +72,29 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         help="Seconds a finished job's state and log are kept (cumulus get/logs) after it ends.",
     )
 
+    max_gpu_per_user = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="GPU one user may hold at once, summed over their partitions and their requests "
+        "waiting in the queue (e.g. 1 or 2.5); unset: no limit. Requests made with the "
+        "operator token are exempt from every quota.",
+    )
+    max_kernels_per_user = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="Kernels (batch jobs' included) one user may hold at once, queued ones counted; "
+        "unset: no limit.",
+    )
+    max_duration = Unicode(
+        "",
+        config=True,
+        help="Longest a partition may last, from its start to its expiry, extensions included "
+        '(90, "30m", "8h"); empty: 24 h, Chronos\'s longest. A kernelspec may set a shorter '
+        "one (max_duration in its provisioner config).",
+    )
+
     _services: Services | None = None
     _starting: dict[str, Any]  # kernel id -> its manager, while its start is under way
     _abandoned: set[asyncio.Task[None]]  # clean-ups of starts whose requester left
@@ -102,6 +126,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             job_queue_timeout=self.job_queue_timeout,
             job_retention=self.job_retention,
             data_socket_dir=self.data_socket_dir,
+            quotas=Quotas.configured(
+                self.max_gpu_per_user, self.max_kernels_per_user, self.max_duration
+            ),
             **app,
         )
 

@@ -5,9 +5,11 @@ Called by jupyter_client's `KernelManager`:
 
 - `pre_launch` (from ``KernelManager.pre_start_kernel``) takes the partition: the amount and
   duration come from the request's ``KERNEL_GPU`` / ``KERNEL_DURATION``, else the kernelspec's
-  ``gpu`` / ``duration`` config; it may wait in the broker's FIFO queue. It then builds the
-  kernel's environment: the confinement variables of `chronos.enforce` over the request's
-  ``KERNEL_*`` variables. On restart the partition is kept.
+  ``gpu`` / ``duration`` config; the user's quotas are checked (`gateway.quotas`: the
+  gateway's, and the kernelspec's ``max_duration``; a request made with the operator token is
+  exempt, as the handler's ``quota_exempt=True`` keyword says); it may wait in the broker's
+  queue. It then builds the kernel's environment: the confinement variables of
+  `chronos.enforce` over the request's ``KERNEL_*`` variables. On restart the partition is kept.
 - `launch_kernel` asks the runtime to start the process and confines it to the partition.
 - `poll` / `wait` / `send_signal` / `kill` / `terminate` act on the runtime's handle (the
   inherited `LocalProvisioner` logic drives any handle with ``Popen``'s interface).
@@ -38,6 +40,7 @@ from cumulus_jupyter.errors import Internal, InvalidArgument, PartitionExpired
 from cumulus_jupyter.protocol import env as names
 from gateway.broker import PartitionRequest
 from gateway.kernel import CumulusServerKernelManager
+from gateway.quotas import EXEMPT, DurationLimit, Holdings, check_request, parse_limit
 from gateway.runtimes import KernelProcess, Launch
 from gateway.services import Services
 
@@ -51,6 +54,12 @@ class CumulusProvisioner(LocalProvisioner):
 
     gpu = Unicode("0.5", config=True, help="GPU amount when the request names none.")
     duration = Unicode("1h", config=True, help="Partition duration when the request names none.")
+    max_duration = Unicode(
+        "",
+        config=True,
+        help="Longest a partition of this kernelspec may last, extensions included (its "
+        "provisioner config's max_duration); empty: only --CumulusKernelManager.max_duration.",
+    )
 
     partition: Partition | None = None
     runtime_info: dict[str, Any] | None = None
@@ -71,9 +80,10 @@ class CumulusProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         request_env: dict[str, str] = dict(kwargs.pop("env", None) or {})
+        exempt = bool(kwargs.pop(EXEMPT, False))
         services = self.services
         if self.partition is None:
-            self.partition = await self._acquire(request_env)
+            self.partition = await self._acquire(request_env, exempt)
         elif not services.broker.get(self.partition.id).is_active:
             raise PartitionExpired(
                 f"Partition {self.partition.id} has ended; start a new kernel for a new one"
@@ -90,7 +100,7 @@ class CumulusProvisioner(LocalProvisioner):
             await self._release("launch failed")
             raise
 
-    async def _acquire(self, env: dict[str, str]) -> Partition:
+    async def _acquire(self, env: dict[str, str], exempt: bool = False) -> Partition:
         services = self.services
         request = PartitionRequest.parse(
             env.get(names.KERNEL_GPU) or self.gpu,
@@ -98,9 +108,29 @@ class CumulusProvisioner(LocalProvisioner):
             owner=env.get(names.KERNEL_USERNAME) or "anonymous",
             devices=env.get(names.KERNEL_GPU_DEVICES),
         )
+        if not exempt:  # checked, then queued or served, with no await between
+            broker = services.broker
+            holdings = Holdings.of(
+                request.owner, broker.partitions(), services.registry.partitions.values(),
+                broker.queue(),
+            )  # fmt: skip
+            quotas = services.settings.quotas
+            check_request(
+                quotas, holdings, request.amount, request.duration_s, self.duration_limit()
+            )
         timeout = _seconds(env.get(names.KERNEL_LAUNCH_TIMEOUT), services.settings.launch_timeout)
         wait = env.get(names.KERNEL_WAIT, "1").strip().lower() not in _FALSE
         return await services.broker.acquire(request, wait=wait, timeout=timeout)
+
+    def duration_limit(self) -> DurationLimit | None:
+        """The longest this kernel's partition may last: the gateway's ``max_duration`` or its
+        kernelspec's, the tighter; called at the request and by the extend handler."""
+        name = str(getattr(self.parent, "kernel_name", "") or "?")
+        try:
+            own = parse_limit(self.max_duration, f"kernelspec {name}'s max_duration")
+        except InvalidArgument as exc:  # the operator's kernelspec, not the user's request
+            raise Internal(f"{exc}: fix the kernelspec's provisioner config") from None
+        return self.services.settings.quotas.duration_limit(name, own)
 
     def _kernel_env(self, request_env: dict[str, str], partition: Partition) -> dict[str, str]:
         services = self.services

@@ -4,7 +4,9 @@ configuration (``--CumulusKernelManager.launch_timeout``, ``--CumulusGateway.max
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gateway.quotas import Quotas
 
 
 @dataclass
@@ -20,3 +22,4 @@ class Settings:
     #: HTTP server has its port: runtimes read it at each launch)
     port: int = 8888
     base_url: str = "/"
+    quotas: Quotas = field(default_factory=Quotas)  # per-user limits (gateway.quotas)

@@ -6,10 +6,11 @@ WebSocket), re-signing on the way back with the local session key. Messages trav
 JSON parts: nothing is decoded but the headers needed for routing.
 
 It answers ``kernel_info_request`` at once, even while the partition is being allocated or
-queued, and shows that progress in the first cell's output. Interrupt and restart go to the
-gateway's REST API (same partition); shutdown releases the partition. When the partition expires
-or the gateway cannot be reached, cells say why in the notebook, and "restart kernel" asks for a
-new partition.
+queued, and shows that progress in the first cell's output. A cell that is ``%cumulus extend
+DURATION`` it answers itself: more time for the partition, at once, even while a cell runs.
+Interrupt and restart go to the gateway's REST API (same partition); shutdown releases the
+partition. When the partition expires or the gateway cannot be reached, cells say why in the
+notebook, and "restart kernel" asks for a new partition.
 
 Its modules, each importing only those above it:
 
@@ -17,6 +18,8 @@ Its modules, each importing only those above it:
   requests (pure bookkeeping);
 - `sockets`: the local ZMQ side and the messages the proxy sends itself;
 - `progress`: the progress lines shown in the cells waiting for the kernel;
+- `commands`: the ``%cumulus`` line a cell may hold (``%cumulus extend 30m``), which the proxy
+  answers itself;
 - `link`: the remote kernel on the gateway (start, adopt, reconnect, hand over), the proxy's
   own requests to it, file sync;
 - `proxy`: `ProxyKernel`, which ties them together;

@@ -4,8 +4,9 @@
 process handed over on restart (its id is kept in the `Sidecar` file next to the connection
 file); it reconnects the WebSocket with backoff when it drops, hands the kernel over on restart
 and shuts it down otherwise. It also sends the proxy's own requests, comms and kernel_info
-probes (their answers are resolved by `OwnRequests`, never shown), and syncs the notebook's
-files. `KernelOptions` are what the kernelspec asks for.
+probes (their answers are resolved by `OwnRequests`, never shown), syncs the notebook's
+files and extends the partition (``%cumulus extend``). `KernelOptions` are what the
+kernelspec asks for.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import websockets
 from jupyter_client.session import Session
 
-from cumulus_jupyter import archive
+from cumulus_jupyter import archive, partitions
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import CumulusError, Unavailable
 from cumulus_jupyter.kernel.routing import OwnRequests
@@ -154,6 +155,14 @@ class GatewayLink:
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+
+    async def extend(self, duration: str) -> str:
+        """Add ``duration`` to the remote kernel's partition; the line that says until when."""
+        if self.remote is None or not self.remote.cumulus.get("partition_id"):
+            raise Unavailable("The kernel has no partition to extend yet")
+        partition_id = self.remote.cumulus["partition_id"]
+        extended = await partitions.extend(self.remote.client, partition_id, duration)
+        return partitions.describe(extended, duration)
 
     # -- the proxy's own traffic -------------------------------------------------------------
 

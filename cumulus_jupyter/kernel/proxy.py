@@ -2,9 +2,10 @@
 together into one kernel.
 
 It handles each front-end request (kernel_info at once, interrupt and shutdown through the
-gateway's REST API, everything else forwarded, or held while the kernel is not ready, or failed
-once it is gone) and delivers each message of the remote kernel (routed to its requester,
-published, resolved as the proxy's own, or read as news of the kernel's state). It keeps the
+gateway's REST API, a ``%cumulus extend`` cell by itself (`commands`), everything else
+forwarded, or held while the kernel is not ready, or failed once it is gone) and delivers each
+message of the remote kernel (routed to its requester, published, resolved as the proxy's own,
+or read as news of the kernel's state). It keeps the
 kernel's state: ready, accepting (not while a restarted remote kernel comes up), its failure.
 """
 
@@ -19,11 +20,12 @@ import websockets
 
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, KernelDied, PartitionExpired
+from cumulus_jupyter.kernel.commands import command_of, extension
 from cumulus_jupyter.kernel.link import GatewayLink, KernelOptions, Sidecar
 from cumulus_jupyter.kernel.progress import Progress
 from cumulus_jupyter.kernel.routing import OwnRequests, Router
 from cumulus_jupyter.kernel.sockets import ROUTED, LocalSockets, session_for
-from cumulus_jupyter.protocol.messages import Parts, content_of, header_of, parent_of
+from cumulus_jupyter.protocol.messages import Parts, content_of, header_of, msg_type_of, parent_of
 from cumulus_jupyter.remote_kernel import RemoteKernel
 
 Idents = list[bytes]
@@ -57,6 +59,7 @@ class ProxyKernel:
         self.pending: list[tuple[str, Parts]] = []  # held until the remote kernel takes them
         self.stopping = asyncio.Event()
         self.background: set[asyncio.Future[None]] = set()
+        self.execution_count = 0  # the remote kernel's, as its last execute_reply said
 
     @property
     def banner(self) -> str:
@@ -81,6 +84,8 @@ class ProxyKernel:
             await self.shutdown(channel, idents, header, content_of(parts))
         elif self.failure is not None:
             self.local.fail(channel, idents, header, self.failure)
+        elif msg_type == "execute_request" and (words := _cumulus_command(parts)) is not None:
+            self.run_command(idents, header, words)
         elif not self.ready.is_set() or not self.accepting.is_set():
             self.pending.append((channel, parts))
             if msg_type == "execute_request":
@@ -109,6 +114,32 @@ class ProxyKernel:
         pending, self.pending = self.pending, []
         for channel, parts in pending:
             await self.forward(channel, parts)
+
+    def run_command(self, idents: Idents, header: Header, words: list[str]) -> None:
+        """A ``%cumulus`` cell, answered here, in the background: the gateway's answer holds
+        up no other request, and the extension takes effect while another cell runs."""
+        self.router.answered(header.get("msg_id", ""))
+        task = asyncio.ensure_future(self._command(idents, header, words))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _command(self, idents: Idents, header: Header, words: list[str]) -> None:
+        try:
+            duration = extension(words)
+            await self.ready.wait()  # a first cell waits for the partition like any other
+            if self.failure is not None:
+                raise self.failure
+            line = await self.link.extend(duration)
+        except CumulusError as exc:
+            self.local.fail("shell", idents, header, exc)
+            return
+        self.local.status("busy", header)
+        self.local.publish("stream", {"name": "stdout", "text": f"Cumulus: {line}\n"}, header)
+        self.local.reply("shell", idents, header, "execute_reply", {
+            "status": "ok", "execution_count": self.execution_count,
+            "user_expressions": {}, "payload": [],
+        })  # fmt: skip
+        self.local.status("idle", header)
 
     async def interrupt(self, channel: str, idents: Idents, parent: Header) -> None:
         content: dict[str, Any] = {"status": "ok"}
@@ -206,6 +237,9 @@ class ProxyKernel:
         if channel == "iopub":
             self._deliver_iopub(parts)
         elif channel in ROUTED:
+            if channel == "shell" and msg_type_of(parts) == "execute_reply":
+                count = content_of(parts).get("execution_count")
+                self.execution_count = count if isinstance(count, int) else self.execution_count
             idents = self.router.route_reply(channel, parts)
             if idents is not None:
                 self.local.send_raw(channel, idents, parts)
@@ -282,3 +316,11 @@ class ProxyKernel:
             task.cancel()
         await self.link.close()
         self.local.close()
+
+
+def _cumulus_command(parts: Parts) -> list[str] | None:
+    """The ``%cumulus`` command an execute request's cell is, if it is one (`commands`)."""
+    if b"%cumulus" not in parts[3]:  # most cells: no need to decode their content
+        return None
+    code = content_of(parts).get("code")
+    return command_of(code) if isinstance(code, str) else None

@@ -60,6 +60,10 @@ class Router:
             self._outstanding.pop(parent_id, None)
         return self._routes.get(parent_id)
 
+    def answered(self, msg_id: str) -> None:
+        """Execute request ``msg_id`` was answered by the proxy itself: no longer outstanding."""
+        self._outstanding.pop(msg_id, None)
+
     def take_outstanding(self) -> list[tuple[Idents, Header]]:
         """The execute requests still waiting for a reply (now forgotten): the kernel died."""
         outstanding, self._outstanding = self._outstanding, {}

@@ -49,7 +49,7 @@ class JobsHandler(_JobHandler):
         body = self.json_object()
         user = self.scoped_name()
         owner = user or str(body.get("owner") or "anonymous")[:64]
-        job = self.runner.submit(new_job(body, owner))
+        job = self.runner.submit(new_job(body, owner), exempt=user is None)
         self.set_status(201)
         self.finish(json.dumps(self.describe(job)))
 
