@@ -496,6 +496,11 @@ class Store:
             [(partition_id, r.pid, r.started) for r in refs],
         )
 
+    def candidates(self, refs: str | Sequence[str] | None) -> list[int]:
+        """The indices of the devices ``refs`` name (as `create` reads them; ``None`` or
+        ``"any"``: every device); `InvalidArgument` for a device that is not there."""
+        return self._candidates(refs)
+
     def _candidates(self, refs: str | Sequence[str] | None) -> list[int]:
         if not self.devices:
             raise InvalidArgument(

@@ -1,0 +1,358 @@
+"""Which queued partition requests start now, when the others are expected to: a pure function
+of the devices, the partitions held (with their known expiries), the queue and "now".
+
+Three policies (`Policy`):
+
+``fifo``
+    The queue is served in arrival order and only its head may start: a request that does not
+    fit blocks every one behind it.
+``backfill``
+    EASY backfilling (Lifka's rule, as in Slurm's and Maui's backfill). The queue is in arrival
+    order; requests start from the head for as long as they fit. The first that does not becomes
+    the *head* and gets a *reservation*: the earliest time at which it fits once the partitions
+    held now end at their expiries (`Plan.reserved_at`). Every request behind it may start now
+    if it fits now **and** the head still fits at its reservation with this request's partition
+    added (it ends, at ``now + duration``, before the reservation, or it sits where the head will
+    not). The check is made by the same placement the store uses (`chronos.allocator.place`, best
+    fit), so "fits" here is what Chronos will do. No backfill can make the head start later than
+    its reservation, and the head therefore never starts later than it would under ``fifo``.
+``fair``
+    ``backfill`` with the queue ordered by each owner's recent use: decayed GPU-seconds
+    (`FairShare`, half-life configurable) plus what their held partitions have used so far,
+    lowest first, arrival order among equals. Two rules keep it from starving anyone: the head,
+    once chosen, keeps its place until it starts or leaves (its reservation is honoured like
+    under ``backfill``); and a request that has waited ``aging_s`` (by default twice the
+    half-life) is *aged*: aged requests come before all others, in arrival order. A request's
+    wait is then bounded: once aged, only the requests that arrived before it and the current
+    head can be served ahead of it, and each head starts within the longest partition duration
+    of becoming head.
+
+Estimated starts (`estimate`) come from a conservative plan of the whole queue in policy order:
+each request at the earliest time it fits, throughout its duration, around what is held and
+what was planned for the requests ahead of it. A request that can never fit has no estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from chronos.allocator import place
+from chronos.amount import TENTHS_PER_DEVICE, GpuAmount
+from chronos.errors import InvalidArgument, ResourceExhausted
+
+DEFAULT_HALF_LIFE_S = 3_600.0
+
+
+class Policy(StrEnum):
+    """How the queue is served (``--CumulusKernelManager.queue_policy``)."""
+
+    FIFO = "fifo"
+    BACKFILL = "backfill"
+    FAIR = "fair"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The devices partitions go on: their indices and, when they span hosts, each one's host."""
+
+    devices: tuple[int, ...]
+    hosts: Mapping[int, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A partition that holds ``tenths`` on each of ``devices`` from ``since`` to ``until``."""
+
+    devices: tuple[int, ...]
+    tenths: int
+    until: float
+    owner: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A queued request: ``amount`` for ``duration_s`` on one of ``candidates``."""
+
+    id: int
+    amount: GpuAmount
+    duration_s: float
+    owner: str
+    candidates: tuple[int, ...]
+    queued_at: float
+
+
+@dataclass(frozen=True)
+class Start:
+    """A request to start now, on the devices the store will give it."""
+
+    id: int
+    devices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `plan` decided: the queue in policy order, who starts now (in that order), the head
+    that waits after them with its reservation, and why each other request waits."""
+
+    order: tuple[int, ...]
+    starts: tuple[Start, ...]
+    head: int | None
+    reserved_at: float | None
+    waiting_for: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The policy and its parameters."""
+
+    policy: Policy = Policy.FAIR
+    half_life_s: float = DEFAULT_HALF_LIFE_S
+    aging_s: float | None = None  # None: twice the half-life
+
+    @property
+    def aged_after_s(self) -> float:
+        return 2 * self.half_life_s if self.aging_s is None else self.aging_s
+
+
+class FairShare:
+    """Each owner's GPU-seconds, decayed with a half-life: what `fair` orders the queue by.
+
+    Charges are made when a partition ends (``amount x seconds held``); `usage` decays them to
+    "now". Pure bookkeeping: the caller says what time it is.
+    """
+
+    def __init__(self, half_life_s: float = DEFAULT_HALF_LIFE_S) -> None:
+        if not half_life_s > 0 or not math.isfinite(half_life_s):
+            raise InvalidArgument(f"the fair-share half-life must be positive, not {half_life_s}")
+        self.half_life_s = half_life_s
+        self._used: dict[str, tuple[float, float]] = {}  # owner -> (GPU-seconds, as of)
+
+    def charge(self, owner: str, gpu_seconds: float, at: float) -> None:
+        """Add ``gpu_seconds`` used by ``owner``, counted as of ``at``."""
+        self._used[owner] = (self.usage(owner, at) + max(0.0, gpu_seconds), at)
+
+    def usage(self, owner: str, now: float) -> float:
+        """``owner``'s decayed GPU-seconds at ``now``."""
+        value, since = self._used.get(owner, (0.0, now))
+        return float(value * 0.5 ** (max(0.0, now - since) / self.half_life_s))
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        """Every owner's decayed GPU-seconds at ``now``."""
+        return {owner: self.usage(owner, now) for owner in self._used}
+
+
+# -- the timeline: what is held when ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Span:
+    devices: tuple[int, ...]
+    tenths: int
+    start: float
+    end: float
+
+
+class Timeline:
+    """Partitions held and planned, as spans of time; answers "where would this fit, when"."""
+
+    def __init__(self, cluster: Cluster, holdings: Iterable[Holding], now: float) -> None:
+        self.cluster = cluster
+        self.now = now
+        self._spans = [_Span(h.devices, h.tenths, now, h.until) for h in holdings if h.until > now]
+
+    def copy(self) -> Timeline:
+        twin = Timeline(self.cluster, (), self.now)
+        twin._spans = list(self._spans)
+        return twin
+
+    def add(self, devices: tuple[int, ...], tenths: int, start: float, end: float) -> None:
+        self._spans.append(_Span(devices, tenths, start, end))
+
+    def used_over(self, start: float, end: float) -> dict[int, int]:
+        """The most tenths held on each device at any moment in ``[start, end)``."""
+        live = [s for s in self._spans if s.start < end and s.end > start]
+        moments = {start, *(s.start for s in live if s.start > start)}
+        most: dict[int, int] = {}
+        for moment in moments:
+            here: dict[int, int] = {}
+            for s in live:
+                if s.start <= moment < s.end:
+                    for d in s.devices:
+                        here[d] = here.get(d, 0) + s.tenths
+            for d, tenths in here.items():
+                most[d] = max(most.get(d, 0), tenths)
+        return most
+
+    def fits(self, ask: Ask, start: float) -> tuple[int, ...] | None:
+        """The devices ``ask`` would get starting at ``start`` (for its whole duration), or None."""
+        used = self.used_over(start, start + ask.duration_s)
+        try:
+            return tuple(place(ask.amount, ask.candidates, used, self.cluster.hosts))
+        except (ResourceExhausted, InvalidArgument):
+            return None
+
+    def why_not(self, ask: Ask) -> str:
+        """What the store would say about ``ask`` now."""
+        try:
+            used = self.used_over(self.now, self.now + ask.duration_s)
+            place(ask.amount, ask.candidates, used, self.cluster.hosts)
+        except (ResourceExhausted, InvalidArgument) as exc:
+            return str(exc)
+        return "fits now"
+
+    def earliest(
+        self, ask: Ask, not_before: float | None = None
+    ) -> tuple[float, tuple[int, ...]] | None:
+        """The earliest time from now (or ``not_before``) at which ``ask`` fits for its whole
+        duration, with its devices; None if it never does (more than the candidates hold)."""
+        first = self.now if not_before is None else max(self.now, not_before)
+        moments = sorted({first, *(s.end for s in self._spans if s.end > first)})
+        for moment in moments:
+            devices = self.fits(ask, moment)
+            if devices is not None:
+                return moment, devices
+        return None
+
+    def reserve(self, ask: Ask, start: float, devices: tuple[int, ...]) -> None:
+        self.add(devices, ask.amount.tenths_per_device, start, start + ask.duration_s)
+
+
+# -- ordering ------------------------------------------------------------------------------------
+
+
+def order(
+    queue: Sequence[Ask],
+    rules: Rules,
+    now: float,
+    *,
+    usage: Mapping[str, float] | None = None,
+    head: int | None = None,
+) -> list[Ask]:
+    """The queue in the order ``rules`` serve it; ``head`` (the request holding the reservation)
+    stays first while it waits. ``usage`` is each owner's GPU-seconds, for `Policy.FAIR`."""
+    arrival = sorted(queue, key=lambda a: (a.queued_at, a.id))
+    kept = [a for a in arrival if a.id == head]
+    rest = [a for a in arrival if a.id != head]
+    if rules.policy is Policy.FAIR:
+        used = usage or {}
+        aged = [a for a in rest if now - a.queued_at >= rules.aged_after_s]
+        young = [a for a in rest if now - a.queued_at < rules.aged_after_s]
+        young.sort(key=lambda a: (used.get(a.owner, 0.0), a.queued_at, a.id))
+        rest = aged + young
+    return kept + rest
+
+
+def usage_of(holdings: Iterable[Holding], share: FairShare | None, now: float) -> dict[str, float]:
+    """Each owner's decayed past use plus what their held partitions have used so far."""
+    used = share.snapshot(now) if share is not None else {}
+    for h in holdings:
+        held = len(h.devices) * h.tenths / TENTHS_PER_DEVICE * max(0.0, now - h.since)
+        used[h.owner] = used.get(h.owner, 0.0) + held
+    return used
+
+
+# -- the decisions -------------------------------------------------------------------------------
+
+
+def plan(
+    cluster: Cluster,
+    holdings: Sequence[Holding],
+    queue: Sequence[Ask],
+    now: float,
+    rules: Rules,
+    *,
+    share: FairShare | None = None,
+    head: int | None = None,
+) -> Plan:
+    """Who starts now under ``rules``, and the head's reservation (see the module's doc)."""
+    ordered = order(queue, rules, now, usage=usage_of(holdings, share, now), head=head)
+    timeline = Timeline(cluster, holdings, now)
+    starts: list[Start] = []
+    waiting = list(ordered)
+    while waiting:  # from the head, for as long as the head fits
+        devices = timeline.fits(waiting[0], now)
+        if devices is None:
+            break
+        timeline.reserve(waiting[0], now, devices)
+        starts.append(Start(waiting.pop(0).id, devices))
+    if not waiting:
+        return Plan(tuple(a.id for a in ordered), tuple(starts), None, None)
+    first = waiting[0]
+    refusal = timeline.why_not(first)
+    reserved = timeline.earliest(first)
+    waiting_for = {first.id: refusal}
+    behind = f"request {first.id} at the head of the queue ({refusal})"
+    for ask in waiting[1:]:
+        if rules.policy is Policy.FIFO:
+            waiting_for[ask.id] = behind
+            continue
+        devices = timeline.fits(ask, now)
+        if devices is None:
+            waiting_for[ask.id] = timeline.why_not(ask)
+        elif reserved is not None and not _keeps(timeline, ask, devices, first, reserved[0]):
+            waiting_for[ask.id] = (
+                f"it would delay request {first.id} ({first.owner}, {first.amount} GPU), "
+                f"reserved to start in {_seconds(reserved[0] - now)}"
+            )
+        else:
+            timeline.reserve(ask, now, devices)
+            starts.append(Start(ask.id, devices))
+    return Plan(
+        tuple(a.id for a in ordered),
+        tuple(starts),
+        first.id,
+        reserved[0] if reserved is not None else None,
+        waiting_for,
+    )
+
+
+def _keeps(
+    timeline: Timeline, ask: Ask, devices: tuple[int, ...], head: Ask, reserved_at: float
+) -> bool:
+    """Whether the head still fits at its reservation with ``ask`` started now on ``devices``:
+    at once if ``ask`` ends by then, else by trying."""
+    end = timeline.now + ask.duration_s
+    if end <= reserved_at:
+        return True
+    trial = timeline.copy()
+    trial.add(devices, ask.amount.tenths_per_device, timeline.now, end)
+    return trial.fits(head, reserved_at) is not None
+
+
+def estimate(
+    cluster: Cluster,
+    holdings: Sequence[Holding],
+    ordered: Sequence[Ask],
+    now: float,
+    *,
+    in_order: bool = False,
+) -> dict[int, float | None]:
+    """Seconds from ``now`` to each request's estimated start, planning them in ``ordered``
+    order around what is held (None: it can never fit). ``in_order`` (``fifo``): none starts
+    before the one ahead of it."""
+    timeline = Timeline(cluster, holdings, now)
+    etas: dict[int, float | None] = {}
+    floor = now
+    for ask in ordered:
+        found = timeline.earliest(ask, floor)
+        if found is None:
+            etas[ask.id] = None
+            continue
+        start, devices = found
+        timeline.reserve(ask, start, devices)
+        etas[ask.id] = start - now
+        floor = start if in_order else now
+    return etas
+
+
+def _seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
