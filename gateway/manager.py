@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Any
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-from traitlets import Float, Int, Unicode, default
+from traitlets import Enum, Float, Int, Unicode, default
 
 from cumulus_jupyter.errors import Internal, InvalidArgument
 from gateway.kernel import CumulusServerKernelManager
@@ -31,6 +32,7 @@ from gateway.provisioner import CumulusProvisioner
 from gateway.quotas import Quotas
 from gateway.records import KernelRecord
 from gateway.registry import cumulus_model
+from gateway.scheduler import DEFAULT_HALF_LIFE_S, Policy
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -95,6 +97,21 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         "one (max_duration in its provisioner config).",
     )
 
+    queue_policy = Enum(
+        [p.value for p in Policy],
+        Policy.FAIR.value,
+        config=True,
+        help="How the partition queue is served: fifo (arrival order; the head blocks the "
+        "rest), backfill (EASY backfilling: a request behind the head starts now if it fits "
+        "and the head still starts by its reservation, known from the partitions' expiries) "
+        "or fair (backfill, the queue ordered by each user's recent GPU use).",
+    )
+    fair_share_half_life = Float(
+        DEFAULT_HALF_LIFE_S,
+        config=True,
+        help="Seconds after which a user's past GPU use counts half, for queue_policy=fair.",
+    )
+
     _services: Services | None = None
     _starting: dict[str, Any]  # kernel id -> its manager, while its start is under way
     _abandoned: set[asyncio.Task[None]]  # clean-ups of starts whose requester left
@@ -120,6 +137,11 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                 "--CumulusKernelManager.disconnected_timeout must be seconds (0 turns it off), "
                 f"not {self.disconnected_timeout:g}"
             )
+        if not (math.isfinite(self.fair_share_half_life) and self.fair_share_half_life > 0):
+            raise InvalidArgument(
+                "--CumulusKernelManager.fair_share_half_life must be a positive number of "
+                f"seconds (e.g. 3600), not {self.fair_share_half_life:g}"
+            )
         return Settings(
             launch_timeout=self.launch_timeout,
             disconnected_timeout=self.disconnected_timeout,
@@ -129,6 +151,8 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             quotas=Quotas.configured(
                 self.max_gpu_per_user, self.max_kernels_per_user, self.max_duration
             ),
+            queue_policy=Policy(self.queue_policy),
+            fair_share_half_life=self.fair_share_half_life,
             **app,
         )
 

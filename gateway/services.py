@@ -24,6 +24,7 @@ from gateway.jobs.store import JobStore
 from gateway.records import KernelRecords
 from gateway.registry import KernelRegistry
 from gateway.runtimes import Runtime, runtime_for
+from gateway.scheduler import Rules
 from gateway.settings import Settings
 
 
@@ -60,7 +61,13 @@ class Services:
             runtime.log.warning("%s runtime: %s", runtime.name, exc)
         with chronos_boundary():
             store = Store(runtime.devices() or discover(), state_path or None)
-        broker = PartitionBroker(store, on_allocated=metrics.ALLOCATION.observe)
+        broker = PartitionBroker(
+            store,
+            on_allocated=metrics.ALLOCATION.observe,
+            rules=Rules(settings.queue_policy, settings.fair_share_half_life),
+            on_waited=metrics.QUEUE_WAIT.observe,
+            on_holdings=metrics.update_holders,
+        )
         registry = KernelRegistry()
         jobs = JobRunner(kernels, JobStore(store.path), registry, settings)
         return cls(settings, runtime, broker, KernelRecords(store.path), callbacks, registry, jobs)

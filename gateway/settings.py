@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.quotas import Quotas
+from gateway.scheduler import DEFAULT_HALF_LIFE_S, Policy
 
 
 @dataclass
@@ -23,3 +24,5 @@ class Settings:
     port: int = 8888
     base_url: str = "/"
     quotas: Quotas = field(default_factory=Quotas)  # per-user limits (gateway.quotas)
+    queue_policy: Policy = Policy.FAIR  # how the partition queue is served (gateway.scheduler)
+    fair_share_half_life: float = DEFAULT_HALF_LIFE_S  # seconds; decays users' GPU-seconds

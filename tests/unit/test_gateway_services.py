@@ -90,3 +90,22 @@ def test_a_state_file_that_is_not_a_store_is_unavailable(
     with pytest.raises(Unavailable, match="is corrupt or not a Chronos store") as refused:
         build_services(manager)
     assert refused.value.exit_code == 5
+
+
+def test_the_queue_policy_and_half_life_reach_the_broker(
+    manager: CumulusKernelManager,
+) -> None:
+    manager.queue_policy, manager.fair_share_half_life = "backfill", 600.0
+    broker = build_services(manager).broker
+    assert (broker.rules.policy.value, broker.rules.half_life_s) == ("backfill", 600.0)
+    assert broker.share.half_life_s == 600.0
+
+
+@pytest.mark.parametrize("half_life", [0.0, -5.0, float("nan")])
+def test_a_half_life_that_is_not_positive_is_one_clear_line(
+    manager: CumulusKernelManager, half_life: float
+) -> None:
+    manager.fair_share_half_life = half_life
+    with pytest.raises(InvalidArgument, match="fair_share_half_life must be a positive") as no:
+        build_services(manager)
+    assert no.value.exit_code == 2 and "\n" not in str(no.value)
