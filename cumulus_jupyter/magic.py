@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import shlex
 import sys
 import weakref
@@ -30,7 +31,7 @@ from IPython.core.magic_arguments import magic_arguments as _untyped_magic_argum
 from traitlets import Float, Unicode
 
 from cumulus_jupyter import partitions, variables
-from cumulus_jupyter.cells import cell_names
+from cumulus_jupyter.cells import CellNames, cell_names
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
 from cumulus_jupyter.frontend import LocalFrontend, Status
@@ -52,6 +53,9 @@ def _magic_arguments(name: str) -> Callable[[F], F]:
 
 #: the options of ``%%cumulus`` that list names
 _LISTED = ("push", "pull", "checkpoint_before_expiry")
+
+
+_CELLS_KEPT = 128
 
 
 def _names(value: str) -> list[str]:
@@ -92,6 +96,13 @@ def _parser_of(magic: Any) -> argparse.ArgumentParser:
 
 
 def _options(line: str) -> dict[str, Any]:
+    """The cell magic's options: a fresh copy, parsed once per distinct line (a notebook runs
+    the same few lines over and over)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in _parsed(line).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(line: str) -> dict[str, Any]:
     opts = vars(_parse(_parser_of(CumulusMagics.cumulus), line))
     for key in _LISTED:
         value = opts[key]
@@ -116,6 +127,7 @@ class CumulusMagics(Magics):
         self.current = ""  # the session the last %%cumulus cell used: line commands act on it
         self.frontend = LocalFrontend(shell)
         self.status = Status(self.frontend, quiet=True)  # the cell's; a new one per cell
+        self._cells: dict[str, CellNames] = {}  # analysed cells, oldest first (`_analysed`)
         # a notebook closed or restarted gives its partitions back (a crash cannot)
         atexit.register(_release_at_exit, weakref.ref(self))
 
@@ -243,28 +255,44 @@ class CumulusMagics(Magics):
             self._remote(session, kernel_code.before_expiry(session.name, names, expires))
         ns = self.ns
         assert self.shell is not None
-        found = variables.plan(
-            cell_names(cell, self.shell.transform_cell(cell)), ns,  # type: ignore[no-untyped-call]
-            self.shell.user_ns_hidden, opts["push"],
-        )  # fmt: skip
+        found = variables.plan(self._analysed(cell), ns, self.shell.user_ns_hidden, opts["push"])
         if not opts["no_push"]:
             missing = [n for n in opts["push"] if n not in ns]
             if missing:
                 raise InvalidArgument(
                     f"--push names what does not exist here: {', '.join(missing)}"
                 )
-            variables.send(session, found, ns)
-        reply = session.execute(cell, self._show)
+            carried = variables.send(session, found, ns)
+        else:
+            carried = None
+        limit = int(self.ref_threshold_mb * 2**20)
+        expressions = (
+            {}
+            if opts["no_pull"]
+            else variables.expressions(session, found, limit, opts["pull"], carried)
+        )
+        reply = session.execute(cell, self._show, carry=carried, expressions=expressions)
         content = reply["content"]
         failed = content.get("status") == "error"
         if not opts["no_pull"]:  # after an error too: what ran before it stays, as it would here
-            limit = int(self.ref_threshold_mb * 2**20)
             with contextlib.suppress(CumulusError) if failed else contextlib.nullcontext():
-                variables.bring_back(session, found, ns, limit, skip=opts["pull"])
+                variables.bring_back(session, found, ns, limit, skip=opts["pull"], reply=reply)
                 explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
                 ns.update(explicit)
         if failed:
             raise RemoteError.from_reply(content)
+
+    def _analysed(self, cell: str) -> CellNames:
+        """`cell_names` of a cell as this shell transforms it; remembered for the last
+        `_CELLS_KEPT` distinct cells (a cell run again is not analysed again)."""
+        names = self._cells.pop(cell, None)
+        if names is None:
+            assert self.shell is not None
+            names = cell_names(cell, self.shell.transform_cell(cell))  # type: ignore[no-untyped-call]
+        self._cells[cell] = names  # now the most recent
+        while len(self._cells) > _CELLS_KEPT:
+            del self._cells[next(iter(self._cells))]
+        return names
 
     def _remote(self, session: RemoteSession, source: str) -> None:
         """Run agent code (`protocol.code`) in the session's kernel; it prints its own line."""

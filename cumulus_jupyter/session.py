@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import contextlib
 import json
 import queue
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_client.session import Session
@@ -44,24 +46,30 @@ _COMMS = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 class _Execution:
     """What the reader does with one execute's messages: outputs go to the waiting thread as
-    they come; the reply is held until the kernel is idle again, then sent as one ``_done``."""
+    they come; the reply is held until every output is in (the agent's mark came, or the
+    kernel is idle again), then sent as one ``_done``."""
 
-    _SILENT = frozenset({"execute_input", "status", "execute_reply"})
+    _SILENT = frozenset({"execute_input", "status", "execute_reply", kernel_code.MARK})
 
     def __init__(self) -> None:
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.reply: Message | None = None
-        self.idle = False
+        self.outputs_in = False
+        self.done = False
 
     def take(self, message: Message) -> None:
         kind = message["msg_type"]
         if kind == "execute_reply":
             self.reply = message
+        elif kind == kernel_code.MARK:
+            self.outputs_in = True
         elif kind == "status":
-            self.idle = self.idle or message["content"].get("execution_state") == "idle"
+            idle = message["content"].get("execution_state") == "idle"
+            self.outputs_in = self.outputs_in or idle
         if kind not in self._SILENT:
             self.inbox.put(message)
-        elif self.reply is not None and self.idle:
+        elif self.reply is not None and self.outputs_in and not self.done:
+            self.done = True  # once: the idle that follows a mark is not a second end
             self.inbox.put({"msg_type": "_done", "reply": self.reply})
 
     def put(self, message: Message) -> None:  # the loss notice, as for any route
@@ -88,6 +96,26 @@ class RemoteRef:
             f"RemoteRef({self.name}: {self.info.get('type')}{dtype}{shape}, {size:.1f} MiB, "
             f"in session {self.session.name}; .fetch() brings it here)"
         )
+
+
+@dataclass
+class Push:
+    """A push pickled and checked, not yet sent (`RemoteSession.prepare_push`)."""
+
+    request: dict[str, Any]  # the ``cumulus.vars`` push (its entries)
+    frames: list[Any]  # the pickles and their out-of-band buffers
+    prints: dict[str, str]  # each value's fingerprint, for the ledger once the remote has it
+    names: list[str]
+    total: int  # bytes
+
+
+@dataclass
+class Pulled:
+    """What came back inside an execute reply (`RemoteSession.inline_pulled`)."""
+
+    values: dict[str, Any]  # including `RemoteRef`s for values over the size limit
+    missing: list[str]  # asked for, not there
+    deferred: list[str]  # there, too large to ride in the reply: pull them over comms
 
 
 class RemoteSession:
@@ -290,10 +318,14 @@ class RemoteSession:
             target.put({"msg_type": "_lost", "error": error})
 
     def _request(
-        self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> tuple[str, Parts]:
         """A new request's id and its packed parts (header, parent, metadata, content)."""
-        msg = self.session.msg(msg_type, content, parent=parent)
+        msg = self.session.msg(msg_type, content, parent=parent, metadata=metadata)
         parts = [
             self.session.pack(msg[k]) for k in ("header", "parent_header", "metadata", "content")
         ]
@@ -333,16 +365,26 @@ class RemoteSession:
         finally:
             self._routes.pop(msg_id, None)
 
-    def execute(self, code: str, on_output: Callable[[Message], None]) -> Message:
+    def execute(
+        self,
+        code: str,
+        on_output: Callable[[Message], None],
+        *,
+        carry: Push | None = None,
+        expressions: dict[str, str] | None = None,
+    ) -> Message:
         """Run ``code``; ``on_output`` gets every output message in this thread, as it comes.
+        ``carry`` (from `prepare_push`) rides inside the request and is applied before the
+        cell runs: if the remote refuses it, the cell does not run and this raises `Internal`.
 
         The request is sent without waiting for the send to finish, and the reader wakes this
-        thread only for outputs and once at the end (reply and idle both in), so a ``pass``
-        cell costs one thread hop each way on top of the kernel's own round trip."""
+        thread only for outputs and once at the end (the reply and the agent's mark that every
+        output is out), so a ``pass`` cell costs one thread hop each way on top of the kernel's
+        own round trip."""
         if self.lost is not None:
             raise self.lost
         execution = _Execution()
-        msg_id = self._send_execute(code, execution)
+        msg_id = self._send_execute(code, execution, carry, expressions)
         try:
             while True:
                 message = execution.inbox.get()
@@ -350,22 +392,40 @@ class RemoteSession:
                 if kind == "_lost":
                     raise message["error"]
                 if kind == "_done":
-                    return message["reply"]  # type: ignore[no-any-return]
+                    reply: Message = message["reply"]
+                    break
                 on_output(message)
         except KeyboardInterrupt:
             loop.call(self.kernel.interrupt())  # type: ignore[union-attr]
             raise
         finally:
             self._routes.pop(msg_id, None)
+        if carry is not None:
+            content = reply["content"]
+            if content.get("ename") == kernel_code.PUSH_REFUSED:
+                raise Internal(f"the remote kernel refused the variables: {content.get('evalue')}")
+            self._pushed(carry)
+        return reply
 
-    def _send_execute(self, code: str, execution: _Execution) -> str:
+    def _send_execute(
+        self,
+        code: str,
+        execution: _Execution,
+        carry: Push | None,
+        expressions: dict[str, str] | None,
+    ) -> str:
         assert self.kernel is not None
         kernel = self.kernel
+        options: dict[str, Any] = {"mark": True}
+        if carry is not None:
+            options["push"] = carry.request
         msg_id, parts = self._request(
-            "execute_request", self._execute_content(code, allow_stdin=self.allow_stdin)
+            "execute_request",
+            self._execute_content(code, expressions=expressions, allow_stdin=self.allow_stdin),
+            metadata={kernel_code.METADATA_KEY: options},
         )
         self._routes[msg_id] = execution
-        self._send_soon(kernel, "shell", parts)
+        self._send_soon(kernel, "shell", [*parts, *(carry.frames if carry else [])])
         return msg_id
 
     def _send_soon(self, kernel: RemoteKernel, channel: str, parts: Parts) -> None:
@@ -465,9 +525,34 @@ class RemoteSession:
 
     def push(self, values: dict[str, Any], force: bool = False) -> list[str]:
         """Send the values that changed since the last push; returns the names sent."""
+        prepared = self.prepare_push(values, force)
+        if prepared is None:
+            return []
+        request, frames = prepared.request, prepared.frames
+        if self.data_path and prepared.total >= datapath.STAGE_THRESHOLD:
+            try:
+                request["staged"] = self._upload(frames)
+                frames = []
+            except DataChannelError as exc:  # the kernel's data port is gone: use messages
+                self.data_path, self.data_error = False, str(exc)
+        answer = self._comm(request, frames)["content"]["data"]
+        if not answer.get("ok"):
+            raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")
+        self._pushed(prepared)
+        return prepared.names
+
+    def _pushed(self, prepared: Push) -> None:
+        """The remote holds what ``prepared`` carried."""
+        self.sent_bytes += prepared.total
+        self.ledger.sent(prepared.prints)
+
+    def prepare_push(self, values: dict[str, Any], force: bool = False) -> Push | None:
+        """The push of the values that changed since the last push (None: nothing changed),
+        pickled and checked against the gateway's cap, not sent: `push` sends it on its own,
+        `execute` inside a cell's request (``carry``)."""
         pickled, prints = self.ledger.changes(values, force)
         if not pickled:
-            return []
+            return None
         entries, frames = transfer.pack_namespace({n: values[n] for n in pickled}, pickled)
         total = sum(memoryview(f).nbytes for f in frames)
         if self.max_transfer_bytes and total > self.max_transfer_bytes:
@@ -481,19 +566,7 @@ class RemoteSession:
                 "Send less (--no-push, or make it remotely) or ask for a larger "
                 "CumulusGateway.max_transfer_bytes"
             )
-        request: dict[str, Any] = {"op": "push", "entries": entries}
-        if self.data_path and total >= datapath.STAGE_THRESHOLD:
-            try:
-                request["staged"] = self._upload(frames)
-                frames = []
-            except DataChannelError as exc:  # the kernel's data port is gone: use messages
-                self.data_path, self.data_error = False, str(exc)
-        answer = self._comm(request, frames)["content"]["data"]
-        self.sent_bytes += total
-        if not answer.get("ok"):
-            raise Internal(f"the remote kernel refused the variables: {answer.get('error')}")
-        self.ledger.sent(prints)
-        return sorted(pickled)
+        return Push({"op": "push", "entries": entries}, frames, prints, sorted(pickled), total)
 
     def pull(
         self, names: list[str], max_bytes: int | None = None
@@ -510,12 +583,28 @@ class RemoteSession:
         if not answer.get("ok"):
             raise Internal(f"could not bring the variables back: {answer.get('error')}")
         buffers = self._download(answer["staged"]) if answer.get("staged") else message["buffers"]
+        return self._received(answer, buffers), list(answer.get("missing", []))
+
+    def _received(self, answer: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
+        """The values an answer to a pull carries, and `RemoteRef`s for those left remote."""
         values: dict[str, Any] = transfer.unpack_namespace(answer["entries"], buffers)
         self.ledger.received(values)
         for name, info in (answer.get("refs") or {}).items():
             values[name] = RemoteRef(self, name, info)
             self.ledger.forget(name)
-        return values, list(answer.get("missing", []))
+        return values
+
+    def inline_pulled(self, reply: Message, key: str) -> Pulled | None:
+        """What the user expression ``key`` (`kernel_code.pull_expression`) of an execute
+        brought back, or None when it did not (the cell failed, an agent without it, a value
+        that would not pickle there): then the caller pulls over comms as usual."""
+        found = reply["content"].get("user_expressions", {}).get(key, {})
+        answer = found.get("data", {}).get(kernel_code.VARS_MIME) if found else None
+        if found.get("status") != "ok" or not isinstance(answer, dict):
+            return None
+        frames = [base64.b64decode(f) for f in answer["frames"]]
+        values = self._received(answer, frames)
+        return Pulled(values, list(answer.get("missing", [])), list(answer.get("deferred", [])))
 
     # -- the partition ---------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ cell reads, binds and deletes; this decides what that means for values).
   ``model.fit(X)``, ``a[0] = 1``, anything a called function does): after the cell, the remote
   says what each now pickles to (no data moves), and those that changed come back.
 - **deletes**: a name the cell deleted that the remote no longer has is deleted here too.
+
+Under `kernel_code.INLINE_MAX_BYTES` the push rides inside the cell's own execute request, and
+what comes back (bound values, watched values that changed) inside its reply, as a user
+expression (`cumulus_jupyter.agent.inline`): a cell costs one round trip. What does not fit, or
+a cell that failed, takes the ``cumulus.vars`` comm (and the data path) as before.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ from typing import Any
 from cumulus_jupyter import transfer
 from cumulus_jupyter.cells import CellNames
 from cumulus_jupyter.errors import Internal
-from cumulus_jupyter.session import RemoteRef, RemoteSession
+from cumulus_jupyter.protocol import code as kernel_code
+from cumulus_jupyter.session import Push, RemoteRef, RemoteSession
+
+#: the user expression the pull rides in
+PULL_KEY = "cumulus"
 
 # IPython's history and helpers; they describe this kernel, never the cell's data
 _IPYTHON = re.compile(r"_|__|___|_i|_ii|_iii|_i?\d+|_ih|_oh|_dh|In|Out|get_ipython|exit|quit")
@@ -114,10 +123,32 @@ def plan(
     return Plan(push=push, pull=pull, watch=watch, deletes=deletes)
 
 
-def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> list[str]:
-    """Push what the plan says, the notebook's functions rebound to the remote namespace."""
+def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> Push | None:
+    """Push what the plan says, the notebook's functions rebound to the remote namespace: a
+    push small enough to ride inside the cell's execute request is returned for it to carry
+    (`RemoteSession.execute`), a larger one is sent now."""
     session.ledger.namespace = namespace
-    return session.push({n: namespace[n] for n in found.push})
+    values = {n: namespace[n] for n in found.push}
+    prepared = session.prepare_push(values)
+    if prepared is None or prepared.total <= kernel_code.INLINE_MAX_BYTES:
+        return prepared
+    session.push(values)
+    return None
+
+
+def expressions(
+    session: RemoteSession, found: Plan, limit: int, skip: list[str], carried: Push | None
+) -> dict[str, str]:
+    """The user expression that brings back, inside the reply, what `bring_back` would pull:
+    the names bound and the watched values whose fingerprint changed (those the carried push
+    sends count as held)."""
+    held = session.ledger.held | (carried.prints if carried is not None else {})
+    pull = [n for n in found.pull if n not in skip]
+    watched = {n: held[n] for n in found.watch if n not in skip and n in held}
+    if not pull and not watched:
+        return {}
+    expression = kernel_code.pull_expression(pull, watched, limit, kernel_code.INLINE_MAX_BYTES)
+    return {PULL_KEY: expression}
 
 
 def changed_remotely(session: RemoteSession, names: list[str]) -> list[str]:
@@ -138,14 +169,27 @@ def changed_remotely(session: RemoteSession, names: list[str]) -> list[str]:
 
 
 def bring_back(
-    session: RemoteSession, found: Plan, namespace: dict[str, Any], limit: int, skip: list[str]
+    session: RemoteSession,
+    found: Plan,
+    namespace: dict[str, Any],
+    limit: int,
+    skip: list[str],
+    reply: dict[str, Any] | None = None,
 ) -> None:
     """After the cell ran: pull what it bound and what it changed in place (values over
-    ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there."""
-    wanted = [n for n in found.pull if n not in skip]
-    assigned, missing = _pull_what_can_come(session, wanted, limit)
-    changed = changed_remotely(session, [n for n in found.watch if n not in skip])
-    updated, _ = _pull_what_can_come(session, changed, limit)
+    ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there.
+    What the ``reply`` already brought (`expressions`) is taken from it."""
+    inline = session.inline_pulled(reply, PULL_KEY) if reply is not None else None
+    if inline is not None:
+        assigned, missing = inline.values, inline.missing
+        deferred, _ = _pull_what_can_come(session, inline.deferred, limit)
+        assigned |= deferred
+        updated: dict[str, Any] = {}
+    else:
+        wanted = [n for n in found.pull if n not in skip]
+        assigned, missing = _pull_what_can_come(session, wanted, limit)
+        changed = changed_remotely(session, [n for n in found.watch if n not in skip])
+        updated, _ = _pull_what_can_come(session, changed, limit)
     namespace.update(updated | assigned)
     for name in missing:
         session.ledger.forget(name)

@@ -3,19 +3,21 @@
 The client and the gateway reach it only through the code `cumulus_jupyter.protocol.code`
 builds: `register` (sent silently when a session starts) registers the comm targets of
 `comms` and opens the kernel's data port (`dataserver`); `versions` and `data_port` are read
-back as user expressions; `install` builds a requirements overlay (`overlay`). A job
-container's first process is `launcher`; checkpoints are `checkpoint` (public as
-``cumulus_jupyter.checkpoint``).
+back as user expressions; `inline` lets variables ride inside a cell's execute request and
+reply (`inline_pull` is read as a user expression); `install` builds a requirements overlay
+(`overlay`). A job container's first process is `launcher`; checkpoints are `checkpoint`
+(public as ``cumulus_jupyter.checkpoint``).
 """
 
 from __future__ import annotations
 
-from cumulus_jupyter.agent import comms, dataserver
+from cumulus_jupyter.agent import comms, dataserver, inline
+from cumulus_jupyter.agent.inline import inline_pull
 from cumulus_jupyter.agent.overlay import install
 from cumulus_jupyter.protocol.code import SYNC_TARGET, VARS_TARGET
 from cumulus_jupyter.transfer import versions
 
-__all__ = ["data_port", "install", "register", "versions"]
+__all__ = ["data_port", "inline_pull", "install", "register", "versions"]
 
 
 def register() -> None:
@@ -28,6 +30,7 @@ def register() -> None:
         return
     shell.kernel.comm_manager.register_target(SYNC_TARGET, comms.on_sync_open)
     shell.kernel.comm_manager.register_target(VARS_TARGET, comms.on_vars_open)
+    inline.install(shell.kernel)
     dataserver.open_port(shell.kernel.session.key)
 
 

@@ -24,14 +24,14 @@ from cumulus_jupyter.protocol import env
 Namespace = dict[str, Any]
 
 
-def _user_namespace() -> Namespace:
+def user_namespace() -> Namespace:
     from IPython import get_ipython
 
     namespace: Namespace = get_ipython().user_ns
     return namespace
 
 
-def _push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict[str, Any]:
+def push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict[str, Any]:
     staged = data.get("staged")
     values = transfer.unpack_namespace(
         data["entries"], dataserver.current().claim(staged) if staged else buffers
@@ -67,9 +67,9 @@ def on_vars_open(comm: Any, open_msg: dict[str, Any]) -> None:
     try:
         if data.get("op") == "push":
             buffers = open_msg.get("buffers") or []
-            comm.send(_push(data, buffers, _user_namespace()))
+            comm.send(push(data, buffers, user_namespace()))
         elif data.get("op") == "pull":
-            reply, frames = _pull(data, _user_namespace())
+            reply, frames = _pull(data, user_namespace())
             comm.send(reply, buffers=frames)
         else:
             comm.send({"ok": False, "error": f"unknown operation {data.get('op')!r}"})

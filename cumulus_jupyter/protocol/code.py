@@ -64,3 +64,29 @@ def prelude(resume: str | None, checkpoint: tuple[str, Sequence[str], float] | N
         name, names, expires_at = checkpoint
         calls.append(f"before_expiry({name!r}, {list(names)!r}, globals(), {expires_at!r})")
     return _checkpoint(*calls) if calls else ""
+
+
+# -- what rides inside an execute request and its reply (`cumulus_jupyter.agent.inline`) -------
+
+#: the execute request's metadata key the agent reads: ``push`` (a ``cumulus.vars`` push, its
+#: buffers the request's own) and ``mark`` (send `MARK` on IOPub once the cell's outputs are out)
+METADATA_KEY = "cumulus"
+#: an IOPub message of this type, the execute's child, says every output of it was sent
+MARK = "cumulus_outputs_sent"
+#: the ``ename`` of the execute reply when the carried push was refused (the cell did not run)
+PUSH_REFUSED = "CumulusPushRefused"
+#: the mime type of `pull_expression`'s answer
+VARS_MIME = "application/vnd.cumulus.vars+json"
+#: values travel inside the request and the reply up to this many bytes in all
+INLINE_MAX_BYTES = 2**20
+
+
+def pull_expression(
+    names: Sequence[str], watched: dict[str, str], max_bytes: int | None, inline_max: int
+) -> str:
+    """A user expression: after the cell, the values of ``names`` and of those of ``watched``
+    whose fingerprint changed, inline up to ``inline_max`` bytes (see `VARS_MIME`)."""
+    return (
+        f"{_AGENT_ALIAS}.inline_pull({list(names)!r}, {dict(watched)!r}, {max_bytes!r}, "
+        f"{inline_max!r})"
+    )
