@@ -5,12 +5,16 @@
   bad amount or duration before any kernel machinery starts;
 - ``GET/DELETE /api/kernels/{id}``, its actions and the channels WebSocket answer 410 with the
   reason for a kernel whose partition ended, 403 for another user's kernel;
+- a ``POST /api/kernels`` whose client goes away (a client timeout, a closed tab) while its
+  kernel starts is abandoned: a request waiting in the partition queue leaves it at once, a
+  kernel further along is stopped once started (`CumulusKernelManager.start_kernel`);
 - the kernel WebSocket sets TCP_NODELAY (without it, Nagle's algorithm adds ~40 ms to every
   execute round trip) and can inject iopub messages (expiry warnings) into its client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any, cast
@@ -79,6 +83,17 @@ def check_amounts(env: dict[str, str]) -> None:
 
 
 class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
+    _request_task: asyncio.Task[Any] | None = None  # what answers this request, while it runs
+    _client_left = False
+
+    def on_connection_close(self) -> None:
+        """Called by tornado when the client goes away before its answer (while the kernel
+        starts): the request is cancelled, so no partition and no kernel are taken for it."""
+        self._client_left = True
+        if self._request_task is not None and not self._request_task.done():
+            self._request_task.cancel()
+        super().on_connection_close()
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -94,6 +109,21 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        self._request_task = asyncio.current_task()
+        try:
+            if not self._client_left:  # it may have left while it was authenticated
+                await self._start_kernel()
+        except asyncio.CancelledError:
+            if not self._client_left:
+                raise
+            if self._request_task is not None:
+                self._request_task.uncancel()
+        finally:
+            self._request_task = None
+        if self._client_left:  # nobody to answer
+            self.log.info("POST /api/kernels: the client left before its kernel started")
+
+    async def _start_kernel(self) -> None:
         if len(self.request.body) > MAX_BODY_BYTES:
             raise TooLarge(f"request body over {MAX_BODY_BYTES} bytes")
         model = self.json_object()
