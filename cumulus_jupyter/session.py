@@ -242,14 +242,15 @@ class RemoteSession:
         try:
             while True:
                 channel, parts = await self.kernel.recv()
-                key = parent_of(parts).get("msg_id", "")
-                msg_type = header_of(parts).get("msg_type")
+                header, parent = header_of(parts), parent_of(parts)
+                key = parent.get("msg_id", "")
+                msg_type = header.get("msg_type")
                 if msg_type in ("comm_msg", "comm_close"):
                     comm_id = json.loads(parts[3]).get("comm_id", key)
                     key = comm_id if comm_id in self._routes else key  # our own comms' answers
                 target = self._routes.get(key)
                 if isinstance(target, _Execution):
-                    target.take(messages.parse(parts))
+                    target.take(messages.parse(parts, header, parent))
                 elif target is not None:
                     message = messages.parse(parts)
                     message["channel"] = channel
@@ -261,9 +262,10 @@ class RemoteSession:
                     event = json.loads(parts[3])
                     if event.get("event") == "expired":
                         self._lose(PartitionExpired(event.get("message", "partition expired")))
-                elif header_of(parts).get("msg_type") == "status" and json.loads(parts[3]).get(
-                    "execution_state"
-                ) in ("restarting", "dead"):  # the gateway saw the kernel process die
+                elif msg_type == "status" and json.loads(parts[3]).get("execution_state") in (
+                    "restarting",
+                    "dead",
+                ):  # the gateway saw the kernel process die
                     self._lose(self._gone("died"))
         except Exception as exc:  # the link is gone: reconnect if the kernel lives on
             error = self.lost or await self._why_gone()

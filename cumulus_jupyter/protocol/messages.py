@@ -58,9 +58,14 @@ def comm_id_of(parts: Parts) -> str | None:
     return None
 
 
-def parse(parts: Parts) -> Message:
-    """A message dict (as jupyter_client gives them) from raw parts, buffers kept raw."""
-    header, parent, metadata, content = (json.loads(p) for p in parts[:4])
+def parse(
+    parts: Parts, header: dict[str, Any] | None = None, parent: dict[str, Any] | None = None
+) -> Message:
+    """A message dict (as jupyter_client gives them) from raw parts, buffers kept raw; the
+    ``header`` and ``parent`` already decoded for routing are not decoded again."""
+    header = json.loads(parts[0]) if header is None else header
+    parent = json.loads(parts[1]) if parent is None else parent
+    metadata, content = json.loads(parts[2]), json.loads(parts[3])
     return {
         "header": header, "parent_header": parent, "metadata": metadata, "content": content,
         "buffers": parts[4:], "msg_type": header.get("msg_type"),
