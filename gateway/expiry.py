@@ -5,9 +5,9 @@ its partition from the store (so expiries and releases made by other processes c
 
 - at T-5 min and T-1 min (for partitions shorter than 10 min: at 1/2 and 1/10 of the duration)
   it sends the kernel's clients a stderr stream message and a ``cumulus`` message, which say
-  how to extend the partition (``%cumulus extend 30m``, ``cumulus extend ID 30m``); a warning
-  whose moment lies ahead again (the partition was extended, ``POST
-  /api/cumulus/partitions/{id}/extend``) is re-armed, so it comes again before the new end;
+  how to extend the partition (``%cumulus extend 30m``, ``cumulus extend ID 30m``); each
+  warning is given once per expiry: a partition extended (``POST
+  /api/cumulus/partitions/{id}/extend``) is warned again before its new end;
 - at T, or as soon as the partition is released under it, it tells them the partition expired,
   shuts the kernel down (its provisioner releases the partition) and remembers why, so later
   requests for that kernel get a 410 that says so.
@@ -47,7 +47,7 @@ class ExpirySupervisor:
         self.services = services
         self.kernels = kernels
         self.log = kernels.log
-        self._warned: set[tuple[str, float]] = set()
+        self._warned: dict[tuple[str, float], float] = {}  # (kernel, offset): the expiry then
         self._ending: set[str] = set()
         self._next_prune = 0.0
 
@@ -66,12 +66,11 @@ class ExpirySupervisor:
             if not partition.is_active or left <= 0:
                 await self.expire(kernel_id, partition)
                 continue
-            offsets = warning_offsets(partition)
-            # extended: a warning already given whose moment lies ahead again comes again then
-            self._warned -= {(kernel_id, offset) for offset in offsets if left > offset}
-            for offset in offsets:
-                if left <= offset and (kernel_id, offset) not in self._warned:
-                    self._warned.add((kernel_id, offset))
+            for offset in warning_offsets(partition):
+                given = self._warned.get((kernel_id, offset))
+                # a warning comes again only when the expiry moved later (an extension)
+                if left <= offset and (given is None or partition.expires_at > given):
+                    self._warned[(kernel_id, offset)] = partition.expires_at
                     self.warn(kernel_id, partition, left)
                     break
 
@@ -108,7 +107,7 @@ class ExpirySupervisor:
                 await self.kernels.shutdown_kernel(kernel_id, now=True)
         finally:
             self._ending.discard(kernel_id)
-            self._warned = {w for w in self._warned if w[0] != kernel_id}
+            self._warned = {w: e for w, e in self._warned.items() if w[0] != kernel_id}
 
     def broadcast(
         self, kernel_id: str, text: str, event: str, partition: Partition, seconds_left: float
