@@ -12,8 +12,9 @@ start-up (a bad value stops it with one line), and checked:
 
 What a user holds (`Holdings`) counts their active partitions, their kernels and the requests
 they have waiting in the queue, so queued requests cannot add up past a limit. Requests made
-with the operator token are exempt: the handlers pass ``EXEMPT=True`` to ``start_kernel``,
-which reaches the provisioner's ``pre_launch`` as a keyword (never from a client's variables).
+with the operator token are exempt: the handlers pass ``quota_exempt=True`` (`EXEMPT`) to
+``start_kernel``, which hands it to the provisioner's ``pre_launch`` (never from a client's
+variables).
 """
 
 from __future__ import annotations

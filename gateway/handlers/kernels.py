@@ -37,7 +37,6 @@ from cumulus_jupyter.errors import InvalidArgument, NotFound, PermissionDenied, 
 from cumulus_jupyter.protocol import env as names
 from gateway.errors import chronos_boundary
 from gateway.handlers.base import CumulusErrors, CumulusHandler, check_kernel_access, services_of
-from gateway.quotas import EXEMPT
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ENV_VARS = 128
@@ -140,8 +139,10 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
         path = model.get("path")
         if path is not None and not isinstance(path, str):
             raise InvalidArgument("path must be a string")
-        exempt = {EXEMPT: user is None}  # the operator's token: no quotas (gateway.quotas)
-        kernel_id = await km.start_kernel(kernel_name=name, path=cast(Any, path), env=env, **exempt)
+        kernel_id = await km.start_kernel(
+            kernel_name=name, path=cast(Any, path), env=env,
+            quota_exempt=user is None,  # the operator's token: no quotas (gateway.quotas)
+        )  # fmt: skip
         body = km.kernel_model(kernel_id)
         self.set_header(
             "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))

@@ -25,7 +25,6 @@ from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.protocol import env as names
 from gateway.jobs.model import Job, JobState
 from gateway.jobs.store import JobStore
-from gateway.quotas import EXEMPT
 from gateway.registry import KernelRegistry
 from gateway.settings import Settings
 
@@ -104,7 +103,7 @@ class JobRunner:
         kernel_id: str | None = None
         try:
             kernel_id = await kernels.start_kernel(
-                kernel_name=kernels.default_kernel_name, env=self._env(job), **{EXEMPT: exempt}
+                kernel_name=kernels.default_kernel_name, env=self._env(job), quota_exempt=exempt
             )
             assert kernel_id is not None
             self._kernel_ids.add(kernel_id)
