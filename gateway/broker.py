@@ -259,11 +259,14 @@ class PartitionBroker:
         elif not waiter.future.cancelled() and waiter.future.exception() is None:
             self.release(waiter.future.result().id, "unclaimed")
 
-    def _created(self, waiter: _Waiter) -> Partition:
+    def _created(self, waiter: _Waiter, devices: tuple[int, ...] | None = None) -> Partition:
+        """The partition for ``waiter``'s request, on the ``devices`` planned for it (None:
+        wherever the store puts it among those the request names)."""
         request = waiter.request
+        on = ",".join(str(i) for i in devices) if devices else request.devices
         with chronos_boundary():
             partition = self._store.create(
-                request.amount, request.duration_s, devices=request.devices, owner=request.owner
+                request.amount, request.duration_s, devices=on, owner=request.owner
             )
         self._ours[partition.id] = partition
         self.on_allocated(time.monotonic() - waiter.started)
@@ -304,7 +307,7 @@ class PartitionBroker:
         for start in plan.starts:
             waiter = by_id[start.id]
             try:
-                partition = self._created(waiter)
+                partition = self._created(waiter, start.devices)
             except ResourceExhausted as exc:
                 waiter.last_refusal = str(exc)
                 return False

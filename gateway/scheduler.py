@@ -12,10 +12,12 @@ Three policies (`Policy`):
     the *head* and gets a *reservation*: the earliest time at which it fits once the partitions
     held now end at their expiries (`Plan.reserved_at`). Every request behind it may start now
     if it fits now **and** the head still fits at its reservation with this request's partition
-    added (it ends, at ``now + duration``, before the reservation, or it sits where the head will
-    not). The check is made by the same placement the store uses (`chronos.allocator.place`, best
-    fit), so "fits" here is what Chronos will do. No backfill can make the head start later than
-    its reservation, and the head therefore never starts later than it would under ``fifo``.
+    added (it ends, at ``now + duration``, by the reservation, or it sits where the head will
+    not). The check is made by the placement the store uses (`chronos.allocator.place`, best
+    fit); when that spot would delay the head, the devices the head is to get are left out and
+    the request placed among the others (the broker asks the store for the devices planned).
+    No backfill can make the head start later than its reservation, so the head never starts
+    later than it would under ``fifo``.
 ``fair``
     ``backfill`` with the queue ordered by each owner's recent use: decayed GPU-seconds
     (`FairShare`, half-life configurable) plus what their held partitions have used so far,
@@ -187,11 +189,14 @@ class Timeline:
                 most[d] = max(most.get(d, 0), tenths)
         return most
 
-    def fits(self, ask: Ask, start: float) -> tuple[int, ...] | None:
-        """The devices ``ask`` would get starting at ``start`` (for its whole duration), or None."""
+    def fits(self, ask: Ask, start: float, avoid: Iterable[int] = ()) -> tuple[int, ...] | None:
+        """The devices ``ask`` would get starting at ``start`` (for its whole duration), or
+        None; ``avoid``: devices not to choose."""
         used = self.used_over(start, start + ask.duration_s)
+        shunned = set(avoid)
+        candidates = [i for i in ask.candidates if i not in shunned]
         try:
-            return tuple(place(ask.amount, ask.candidates, used, self.cluster.hosts))
+            return tuple(place(ask.amount, candidates, used, self.cluster.hosts))
         except (ResourceExhausted, InvalidArgument):
             return None
 
@@ -293,14 +298,17 @@ def plan(
         devices = timeline.fits(ask, now)
         if devices is None:
             waiting_for[ask.id] = timeline.why_not(ask)
-        elif reserved is not None and not _keeps(timeline, ask, devices, first, reserved[0]):
+            continue
+        if reserved is not None:
+            devices = _beside(timeline, ask, devices, first, reserved)
+        if devices is None:
             waiting_for[ask.id] = (
                 f"it would delay request {first.id} ({first.owner}, {first.amount} GPU), "
-                f"reserved to start in {_seconds(reserved[0] - now)}"
+                f"reserved to start in {_seconds((reserved or (now,))[0] - now)}"
             )
-        else:
-            timeline.reserve(ask, now, devices)
-            starts.append(Start(ask.id, devices))
+            continue
+        timeline.reserve(ask, now, devices)
+        starts.append(Start(ask.id, devices))
     return Plan(
         tuple(a.id for a in ordered),
         tuple(starts),
@@ -308,6 +316,23 @@ def plan(
         reserved[0] if reserved is not None else None,
         waiting_for,
     )
+
+
+def _beside(
+    timeline: Timeline,
+    ask: Ask,
+    devices: tuple[int, ...],
+    head: Ask,
+    reserved: tuple[float, tuple[int, ...]],
+) -> tuple[int, ...] | None:
+    """Where ``ask`` may start now without delaying the head: where the store would put it, or
+    else away from the devices the head is to get at its reservation; None if neither."""
+    if _keeps(timeline, ask, devices, head, reserved[0]):
+        return devices
+    elsewhere = timeline.fits(ask, timeline.now, avoid=reserved[1])
+    if elsewhere is not None and _keeps(timeline, ask, elsewhere, head, reserved[0]):
+        return elsewhere
+    return None
 
 
 def _keeps(
