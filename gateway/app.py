@@ -21,6 +21,7 @@ from traitlets import Bool, Dict, Float, Int, default
 from cumulus_jupyter.errors import CumulusError
 from gateway import handlers, metrics
 from gateway.auth import CumulusIdentityProvider
+from gateway.culling import DisconnectedCuller
 from gateway.expiry import ExpirySupervisor
 from gateway.handlers.base import SERVICES_SETTING
 from gateway.kernelspecs import CumulusKernelSpecManager
@@ -186,6 +187,9 @@ class CumulusGateway(ServerApp):
         self.supervisor = ExpirySupervisor(services, manager)
         self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)
         self._supervise.start()
+        self.culler = DisconnectedCuller(services, manager)  # kernels left with no client
+        self._cull = PeriodicCallback(self.culler.tick, self.supervise_interval * 1000)
+        self._cull.start()
 
 
 main = launch_new_instance = CumulusGateway.launch_instance

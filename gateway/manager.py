@@ -345,6 +345,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             return False
         provisioner.connection_info = km.get_connection_info()
         km.ready.set_result(None)
+        # as after a start of jupyter_client's: its shutdown then waits on a fresh `ready`
+        # (on this done one it fails, and the stopped kernel would stay listed)
+        km._attempted_start = True
         km._connect_control_socket()
         km.start_restarter()
         self._kernels[record.kernel_id] = km

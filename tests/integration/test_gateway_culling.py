@@ -1,0 +1,163 @@
+"""Vanished clients give their GPU back: a kernel with no client connected for
+``--CumulusKernelManager.disconnected_timeout`` seconds is stopped, its partition released and
+the reason kept (410); a live ``%%cumulus`` session, however idle, keeps its WebSocket and its
+kernel; a batch job's kernel, which has no client, is exempt.
+
+Nothing here waits a fixed time: a kernel whose client left being stopped is what shows that a
+timeout went by, and the idle session is checked after several of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chronos import Store, discover
+from tests.support.gateway import Gateway, remote_session
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = "--CumulusKernelManager.disconnected_timeout=2"
+STOPPED = "no client was connected for 2s"
+
+# A %%cumulus-style client in a process of its own (a notebook's kernel): it starts a session,
+# says its kernel's id, then idles until it is killed.
+CLIENT = textwrap.dedent(
+    """
+    import sys, time
+    from cumulus_jupyter.connection import GatewaySettings
+    from cumulus_jupyter.session import RemoteSession
+
+    session = RemoteSession("doomed", GatewaySettings(sys.argv[1], sys.argv[2]))
+    session.start("0.2", "10m", lambda line: None)
+    print(session.kernel.id, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def culling_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", TIMEOUT)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def active_partition_ids(gateway: Gateway) -> set[str]:
+    with Store(discover({}), gateway.state) as store:
+        return {p.id for p in store.partitions()}
+
+
+def killed_client(gateway: Gateway) -> dict[str, Any]:
+    """The model of a kernel whose client (a session in another process) was killed."""
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, gateway.url, gateway.token],
+        stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        kernel_id = client.stdout.readline().strip()
+        model = gateway.get(f"/api/kernels/{kernel_id}").json()
+        assert model["connections"] == 1, model
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=60)
+        if client.stdout is not None:
+            client.stdout.close()
+    return model  # type: ignore[no-any-return]
+
+
+def stopped_for_no_client(gateway: Gateway, model: dict[str, Any]) -> None:
+    """Wait until the kernel is gone with the disconnected reason; its partition released."""
+    response = wait_until(
+        lambda: (r := gateway.get(f"/api/kernels/{model['id']}")).status_code == 410 and r,
+        what="the kernel with no client to be stopped",
+    )
+    message = response.json()["message"]
+    assert STOPPED in message and model["cumulus"]["partition_id"] in message, message
+    assert model["cumulus"]["partition_id"] not in active_partition_ids(gateway)
+
+
+@pytest.mark.timeout(300)
+def test_an_idle_session_lives_on_and_a_kernel_whose_client_was_killed_is_stopped(
+    culling_gateway: Gateway,
+) -> None:
+    gateway = culling_gateway
+    with remote_session(gateway, "idle") as session:
+        assert session.kernel is not None
+        idle = session.kernel.id
+        for _ in range(3):  # each stop shows that a whole timeout went by meanwhile
+            stopped_for_no_client(gateway, killed_client(gateway))
+            model = gateway.get(f"/api/kernels/{idle}").json()
+            assert model["connections"] == 1 and session.alive, model
+        outputs: list[dict[str, Any]] = []
+        reply = session.execute("print(6 * 7)", outputs.append)
+        assert reply["content"]["status"] == "ok"
+        assert any(m.get("content", {}).get("text") == "42\n" for m in outputs), outputs
+        assert session.kernel.model["cumulus"]["partition_id"] in active_partition_ids(gateway)
+    assert f"kernel {idle}: " not in gateway.log()  # never stopped for want of a client
+
+
+def test_a_kernel_never_connected_to_is_stopped_and_a_job_is_not(
+    culling_gateway: Gateway,
+) -> None:
+    gateway = culling_gateway
+    job = gateway.post(
+        "/api/cumulus/jobs",
+        {"code": "import time; time.sleep(8); print('done')", "gpu": "0.2", "duration": "10m"},
+    ).json()
+    stopped_for_no_client(gateway, gateway.start_kernel(KERNEL_GPU="0.2"))
+    stopped_for_no_client(gateway, gateway.start_kernel(KERNEL_GPU="0.2"))  # two timeouts by
+    finished = wait_until(
+        lambda: (
+            (j := gateway.get(f"/api/cumulus/jobs/{job['id']}").json())["state"]
+            in ("completed", "failed", "cancelled")
+            and j
+        ),
+        what="the job to finish",
+    )
+    assert finished["state"] == "completed", finished
+
+
+def test_an_adopted_kernel_with_no_client_is_stopped_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    state, log = tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log"
+    first = Gateway(state, log, "--CumulusKernelManager.disconnected_timeout=0")  # off
+    try:
+        model = first.start_kernel(KERNEL_GPU="0.3")
+        first.kill()
+        second = Gateway(state, log, TIMEOUT)
+        try:
+            assert second.get(f"/api/kernels/{model['id']}").json()["connections"] == 0
+            stopped_for_no_client(second, model)
+            assert second.get("/api/kernels").json() == []  # stopped, not left listed
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_a_negative_timeout_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cumulus-gateway")), "--allow-root", "--port=0",
+         "--CumulusKernelManager.disconnected_timeout=-5"],
+        capture_output=True, text=True, timeout=120,
+        env=os.environ | {"CHRONOS_STATE": str(tmp_path / "state.sqlite3")},
+    )  # fmt: skip
+    assert done.returncode == 2  # InvalidArgument's exit code
+    critical = [line for line in done.stderr.splitlines() if "[C " in line]
+    assert len(critical) == 1, done.stderr
+    assert "disconnected_timeout must be seconds (0 turns it off), not -5" in critical[0]
+    assert "Traceback" not in done.stderr
