@@ -30,11 +30,12 @@ class DisconnectedCuller:
         self.log = kernels.log
         self._alone_since: dict[str, float] = {}  # kernel id -> when it was last seen alone
 
-    async def tick(self) -> None:
+    async def tick(self, now: float | None = None) -> None:
+        """Stop the kernels alone for the timeout by ``now`` (default: `time.monotonic`)."""
         timeout = self.services.settings.disconnected_timeout
         if timeout <= 0:
             return
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         due = [k for k in self.disconnected(now) if now - self._alone_since[k] >= timeout]
         for kernel_id in due:  # decided and recorded before any await: no client came meanwhile
             self._record_end(kernel_id, timeout)

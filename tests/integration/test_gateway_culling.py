@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from chronos import Store, discover
@@ -80,10 +81,12 @@ def killed_client(gateway: Gateway) -> dict[str, Any]:
 
 def stopped_for_no_client(gateway: Gateway, model: dict[str, Any]) -> None:
     """Wait until the kernel is gone with the disconnected reason; its partition released."""
-    response = wait_until(
-        lambda: (r := gateway.get(f"/api/kernels/{model['id']}")).status_code == 410 and r,
-        what="the kernel with no client to be stopped",
-    )
+
+    def gone() -> httpx.Response | None:
+        response = gateway.get(f"/api/kernels/{model['id']}")
+        return response if response.status_code == 410 else None
+
+    response = wait_until(gone, what="the kernel with no client to be stopped")
     message = response.json()["message"]
     assert STOPPED in message and model["cumulus"]["partition_id"] in message, message
     assert model["cumulus"]["partition_id"] not in active_partition_ids(gateway)
@@ -119,15 +122,13 @@ def test_a_kernel_never_connected_to_is_stopped_and_a_job_is_not(
     ).json()
     stopped_for_no_client(gateway, gateway.start_kernel(KERNEL_GPU="0.2"))
     stopped_for_no_client(gateway, gateway.start_kernel(KERNEL_GPU="0.2"))  # two timeouts by
-    finished = wait_until(
-        lambda: (
-            (j := gateway.get(f"/api/cumulus/jobs/{job['id']}").json())["state"]
-            in ("completed", "failed", "cancelled")
-            and j
-        ),
-        what="the job to finish",
-    )
-    assert finished["state"] == "completed", finished
+
+    def finished() -> dict[str, Any] | None:
+        record: dict[str, Any] = gateway.get(f"/api/cumulus/jobs/{job['id']}").json()
+        return record if record["state"] in ("completed", "failed", "cancelled") else None
+
+    record = wait_until(finished, what="the job to finish")
+    assert record["state"] == "completed", record
 
 
 def test_an_adopted_kernel_with_no_client_is_stopped_after_the_timeout(
