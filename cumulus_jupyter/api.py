@@ -4,101 +4,165 @@
 
     from cumulus_jupyter import run, remote
 
-    loss = run(train, data, gpu=0.5, duration="1h")
+    loss = run(train, data, gpu_memory=0.5, duration="1h", requirements=["numpy"])
 
-    @remote(gpu=0.5)
+    @remote(gpu=0.5, timeout=600)
     def embed(texts): ...
     vectors = embed(texts)           # runs remotely; the result comes back
 
-The function, its arguments and its result travel like ``%%cumulus`` variables (cloudpickle,
-pickle-5 buffers). Each call takes a partition for its own session and releases it after, unless
-``session=`` names one to keep (it is then reused by later calls with the same name).
+Both take `CumulusClient.run`'s options (`cumulus_jupyter.client`, the one implementation),
+keyword-only, and ``server_url=`` (or ``gateway=``, its older name) and ``token=`` for the
+client, which otherwise comes from ``CUMULUS_GATEWAY_URL`` and ``CUMULUS_TOKEN``.
+
+The function's own keyword arguments: ``fn_kwargs={...}`` always works (and is the only way
+for one named like an option, say ``gpu``). For today's callers, `run` also passes on any
+other keyword the function's signature accepts (``run(train, data, scale=2)``); a keyword
+that is neither an option nor the function's is refused before anything starts. A call
+through ``@remote`` passes every keyword to the function: the options are the decorator's.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Never, TypeVar, overload
 
+from cumulus_jupyter.client import (
+    OPTIONS,
+    CallOptions,
+    CumulusClient,
+    check_call,
+    keyword_arguments,
+    refuse_unknown,
+)
 from cumulus_jupyter.connection import GatewaySettings
-from cumulus_jupyter.errors import RemoteError
-from cumulus_jupyter.session import RemoteSession
+from cumulus_jupyter.errors import InvalidArgument
 
 F = TypeVar("F", bound=Callable[..., Any])
-_kept: dict[str, RemoteSession] = {}
+_CLIENT_OPTIONS = ("server_url", "gateway", "token")
+_clients: dict[GatewaySettings, CumulusClient] = {}
 
 
 @atexit.register
-def _release_kept() -> None:
+def _close_clients() -> None:
     """Kept sessions end with the program: their partitions go back at once, not at expiry."""
-    for session in list(_kept.values()):
-        with contextlib.suppress(Exception):
-            session.release()
-    _kept.clear()
+    for client in list(_clients.values()):
+        client.close()
+    _clients.clear()
 
 
-CALL = "__cumulus_result__ = __cumulus_fn__(*__cumulus_args__, **__cumulus_kwargs__)"
+def client_for(
+    server_url: str | None = None, gateway: str | None = None, token: str | None = None
+) -> CumulusClient:
+    """The program's client for that gateway (made once: it keeps the named sessions)."""
+    if server_url is not None and gateway is not None and server_url != gateway:
+        raise InvalidArgument("Give server_url= or gateway= (its older name), not both")
+    settings = GatewaySettings.resolve(server_url or gateway, token)
+    if settings not in _clients:
+        _clients[settings] = CumulusClient(settings.url, settings.token)
+    return _clients[settings]
 
 
 def run(
     fn: Callable[..., Any],
     *args: Any,
-    gpu: str | float = 0.5,
+    gpu_memory: str | float | None = None,
+    gpu: str | float | None = None,
     duration: str | int = "1h",
+    requirements: str | Sequence[str] | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
     session: str | None = None,
+    fn_kwargs: dict[str, Any] | None = None,
+    server_url: str | None = None,
     gateway: str | None = None,
     token: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """``fn(*args, **kwargs)`` in a partition of ``gpu`` for ``duration``; returns its result."""
-    remote_session = _kept.get(session) if session else None
-    if remote_session is None or not remote_session.alive:
-        remote_session = RemoteSession(
-            session or f"run-{fn.__name__}", GatewaySettings.resolve(gateway, token)
-        )
-        remote_session.start(
-            str(gpu),
-            str(duration),
-            lambda line: print(f"Cumulus: {line}", file=sys.stderr, flush=True),
-        )
-        if session:
-            _kept[session] = remote_session
+    """``fn(*args, **fn_kwargs)`` in a partition of ``gpu_memory`` (or ``gpu``; default 0.5)
+    for ``duration``; returns its result. See `CumulusClient.run` for the options."""
+    options = CallOptions.parse(
+        gpu_memory=gpu_memory, gpu=gpu, duration=duration, requirements=requirements,
+        timeout=timeout, max_retries=max_retries, session=session,
+    )  # fmt: skip
+    unknown = {k: v for k, v in kwargs.items() if not _accepts(fn, k)}
+    refuse_unknown("cumulus_jupyter.run", unknown, (*OPTIONS, *_CLIENT_OPTIONS))
+    own = keyword_arguments(fn_kwargs)
+    twice = sorted(set(own) & set(kwargs))
+    if twice:
+        raise InvalidArgument(f"{twice[0]}= is given both in fn_kwargs and as a keyword")
+    own |= kwargs
+    check_call(fn, args, own)
+    return client_for(server_url, gateway, token).call(fn, args, own, options)
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (True when it cannot be known)."""
     try:
-        remote_session.push(
-            {"__cumulus_fn__": fn, "__cumulus_args__": args, "__cumulus_kwargs__": kwargs},
-            force=True,
-        )
-        reply = remote_session.execute(CALL, _forward_output)["content"]
-        if reply.get("status") == "error":
-            raise RemoteError.from_reply(reply)
-        values, _ = remote_session.pull(["__cumulus_result__"])
-        return values["__cumulus_result__"]
-    finally:
-        if not session:
-            remote_session.release()
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return True
+    found = parameters.get(name)
+    return found is not None and found.kind is not found.POSITIONAL_ONLY
 
 
-def _forward_output(message: dict[str, Any]) -> None:
-    if message["msg_type"] == "stream":
-        stream = sys.stderr if message["content"].get("name") == "stderr" else sys.stdout
-        stream.write(message["content"].get("text", ""))
-        stream.flush()
-
-
+@overload
+def remote(fn: F, /) -> F: ...
+@overload
 def remote(
-    gpu: str | float = 0.5, duration: str | int = "1h", session: str | None = None
-) -> Callable[[F], F]:
-    """Decorator: calling the function runs it remotely (see `run`)."""
+    fn: None = None,
+    /,
+    *,
+    gpu_memory: str | float | None = None,
+    gpu: str | float | None = None,
+    duration: str | int = "1h",
+    requirements: str | Sequence[str] | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    session: str | None = None,
+    server_url: str | None = None,
+    gateway: str | None = None,
+    token: str | None = None,
+) -> Callable[[F], F]: ...
+def remote(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    gpu_memory: str | float | None = None,
+    gpu: str | float | None = None,
+    duration: str | int = "1h",
+    requirements: str | Sequence[str] | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    session: str | None = None,
+    server_url: str | None = None,
+    gateway: str | None = None,
+    token: str | None = None,
+    **unknown: Never,
+) -> Any:
+    """Decorator (``@remote`` or ``@remote(gpu=0.5, ...)``): calling the function runs it
+    remotely with these options (see `run`), every argument of the call going to it. The
+    options are checked here, when the function is decorated."""
+    if fn is not None and not callable(fn):
+        raise InvalidArgument(
+            f"remote's options are keyword-only: @remote(gpu={fn!r}), not @remote({fn!r})"
+        )
+    refuse_unknown("remote", unknown, (*OPTIONS[:-1], *_CLIENT_OPTIONS))
+    options = CallOptions.parse(
+        gpu_memory=gpu_memory, gpu=gpu, duration=duration, requirements=requirements,
+        timeout=timeout, max_retries=max_retries, session=session,
+    )  # fmt: skip
 
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run(fn, *args, gpu=gpu, duration=duration, session=session, **kwargs)
+            check_call(func, args, kwargs)
+            return client_for(server_url, gateway, token).call(func, args, kwargs, options)
 
         return call  # type: ignore[return-value]
 
-    return wrap
+    return wrap(fn) if fn is not None else wrap
