@@ -1,13 +1,14 @@
 """Cumulus Jupyter: run notebook cells and kernels on a fraction of a shared GPU.
 
 The public surface: ``%load_ext cumulus_jupyter`` (registers ``%%cumulus`` and ``%cumulus``),
-`run` and `remote` (the function API), and the error tree (`cumulus_jupyter.errors`).
+`run` and `remote` (the function API), `CumulusClient` (the seed SDK's client, with `map`),
+and the error tree (`cumulus_jupyter.errors`).
 
 The package holds three programs and their contract:
 
-- the client: `magic`, `api`, `session`, `remote_kernel` (the async core), `connection` (REST),
-  `datapath` (bulk transfers), `cells`, `transfer`, `archive`, `kernelspec`, `cli`, `jobs`,
-  `loop` (the background event loop of the sync APIs);
+- the client: `magic`, `api`, `client`, `session`, `remote_kernel` (the async core),
+  `connection` (REST), `datapath` (bulk transfers), `cells`, `transfer`, `archive`,
+  `kernelspec`, `cli`, `jobs`, `loop` (the background event loop of the sync APIs);
 - `kernel`: the Cumulus GPU kernel, a local proxy that relays a front end to a remote kernel;
 - `agent`: what runs inside the remote kernel (comm targets, data port, overlays, the job
   container's launcher, checkpoints; `checkpoint` is its public name for users);
@@ -19,7 +20,14 @@ from typing import Any
 
 from cumulus_jupyter.errors import CumulusError, RemoteError
 
-__all__ = ["CumulusError", "RemoteError", "load_ipython_extension", "remote", "run"]
+__all__ = [
+    "CumulusClient",
+    "CumulusError",
+    "RemoteError",
+    "load_ipython_extension",
+    "remote",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from cumulus_jupyter import api
 
         return getattr(api, name)
+    if name == "CumulusClient":
+        from cumulus_jupyter.client import CumulusClient
+
+        return CumulusClient
     raise AttributeError(f"module 'cumulus_jupyter' has no attribute {name!r}")
 
 
