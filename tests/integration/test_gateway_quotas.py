@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from tests.support.gateway import Gateway, set_expiry
 from tests.support.kernel_ws import KernelSocket
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -249,6 +251,26 @@ def test_an_extension_past_max_duration_is_409_and_the_operator_is_exempt(
     by_operator = extend(gateway, partition["partition_id"], gateway.token, {"duration": "1h"})
     assert by_operator.status_code == 200
     assert by_operator.json()["expires_at"] == partition["expires_at"] + 6600 + 3600
+
+
+def test_an_extension_that_would_delay_a_queued_request_is_409(gateway: Gateway) -> None:
+    held = gateway.start_kernel(KERNEL_GPU="0.6", KERNEL_DURATION="10m", KERNEL_USERNAME="alice")
+    queued: dict[str, httpx.Response] = {}
+    waiter = threading.Thread(
+        target=lambda: queued.setdefault(
+            "r", start(gateway, BOB, KERNEL_GPU="0.5", KERNEL_LAUNCH_TIMEOUT="120")
+        )
+    )
+    waiter.start()
+    try:
+        wait_until(lambda: gateway.get("/api/cumulus/queue").json(), what="bob's request to queue")
+        refused = extend(gateway, held["cumulus"]["partition_id"], ALICE, {"duration": "30m"})
+        assert refused.status_code == 409, refused.text
+        assert "(user bob, 0.5 GPU) is reserved to start in" in refused.json()["message"]
+    finally:
+        gateway.delete(f"/api/kernels/{held['id']}")
+        waiter.join(timeout=120)
+    assert queued["r"].status_code == 201
 
 
 def test_a_kernelspecs_max_duration_bounds_its_kernels_extensions(gateway: Gateway) -> None:
