@@ -77,18 +77,30 @@ class _Execution:
 
 
 class RemoteRef:
-    """A value that stayed in the remote kernel because it is large: ``.fetch()`` brings it."""
+    """A value that stayed in the remote kernel, because it is large (``.fetch()`` brings it)
+    or cannot be pickled (a widget, an open file: ``info["unpicklable"]`` says why). Either way
+    later ``%%cumulus`` cells of the session read the remote value itself."""
 
     def __init__(self, session: RemoteSession, name: str, info: dict[str, Any]) -> None:
         self.session, self.name, self.info = session, name, info
 
     def fetch(self) -> Any:
+        if "unpicklable" in self.info:
+            raise InvalidArgument(
+                f"{self.name} cannot come here: {self.info['unpicklable']}. Use it in "
+                f"%%cumulus --session {self.session.name} cells, where it lives."
+            )
         values, missing = self.session.pull([self.name])
         if missing:
             raise Internal(f"{self.name} is no longer in session {self.session.name}")
         return values[self.name]
 
     def __repr__(self) -> str:
+        if "unpicklable" in self.info:
+            return (
+                f"RemoteRef({self.name}: {self.info.get('type')} in session "
+                f"{self.session.name}, which cannot be pickled; use it in %%cumulus cells)"
+            )
         shape = f" {self.info['shape']}" if "shape" in self.info else ""
         dtype = f" {self.info['dtype']}" if "dtype" in self.info else ""
         size = self.info.get("bytes", 0) / 2**20

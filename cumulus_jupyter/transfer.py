@@ -266,14 +266,15 @@ def size_of(name: str, value: Any) -> int:
     return len(payload) + sum(b.raw().nbytes for b in buffers)
 
 
-def describe(value: Any) -> dict[str, Any]:
+def describe(value: Any, pickled: Pickled | None = None) -> dict[str, Any]:
     """What a `RemoteRef` shows of a value it does not hold, and its ``fingerprint`` (so the
-    client can tell, without bringing it back, whether a value it sent changed there)."""
+    client can tell, without bringing it back, whether a value it sent changed there);
+    ``pickled``: the value already pickled."""
     info: dict[str, Any] = {"type": type(value).__name__}
     for attribute in ("shape", "dtype"):
         if hasattr(value, attribute):
             info[attribute] = str(getattr(value, attribute))
-    payload, buffers = dumps("value", value)
+    payload, buffers = pickled or dumps("value", value)
     info["bytes"] = len(payload) + sum(b.raw().nbytes for b in buffers)
     info["fingerprint"] = fingerprint(payload, buffers)
     return info

@@ -36,7 +36,6 @@ from typing import Any
 
 from cumulus_jupyter import transfer
 from cumulus_jupyter.cells import CellNames
-from cumulus_jupyter.errors import Internal
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.session import Push, RemoteRef, RemoteSession
 
@@ -182,6 +181,7 @@ def bring_back(
     inline = session.inline_pulled(reply, PULL_KEY) if reply is not None else None
     if inline is not None:
         assigned, missing = inline.values, inline.missing
+        unpicklable(assigned)
         deferred, _ = _pull_what_can_come(session, inline.deferred, limit)
         assigned |= deferred
         updated: dict[str, Any] = {}
@@ -200,22 +200,16 @@ def bring_back(
 def _pull_what_can_come(
     session: RemoteSession, names: list[str], limit: int
 ) -> tuple[dict[str, Any], list[str]]:
-    """`RemoteSession.pull`, but one value that cannot be pickled there (a file the cell
-    opened) does not keep the others from coming back: it stays remote, with a note."""
-    try:
-        return session.pull(names, limit)
-    except Internal as exc:
-        if len(names) < 2:
-            print(f"Cumulus: {', '.join(names)} stays in the remote kernel: {exc}", file=sys.stderr)
-            return {}, []
-    values: dict[str, Any] = {}
-    missing: list[str] = []
-    for name in names:
-        try:
-            one, gone = session.pull([name], limit)
-        except Internal as exc:
-            print(f"Cumulus: {name} stays in the remote kernel: {exc}", file=sys.stderr)
-            continue
-        values.update(one)
-        missing.extend(gone)
+    """`RemoteSession.pull`, with a note for each value that cannot be pickled there (a file
+    the cell opened, a widget): it stays remote, bound here to a `RemoteRef`."""
+    values, missing = session.pull(names, limit)
+    unpicklable(values)
     return values, missing
+
+
+def unpicklable(values: dict[str, Any]) -> None:
+    """A note (stderr) for each value that came back as a handle because it cannot travel."""
+    for name, value in values.items():
+        if isinstance(value, RemoteRef) and "unpicklable" in value.info:
+            reason = value.info["unpicklable"]
+            print(f"Cumulus: {name} stays in the remote kernel: {reason}", file=sys.stderr)

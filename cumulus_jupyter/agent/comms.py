@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from cumulus_jupyter import archive, transfer
@@ -41,20 +42,66 @@ def push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict
 
 
 def _pull(data: dict[str, Any], namespace: Namespace) -> tuple[dict[str, Any], list[Any]]:
-    asked = list(data.get("names", []))
-    names = [n for n in asked if n in namespace]
-    limit = data.get("max_bytes")
-    refs = {n: transfer.describe(namespace[n]) for n in names if limit is not None
-            and transfer.size_of(n, namespace[n]) > int(limit)}  # fmt: skip
-    entries, frames = transfer.pack_namespace({n: namespace[n] for n in names if n not in refs})
-    missing = [n for n in asked if n not in namespace]
-    reply: dict[str, Any] = {"ok": True, "entries": entries, "missing": missing, "refs": refs}
+    found = gather(list(data.get("names", [])), namespace, data.get("max_bytes"))
+    reply: dict[str, Any] = {"ok": True, "entries": found.entries, "missing": found.missing,
+                             "refs": found.refs}  # fmt: skip
+    frames = found.frames
     stage_above = data.get("stage_above")
     if dataserver.port() and stage_above is not None and _nbytes(frames) >= int(stage_above):
         transfer_id = uuid.uuid4().hex  # the client fetches it over the data path
         dataserver.current().stage(transfer_id, frames)
         reply["staged"], frames = transfer_id, []
     return reply, frames
+
+
+@dataclass
+class Gathered:
+    """Values of a pull, each pickled once (`gather`)."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[Any] = field(default_factory=list)
+    refs: dict[str, Any] = field(default_factory=dict)  # name: what stays remote, described
+    missing: list[str] = field(default_factory=list)  # asked for, not bound here
+    deferred: list[str] = field(default_factory=list)  # over the budget: ask again alone
+
+
+def gather(
+    names: list[str],
+    namespace: Namespace,
+    max_bytes: int | None,
+    watched: dict[str, str] | None = None,
+    budget: int | None = None,
+) -> Gathered:
+    """The values of ``names`` and of the ``watched`` ones (name: the fingerprint the client
+    holds) that changed. A value over ``max_bytes``, or one that cannot be pickled (an open
+    file, a widget), stays here and is described in ``refs`` (with ``unpicklable``: why);
+    past ``budget`` bytes in all, values are named in ``deferred`` instead."""
+    watched = watched or {}
+    found = Gathered(missing=[n for n in names if n not in namespace])
+    used = 0
+    for name in dict.fromkeys([*names, *watched]):
+        if name not in namespace:
+            continue
+        value = namespace[name]
+        try:
+            pickled = transfer.dumps(name, value)
+        except CumulusError as exc:
+            found.refs[name] = {"type": type(value).__name__, "unpicklable": str(exc)}
+            continue
+        payload, buffers = pickled
+        if name not in names and transfer.fingerprint(payload, buffers) == watched[name]:
+            continue  # a watched value as the client holds it: nothing to bring back
+        size = len(payload) + sum(b.raw().nbytes for b in buffers)
+        if max_bytes is not None and size > int(max_bytes):
+            found.refs[name] = transfer.describe(value, pickled)
+            continue
+        if budget is not None and used + size > budget:
+            found.deferred.append(name)
+            continue
+        used += size
+        found.entries.append({"name": name, "start": len(found.frames), "count": 1 + len(buffers)})
+        found.frames += [payload, *(b.raw() for b in buffers)]
+    return found
 
 
 def _nbytes(frames: list[Any]) -> int:

@@ -24,7 +24,6 @@ import base64
 import inspect
 from typing import Any
 
-from cumulus_jupyter import transfer
 from cumulus_jupyter.agent import comms
 from cumulus_jupyter.protocol.code import MARK, METADATA_KEY, PUSH_REFUSED, VARS_MIME
 
@@ -96,34 +95,11 @@ def inline_pull(
     names: list[str], watched: dict[str, str], max_bytes: int | None, inline_max: int
 ) -> _Answer:
     """The values of ``names`` and of the ``watched`` ones (name: the fingerprint the client
-    holds) whose value changed: values over ``max_bytes`` as descriptions (``refs``), others
-    pickled inline while they fit in ``inline_max`` bytes, the rest named in ``deferred``."""
-    namespace = comms.user_namespace()
-    entries: list[dict[str, Any]] = []
-    frames: list[str] = []
-    refs: dict[str, Any] = {}
-    deferred: list[str] = []
-    used = 0
-    for name in [*names, *(n for n in watched if n not in names)]:
-        if name not in namespace:
-            continue
-        payload, buffers = transfer.dumps(name, namespace[name])
-        raws = [bytes(b.raw()) for b in buffers]
-        size = len(payload) + sum(len(r) for r in raws)
-        unchanged = name not in names and transfer.fingerprint(payload, buffers) == watched[name]
-        if unchanged:  # a watched value as the client holds it: nothing to bring back
-            continue
-        if max_bytes is not None and size > max_bytes:
-            refs[name] = transfer.describe(namespace[name])
-            continue
-        if used + size > inline_max:
-            deferred.append(name)
-            continue
-        used += size
-        entries.append({"name": name, "start": len(frames), "count": 1 + len(raws)})
-        frames += [base64.b64encode(part).decode("ascii") for part in (payload, *raws)]
-    missing = [n for n in names if n not in namespace]
+    holds) whose value changed, as `comms.gather` finds them, pickled inline (base64) up to
+    ``inline_max`` bytes; the rest named in ``deferred``."""
+    found = comms.gather(names, comms.user_namespace(), max_bytes, watched, inline_max)
+    frames = [base64.b64encode(memoryview(f)).decode("ascii") for f in found.frames]
     return _Answer(
-        {"entries": entries, "frames": frames, "refs": refs, "deferred": deferred,
-         "missing": missing}
+        {"entries": found.entries, "frames": frames, "refs": found.refs,
+         "deferred": found.deferred, "missing": found.missing}
     )  # fmt: skip

@@ -124,3 +124,23 @@ def test_a_failed_cell_still_brings_back_what_ran_before_the_error(
     )
     assert reply["status"] == "error"
     assert local(kc, "before") == "42"
+
+
+def test_a_value_that_cannot_travel_stays_remote_as_a_handle_later_cells_use(
+    notebook: Any,
+) -> None:
+    kc = notebook
+    _, _, err, _ = run(
+        kc,
+        "%%cumulus --session inline\ngen = (i * 10 for i in range(3))\n"
+        "count = 3\nimport ipywidgets\nw = ipywidgets.IntSlider(value=3)",
+    )
+    assert "gen stays in the remote kernel" in err and "w stays in the remote kernel" in err
+    assert local(kc, "count") == "3"
+    assert local(kc, "type(gen).__name__, 'cannot be pickled' in repr(gen)") == (
+        "('RemoteRef', True)"
+    )
+    out, _ = ok(kc, "%%cumulus --session inline\nprint(next(gen), next(gen), w.value)")
+    assert out.split() == ["0", "10", "3"]  # the remote's own generator and widget
+    reply, _, err, _ = run(kc, "gen.fetch()")
+    assert reply["status"] == "error" and "Use it in %%cumulus --session inline" in str(reply)

@@ -50,6 +50,8 @@ def canon(value: Any, depth: int = 0) -> Any:
     if isinstance(value, types.GeneratorType):
         return ["generator", value.__qualname__]
     module = kind.__module__
+    if kind.__name__ == "RemoteRef":  # a value that stayed in a %%cumulus session
+        return ["RemoteRef", value.name, value.info.get("type")]
     if module.startswith("numpy"):
         import numpy as np
 
