@@ -126,7 +126,9 @@ class ProxyKernel:
     async def _command(self, idents: Idents, header: Header, words: list[str]) -> None:
         try:
             duration = extension(words)
-            await self.ready.wait()  # a first cell waits for the partition like any other
+            # a first cell waits for the partition like any other (or for why there is none)
+            while not self.ready.is_set() and self.failure is None:
+                await asyncio.sleep(0.1)
             if self.failure is not None:
                 raise self.failure
             line = await self.link.extend(duration)

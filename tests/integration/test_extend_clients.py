@@ -155,3 +155,20 @@ def test_percent_cumulus_extend_in_a_cumulus_gpu_kernel_cell(
     outputs = []
     kc.execute_interactive("print(x + 1, answer)", timeout=60, output_hook=outputs.append)
     assert [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"] == ["42 yes\n"]
+
+
+def test_percent_cumulus_extend_as_the_first_cell_with_no_gateway_says_why(
+    tmp_path: Path,
+) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+        mp.setenv("CUMULUS_GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
+        name, _ = kernelspec.install("0.1", "10m", prefix=str(tmp_path))
+        km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    try:
+        reply = kc.execute_interactive("%cumulus extend 30m", timeout=120)["content"]
+        assert reply["status"] == "error" and reply["ename"] == "Unavailable"
+        assert "Cannot reach the Cumulus gateway at http://127.0.0.1:9" in reply["evalue"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
