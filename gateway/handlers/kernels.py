@@ -109,6 +109,9 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
     @authorized
     async def post(self) -> None:
         self._request_task = asyncio.current_task()
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None and stream.closed():  # it left before tornado watched for that
+            self._client_left = True
         try:
             if not self._client_left:  # it may have left while it was authenticated
                 await self._start_kernel()

@@ -152,6 +152,14 @@ def job_state(gateway: Gateway, job_id: str) -> str:
     return str(gateway.get(f"/api/cumulus/jobs/{job_id}").json()["state"])
 
 
+def at_once(predicate: Callable[[], object], what: str) -> None:
+    """Return the moment ``predicate`` holds (polling without a pause: the window between a
+    kernel's process appearing and its start ending is a few milliseconds)."""
+    deadline = time.monotonic() + 120
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+
+
 # Points of a job's start to cancel at, each driven by what the gateway shows (not by time).
 POINTS: dict[str, Callable[[Gateway, str], object]] = {
     "at once": lambda gateway, job_id: True,
@@ -171,7 +179,7 @@ def test_a_job_cancelled_at_any_point_leaves_no_kernel_and_no_partition(
     for _ in range(2):
         for point, reached in POINTS.items():
             job_id = submit(gateway)
-            wait_until(partial(reached, gateway, job_id), 120, f"the job's start: {point}")
+            at_once(partial(reached, gateway, job_id), f"the job's start: {point}")
             record = cancel(gateway, job_id)
             assert record["state"] == "cancelled", (point, record)
             wait_until(lambda: nothing_left(gateway), what=f"nothing left, cancelled {point}")
