@@ -602,8 +602,14 @@ async def _capacity(settings: GatewaySettings, amount: float) -> int:
         devices = await client.request("GET", "/api/cumulus/devices")
     finally:
         await client.aclose()
+    return fits(devices or [], amount)
+
+
+def fits(devices: list[dict[str, Any]], amount: float) -> int:
+    """How many partitions of ``amount`` the devices' free shares hold (as the allocator
+    counts: tenths of one device, or whole free devices)."""
     tenths = round(amount * 10)
-    free = [round(float(d.get("free", 0)) * 10) for d in devices or []]
+    free = [round(float(d.get("free", 0)) * 10) for d in devices]
     if tenths < 10:
         return sum(f // tenths for f in free)
     return sum(1 for f in free if f >= 10) // (tenths // 10)
