@@ -537,9 +537,12 @@ class RemoteSession:
 
     # -- variables -----------------------------------------------------------------------------
 
-    def push(self, values: dict[str, Any], force: bool = False) -> list[str]:
-        """Send the values that changed since the last push; returns the names sent."""
-        prepared = self.prepare_push(values, force)
+    def push(
+        self, values: dict[str, Any], force: bool = False, delete: list[str] | None = None
+    ) -> list[str]:
+        """Send the values that changed since the last push (and delete ``delete`` there);
+        returns the names sent."""
+        prepared = self.prepare_push(values, force, delete)
         if prepared is None:
             return []
         request, frames = prepared.request, prepared.frames
@@ -556,16 +559,19 @@ class RemoteSession:
         return prepared.names
 
     def _pushed(self, prepared: Push) -> None:
-        """The remote holds what ``prepared`` carried."""
+        """The remote holds what ``prepared`` carried (and no longer what it deleted)."""
         self.sent_bytes += prepared.total
         self.ledger.sent(prepared.prints)
+        self.ledger.deleted(prepared.request.get("delete", []))
 
-    def prepare_push(self, values: dict[str, Any], force: bool = False) -> Push | None:
-        """The push of the values that changed since the last push (None: nothing changed),
-        pickled and checked against the gateway's cap, not sent: `push` sends it on its own,
-        `execute` inside a cell's request (``carry``)."""
+    def prepare_push(
+        self, values: dict[str, Any], force: bool = False, delete: list[str] | None = None
+    ) -> Push | None:
+        """The push of the values that changed since the last push, and of the deletion of
+        ``delete`` (None: nothing to do), pickled and checked against the gateway's cap, not
+        sent: `push` sends it on its own, `execute` inside a cell's request (``carry``)."""
         pickled, prints = self.ledger.changes(values, force)
-        if not pickled:
+        if not pickled and not delete:
             return None
         entries, frames = transfer.pack_namespace({n: values[n] for n in pickled}, pickled)
         total = sum(memoryview(f).nbytes for f in frames)
@@ -580,7 +586,8 @@ class RemoteSession:
                 "Send less (--no-push, or make it remotely) or ask for a larger "
                 "CumulusGateway.max_transfer_bytes"
             )
-        return Push({"op": "push", "entries": entries}, frames, prints, sorted(pickled), total)
+        request = {"op": "push", "entries": entries, "delete": list(delete or [])}
+        return Push(request, frames, prints, sorted(pickled), total)
 
     def pull(
         self, names: list[str], max_bytes: int | None = None
@@ -606,6 +613,7 @@ class RemoteSession:
         for name, info in (answer.get("refs") or {}).items():
             values[name] = RemoteRef(self, name, info)
             self.ledger.forget(name)
+            self.ledger.handed.add(name)
         return values
 
     def inline_pulled(self, reply: Message, key: str) -> Pulled | None:

@@ -228,6 +228,7 @@ class Ledger:
 
     def __init__(self) -> None:
         self.held: dict[str, str] = {}
+        self.handed: set[str] = set()  # bound here to a `RemoteRef`: the remote has the value
         # the notebook's namespace, once a %%cumulus cell sent from it: its functions travel
         # rebound to the remote namespace (`dumps`)
         self.namespace: Mapping[str, Any] | None = None
@@ -249,15 +250,28 @@ class Ledger:
     def sent(self, prints: Mapping[str, str]) -> None:
         """The remote now holds these (a push succeeded)."""
         self.held.update(prints)
+        self.handed.difference_update(prints)
 
     def received(self, values: Mapping[str, Any]) -> None:
         """What came back from the remote is what it holds."""
         for name, value in values.items():
             self.held[name] = fingerprint(*dumps(name, value, self.namespace))
+            self.handed.discard(name)
 
     def forget(self, name: str) -> None:
         """The remote's value is not known here (it stayed remote, or is gone)."""
         self.held.pop(name, None)
+
+    def stale(self, namespace: Mapping[str, Any]) -> list[str]:
+        """The names the remote has from this side (sent, brought back, handed out as refs)
+        that are no longer bound here: a local ``del`` the remote must follow."""
+        return sorted(n for n in [*self.held, *self.handed] if n not in namespace)
+
+    def deleted(self, names: Iterable[str]) -> None:
+        """The remote no longer has these."""
+        for name in names:
+            self.held.pop(name, None)
+            self.handed.discard(name)
 
 
 def size_of(name: str, value: Any) -> int:

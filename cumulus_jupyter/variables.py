@@ -16,7 +16,9 @@ cell reads, binds and deletes; this decides what that means for values).
 - **watch**: values the cell was sent that it may change in place (``lst.append(x)``,
   ``model.fit(X)``, ``a[0] = 1``, anything a called function does): after the cell, the remote
   says what each now pickles to (no data moves), and those that changed come back.
-- **deletes**: a name the cell deleted that the remote no longer has is deleted here too.
+- **deletes**: a name the cell deleted that the remote no longer has is deleted here too;
+  and a name the notebook deleted since the remote got it is deleted there before the next
+  cell runs (so it raises ``NameError`` there as it would here).
 
 Under `kernel_code.INLINE_MAX_BYTES` the push rides inside the cell's own execute request, and
 what comes back (bound values, watched values that changed) inside its reply, as a user
@@ -128,10 +130,11 @@ def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> Push
     (`RemoteSession.execute`), a larger one is sent now."""
     session.ledger.namespace = namespace
     values = {n: namespace[n] for n in found.push}
-    prepared = session.prepare_push(values)
+    stale = session.ledger.stale(namespace)
+    prepared = session.prepare_push(values, delete=stale)
     if prepared is None or prepared.total <= kernel_code.INLINE_MAX_BYTES:
         return prepared
-    session.push(values)
+    session.push(values, delete=stale)
     return None
 
 

@@ -38,6 +38,8 @@ def push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict
         data["entries"], dataserver.current().claim(staged) if staged else buffers
     )
     namespace.update(values)
+    for name in data.get("delete") or []:  # deleted on the client's side since
+        namespace.pop(name, None)
     return {"ok": True, "names": sorted(values)}
 
 

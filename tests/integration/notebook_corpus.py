@@ -292,6 +292,19 @@ CORPUS: dict[str, list[Step]] = {
         ("local", "big = list(range(1000))\nkeep = 1"),
         ("cell", "size = len(big)\ndel big"),
     ],
+    "deleted in the notebook between cells": [
+        ("local", "v = 1\nbig_list = list(range(10))"),
+        ("cell", "w = v + len(big_list)"),
+        ("local", "del v\ndel big_list"),
+        ("cell", "try:\n    v\nexcept NameError:\n    gone = True\nhas_list = 'big_list' in dir()"),
+        ("cell", "try:\n    print(big_list)\nexcept NameError as e:\n    msg = str(e)"),
+    ],
+    "a remote-only handle deleted in the notebook": [
+        ("cell", "g = (i for i in range(3))"),
+        ("unpicklable", "g"),
+        ("local", "del g"),
+        ("cell", "try:\n    next(g)\nexcept NameError:\n    g_gone = True"),
+    ],
     "del then rebind": [
         ("local", "tmp = 1"),
         ("cell", "del tmp\ntmp = 2"),
