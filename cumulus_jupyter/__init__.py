@@ -16,9 +16,13 @@ The package holds three programs and their contract:
   imports.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cumulus_jupyter.errors import CumulusError, RemoteError
+
+if TYPE_CHECKING:  # type checkers see the lazy names' real types
+    from cumulus_jupyter.api import remote, run
+    from cumulus_jupyter.client import CumulusClient
 
 __all__ = [
     "CumulusClient",

@@ -145,7 +145,7 @@ def test_remote_checks_its_options_when_it_decorates() -> None:
     assert bare.__name__ == "train"
     decorated = remote(gpu=0.2, server_url=NOWHERE)(with_gpu)
     with pytest.raises(InvalidArgument, match="cannot take these arguments"):
-        decorated(1, 2, 3)
+        decorated(1, 2, 3)  # type: ignore[call-arg]
     with pytest.raises(Unavailable):  # a `gpu` keyword of the call goes to the function
         decorated(1, gpu=3)
 
