@@ -1,7 +1,7 @@
 """Vanished clients give their GPU back: a kernel with no client connected for
 ``--CumulusKernelManager.disconnected_timeout`` seconds is stopped, its partition released and
-the reason kept (410); a live ``%%cumulus`` session, however idle, keeps its WebSocket and its
-kernel; a batch job's kernel, which has no client, is exempt.
+the reason kept (410); a live ``%%cumulus`` session and a Cumulus GPU kernel, however idle,
+keep their WebSockets and their kernels; a batch job's kernel, which has no client, is exempt.
 
 Nothing here waits a fixed time: a kernel whose client left being stopped is what shows that a
 timeout went by, and the idle session is checked after several of them.
@@ -9,6 +9,7 @@ timeout went by, and the idle session is checked after several of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,8 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import start_new_kernel
 
 from chronos import Store, discover
+from cumulus_jupyter import kernelspec
 from tests.support.gateway import Gateway, remote_session
 from tests.support.wait import wait_until
 
@@ -92,24 +96,49 @@ def stopped_for_no_client(gateway: Gateway, model: dict[str, Any]) -> None:
     assert model["cumulus"]["partition_id"] not in active_partition_ids(gateway)
 
 
-@pytest.mark.timeout(300)
-def test_an_idle_session_lives_on_and_a_kernel_whose_client_was_killed_is_stopped(
-    culling_gateway: Gateway,
+@contextlib.contextmanager
+def proxy_kernel(gateway: Gateway, prefix: Path) -> Iterator[BlockingKernelClient]:
+    """A Cumulus GPU kernel on ``gateway``, started as JupyterLab starts one, its remote kernel
+    up; shut down after."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+        mp.setenv("CUMULUS_GATEWAY_URL", gateway.url)
+        mp.setenv("CUMULUS_TOKEN", gateway.token)
+        name, _ = kernelspec.install("0.2", "10m", prefix=str(prefix))
+        km, kc = start_new_kernel(kernel_name=name, startup_timeout=120)
+    try:
+        assert kc.execute_interactive("x = 1", timeout=120)["content"]["status"] == "ok"
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+
+def printed(outputs: list[dict[str, Any]]) -> str:
+    return "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+
+
+@pytest.mark.timeout(400)
+def test_idle_clients_live_on_and_a_kernel_whose_client_was_killed_is_stopped(
+    culling_gateway: Gateway, tmp_path: Path
 ) -> None:
     gateway = culling_gateway
-    with remote_session(gateway, "idle") as session:
-        assert session.kernel is not None
-        idle = session.kernel.id
+    with remote_session(gateway, "idle") as session, proxy_kernel(gateway, tmp_path) as kc:
+        idle = {k["id"] for k in gateway.get("/api/kernels").json()}
+        assert len(idle) == 2  # the magic's session and the Cumulus GPU kernel's remote
         for _ in range(3):  # each stop shows that a whole timeout went by meanwhile
             stopped_for_no_client(gateway, killed_client(gateway))
-            model = gateway.get(f"/api/kernels/{idle}").json()
-            assert model["connections"] == 1 and session.alive, model
+            models = gateway.get("/api/kernels").json()
+            assert {m["id"] for m in models} == idle and session.alive, models
+            assert all(m["connections"] == 1 for m in models), models
         outputs: list[dict[str, Any]] = []
         reply = session.execute("print(6 * 7)", outputs.append)
-        assert reply["content"]["status"] == "ok"
-        assert any(m.get("content", {}).get("text") == "42\n" for m in outputs), outputs
-        assert session.kernel.model["cumulus"]["partition_id"] in active_partition_ids(gateway)
-    assert f"kernel {idle}: " not in gateway.log()  # never stopped for want of a client
+        assert reply["content"]["status"] == "ok" and printed(outputs) == "42\n", outputs
+        outputs = []
+        reply = kc.execute_interactive("print(x + 1)", timeout=120, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok" and printed(outputs) == "2\n", outputs
+    for kernel_id in idle:
+        assert f"kernel {kernel_id}: " not in gateway.log()  # never stopped for want of a client
 
 
 def test_a_kernel_never_connected_to_is_stopped_and_a_job_is_not(
