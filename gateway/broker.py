@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping
@@ -74,7 +75,9 @@ class _Waiter:
     started: float  # time.monotonic(), for the allocation latency
     last_refusal: str = ""
 
+    @functools.cached_property
     def ask(self) -> Ask:
+        """The request as the scheduler sees it."""
         r = self.request
         return Ask(r.id, r.amount, r.duration_s, r.owner, self.candidates, self.queued_at)
 
@@ -290,7 +293,7 @@ class PartitionBroker:
             holdings = self._holdings()
 
     def _plan(self, holdings: list[_Held]) -> Plan:
-        asks = [w.ask() for w in self._queue]
+        asks = [w.ask for w in self._queue]
         plan = scheduler.plan(
             self._cluster, holdings, asks, self.clock(), self.rules,
             share=self.share, head=self._head,
@@ -323,7 +326,7 @@ class PartitionBroker:
     def _ordered(self, holdings: list[_Held], now: float) -> list[_Waiter]:
         by_id = {w.request.id: w for w in self._queue}
         usage = scheduler.usage_of(holdings, self.share, now)
-        asks = [w.ask() for w in self._queue]
+        asks = [w.ask for w in self._queue]
         return [
             by_id[a.id]
             for a in scheduler.order(asks, self.rules, now, usage=usage, head=self._head)
@@ -332,7 +335,7 @@ class PartitionBroker:
     def _estimate(
         self, holdings: list[_Held], ordered: list[_Waiter], now: float
     ) -> dict[int, float | None]:
-        asks = [w.ask() for w in ordered]
+        asks = [w.ask for w in ordered]
         fifo = self.rules.policy is scheduler.Policy.FIFO
         return scheduler.estimate(self._cluster, holdings, asks, now, in_order=fifo)
 

@@ -174,6 +174,15 @@ class Timeline:
     def add(self, devices: tuple[int, ...], tenths: int, start: float, end: float) -> None:
         self._spans.append(_Span(devices, tenths, start, end))
 
+    def free_now(self) -> dict[int, int]:
+        """The tenths free on each device now."""
+        used: dict[int, int] = {}
+        for s in self._spans:
+            if s.start <= self.now < s.end:
+                for d in s.devices:
+                    used[d] = used.get(d, 0) + s.tenths
+        return {d: TENTHS_PER_DEVICE - used.get(d, 0) for d in self.cluster.devices}
+
     def used_over(self, start: float, end: float) -> dict[int, int]:
         """The most tenths held on each device at any moment in ``[start, end)``."""
         live = [s for s in self._spans if s.start < end and s.end > start]
@@ -291,24 +300,10 @@ def plan(
     reserved = timeline.earliest(first)
     waiting_for = {first.id: refusal}
     behind = f"request {first.id} at the head of the queue ({refusal})"
-    for ask in waiting[1:]:
-        if rules.policy is Policy.FIFO:
-            waiting_for[ask.id] = behind
-            continue
-        devices = timeline.fits(ask, now)
-        if devices is None:
-            waiting_for[ask.id] = timeline.why_not(ask)
-            continue
-        if reserved is not None:
-            devices = _beside(timeline, ask, devices, first, reserved)
-        if devices is None:
-            waiting_for[ask.id] = (
-                f"it would delay request {first.id} ({first.owner}, {first.amount} GPU), "
-                f"reserved to start in {_seconds((reserved or (now,))[0] - now)}"
-            )
-            continue
-        timeline.reserve(ask, now, devices)
-        starts.append(Start(ask.id, devices))
+    if rules.policy is Policy.FIFO:
+        waiting_for.update((ask.id, behind) for ask in waiting[1:])
+    else:
+        _backfill(timeline, waiting[1:], first, reserved, starts, waiting_for)
     return Plan(
         tuple(a.id for a in ordered),
         tuple(starts),
@@ -316,6 +311,70 @@ def plan(
         reserved[0] if reserved is not None else None,
         waiting_for,
     )
+
+
+def _backfill(
+    timeline: Timeline,
+    behind: Sequence[Ask],
+    head: Ask,
+    reserved: tuple[float, tuple[int, ...]] | None,
+    starts: list[Start],
+    waiting_for: dict[int, str],
+) -> None:
+    """Start, in order, each of ``behind`` that fits now without delaying ``head`` (EASY);
+    say why each other one waits. Within one pass capacity only shrinks, so what did not fit
+    (by shape), or delayed the head (by shape, from some duration up), is not tried again."""
+    now = timeline.now
+    free = timeline.free_now()
+    refused: dict[tuple[int, tuple[int, ...]], str] = {}
+    delaying: dict[tuple[int, tuple[int, ...]], float] = {}  # shortest duration that did
+    delay = (
+        f"it would delay request {head.id} ({head.owner}, {head.amount} GPU), reserved to "
+        f"start in {_seconds(reserved[0] - now)}"
+        if reserved is not None
+        else ""
+    )
+    for ask in behind:
+        shape = (ask.amount.tenths, ask.candidates)
+        if shape in refused or not _may_fit(ask, free):
+            waiting_for[ask.id] = refused.get(shape) or refused.setdefault(
+                shape, timeline.why_not(ask)
+            )
+            continue
+        if ask.duration_s >= delaying.get(shape, math.inf):
+            waiting_for[ask.id] = delay
+            continue
+        devices = _place_now(ask, free, timeline.cluster)
+        if devices is None:
+            waiting_for[ask.id] = refused.setdefault(shape, timeline.why_not(ask))
+            continue
+        if reserved is not None:
+            devices = _beside(timeline, ask, devices, head, reserved)
+        if devices is None:
+            delaying[shape] = min(ask.duration_s, delaying.get(shape, math.inf))
+            waiting_for[ask.id] = delay
+            continue
+        timeline.reserve(ask, now, devices)
+        for d in devices:
+            free[d] -= ask.amount.tenths_per_device
+        starts.append(Start(ask.id, devices))
+
+
+def _place_now(ask: Ask, free: Mapping[int, int], cluster: Cluster) -> tuple[int, ...] | None:
+    """Where the store would put ``ask`` now, given what is ``free``."""
+    used = {d: TENTHS_PER_DEVICE - f for d, f in free.items()}
+    try:
+        return tuple(place(ask.amount, ask.candidates, used, cluster.hosts))
+    except (ResourceExhausted, InvalidArgument):
+        return None
+
+
+def _may_fit(ask: Ask, free: Mapping[int, int]) -> bool:
+    """A quick, necessary test of whether ``ask`` fits in what is ``free`` now."""
+    if ask.amount.is_fraction:
+        return any(free[i] >= ask.amount.tenths for i in ask.candidates)
+    whole = sum(free[i] == TENTHS_PER_DEVICE for i in ask.candidates)
+    return whole >= ask.amount.device_count
 
 
 def _beside(
