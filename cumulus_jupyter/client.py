@@ -251,6 +251,9 @@ class CallSession(RemoteSession):
             self._starting.result()
         except concurrent.futures.CancelledError:
             raise self.abandoned or _Abandoned("the start was cancelled") from None
+        except BaseException:  # Ctrl-C here: the gateway drops the request when we leave
+            self._starting.cancel()
+            raise
         finally:
             self._starting = None
 
@@ -303,7 +306,14 @@ class CallSession(RemoteSession):
             starting.cancel()
         kernel = self.kernel
         if kernel is not None:
-            self._lose(error)  # first: the waiting thread raises this, not the interrupt's error
+            # first: the waiting thread raises this, not the interrupt's error; the routes may
+            # change under us (this is not the thread that sends): try again then
+            for _ in range(5):
+                try:
+                    self._lose(error)
+                    break
+                except RuntimeError:
+                    continue
             with contextlib.suppress(Exception):
                 loop.call(kernel.interrupt(), timeout=10)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cumulus_jupyter import CumulusClient
+from cumulus_jupyter.client import CallSession
 from cumulus_jupyter.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -97,12 +98,23 @@ def test_run_takes_gpu_memory_its_alias_gpu_and_the_functions_own_gpu(gateway: G
     assert nothing_left(gateway)
 
 
-def test_a_kept_session_has_the_duration_asked_and_goes_back_on_close(gateway: Gateway) -> None:
+def test_a_kept_session_has_the_duration_asked_and_goes_back_on_close(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with client_of(gateway, []) as client:
         first = client.run(pid_of, 3, session="warm", duration="2m")
         (partition,) = gateway.get("/api/cumulus/partitions").json()
         assert partition["expires_at"] - partition["created_at"] == pytest.approx(120, abs=1)
+        comms: list[object] = []
+        real = CallSession._comm
+
+        def counted(self: CallSession, *args: Any, **kwargs: Any) -> Any:
+            comms.append(args)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(CallSession, "_comm", counted)
         assert client.run(pid_of, 4, session="warm") == (16, first[1])  # the same kernel
+        assert comms == []  # the values and the result rode in the execute request and reply
         assert client.sessions == ["warm"]
     assert nothing_left(gateway)
 
@@ -140,6 +152,14 @@ def test_a_call_past_its_timeout_raises_and_gives_the_partition_back(gateway: Ga
         client.run(sleepy, 600, gpu=0.2, timeout=3, session="kept")
     assert client.sessions == []  # a kept session that timed out is not kept
     wait_until(lambda: nothing_left(gateway), 60, "the partitions to be released")
+
+
+def test_a_timeout_also_bounds_the_wait_in_the_queue(gateway: Gateway) -> None:
+    gateway.start_kernel(KERNEL_GPU="1")
+    with pytest.raises(DeadlineExceeded):
+        client_of(gateway, []).run(amount_and, 1, gpu=0.5, timeout=2)
+    wait_until(lambda: gateway.get("/api/cumulus/queue").json() == [], 60, "the queue to empty")
+    assert nothing_left(gateway, partitions=1)  # only the one held
 
 
 def test_bad_input_is_one_clear_error_and_starts_nothing(gateway: Gateway) -> None:
