@@ -222,11 +222,21 @@ class LocalFrontend:
                 self.publish("comm_close", {"comm_id": comm_id, "data": {}}, self._last_parent)
 
 
+#: Cumulus's lines that say how a wait goes on: each replaces the previous one in place
+PASSING = ("waiting for a partition", "starting the remote kernel")
+
+
+def status_bundle(lines: list[str]) -> dict[str, Any]:
+    """A display's data for Cumulus's own lines: plain text, and muted HTML (news, not an
+    error) for JupyterLab. The magic's `Status` and the Cumulus GPU kernel both show these."""
+    text = "\n".join(f"Cumulus: {line}" for line in lines)
+    style = "margin:0;color:var(--jp-ui-font-color2,#666);background:transparent"
+    return {"text/plain": text, "text/html": f'<pre style="{style}">{html.escape(text)}</pre>'}
+
+
 class Status:
     """Cumulus's own lines for one cell, as one display updated in place: lines kept (the
     partition is ready, variables sent again) and the latest passing one (waiting ...)."""
-
-    _PASSING = ("waiting for a partition", "starting the remote kernel")
 
     def __init__(self, frontend: LocalFrontend, quiet: bool = False) -> None:
         self.frontend = frontend
@@ -239,7 +249,7 @@ class Status:
 
     def line(self, text: str) -> None:
         """A line of news (any thread); a waiting line replaces the previous waiting line."""
-        if text.startswith(self._PASSING):
+        if text.startswith(PASSING):
             self.passing = text
         else:
             self.kept.append(text)
@@ -249,19 +259,12 @@ class Status:
     def _show(self) -> None:
         if self.quiet:
             return
-        lines = [f"Cumulus: {line}" for line in [*self.kept, self.passing] if line]
+        lines = [line for line in [*self.kept, self.passing] if line]
         if self.frontend.kernel is None:  # a plain IPython shell: lines as they come
-            print(lines[-1], flush=True)
+            print(f"Cumulus: {lines[-1]}", flush=True)
             return
-        text = "\n".join(lines)
         content = {
-            "data": {
-                "text/plain": text,
-                "text/html": (
-                    '<pre style="margin:0;color:var(--jp-ui-font-color2,#666);'
-                    'background:transparent">' + html.escape(text) + "</pre>"
-                ),
-            },
+            "data": status_bundle(lines),
             "metadata": {},
             "transient": {"display_id": self.display_id},
         }

@@ -51,7 +51,7 @@ class ProxyKernel:
         self.link = GatewayLink(
             settings, options, Sidecar(sidecar), session, self.own, deliver=self.deliver
         )
-        self.progress = Progress(self.local.stderr)
+        self.progress = Progress(self.local.display)
         self.ready = asyncio.Event()
         self.accepting = asyncio.Event()  # cleared while a restarted remote kernel comes up
         self.accepting.set()

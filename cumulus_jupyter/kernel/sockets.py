@@ -131,8 +131,10 @@ class LocalSockets:
     def status(self, state: str, parent: Header) -> None:
         self.publish("status", {"execution_state": state}, parent)
 
-    def stderr(self, text: str, parent: Header) -> None:
-        self.publish("stream", {"name": "stderr", "text": text}, parent)
+    def display(self, parent: Header, display_id: str, data: dict[str, Any], update: bool) -> None:
+        """Show ``data`` in cell ``parent`` as display ``display_id`` (``update``: in place)."""
+        content = {"data": data, "metadata": {}, "transient": {"display_id": display_id}}
+        self.publish("update_display_data" if update else "display_data", content, parent)
 
     def kernel_info(self, channel: str, idents: Idents, parent: Header, banner: str) -> None:
         """Answer kernel_info ourselves (the remote kernel may not be there yet)."""

@@ -14,7 +14,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
 
 from tests.support.gateway import Gateway
-from tests.support.messages import shell_reply
+from tests.support.messages import shell_reply, status_text
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -71,17 +71,6 @@ def run(
         if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
     )
     return reply, out, err, outputs
-
-
-def status_text(outputs: list[dict[str, Any]]) -> str:
-    """Cumulus's status display of a cell (one display updated in place), as last shown."""
-    texts: dict[str, str] = {}
-    for m in outputs:
-        if m["msg_type"] in ("display_data", "update_display_data"):
-            display_id = m["content"].get("transient", {}).get("display_id", "")
-            if display_id.startswith("cumulus-"):
-                texts[display_id] = m["content"]["data"]["text/plain"]
-    return "\n".join(texts.values())
 
 
 def _session_attr(kc: BlockingKernelClient, session: str, attribute: str) -> str:

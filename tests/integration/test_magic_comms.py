@@ -16,9 +16,9 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from tests.integration.test_magic import gateway_and_notebook, run, status_text
+from tests.integration.test_magic import gateway_and_notebook, run
 from tests.support.gateway import Gateway
-from tests.support.messages import shell_reply
+from tests.support.messages import shell_reply, status_text
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration

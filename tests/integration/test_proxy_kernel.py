@@ -20,7 +20,7 @@ from jupyter_client.manager import KernelManager, start_new_kernel
 from chronos import Store, discover
 from cumulus_jupyter import kernelspec
 from tests.support.gateway import Gateway
-from tests.support.messages import iopub_message, shell_reply
+from tests.support.messages import iopub_message, shell_reply, status_text
 
 pytestmark = pytest.mark.integration
 
@@ -101,11 +101,9 @@ def test_execute_streams_results_errors_and_partition(
         "import os, sys\nprint(os.environ['CHRONOS_GPU_AMOUNT']); print('err', file=sys.stderr); 6 * 7",
     )
     assert reply["status"] == "ok"
-    first_stderr = text(outputs, "stderr")
-    assert (
-        "Cumulus: partition p-" in first_stderr and "on gpu0 ready (0.5 GPU" in first_stderr
-    )  # progress in the first cell
-    assert text(outputs) == "0.5\n" and "err\n" in first_stderr
+    status = status_text(outputs)  # progress in the first cell: a display, not stderr
+    assert "Cumulus: partition p-" in status and "on gpu0 ready (0.5 GPU" in status
+    assert text(outputs) == "0.5\n" and text(outputs, "stderr") == "err\n"
     assert [
         m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
     ] == ["42"]
@@ -417,7 +415,7 @@ def test_opt_in_sync_copies_the_notebook_directory(
         )
         assert reply["status"] == "ok", text(outputs, "stderr")
         assert text(outputs) == "1,2,3 False\n"
-        lines = text(outputs, "stderr").splitlines()
+        lines = status_text(outputs).splitlines()
         assert lines[0].startswith("Cumulus: partition p-")
         assert lines[1].startswith(f"Cumulus: synced 1 file (0.0 MiB) from {notebook_dir} to ")
         assert "cumulus-work-" in lines[1]  # the remote kernel's own work directory
@@ -440,21 +438,29 @@ def test_the_first_cell_shows_the_queue_while_waiting_for_a_partition(
     blocker = gw.start_kernel(KERNEL_GPU="0.9")
     with started(name) as (_km, kc):  # answers while queued
         msg_id = kc.execute("print('finally running')")
-        seen = ""
+        shown: list[str] = []  # each state of the cell's Cumulus display, in order
+        printed = ""
+        kinds: list[str] = []
         released = threading.Event()
         while True:
             msg = kc.get_iopub_msg(timeout=120)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            if msg["msg_type"] == "stream":
-                seen += msg["content"]["text"]
-                if "queue position 1" in seen and not released.is_set():
+            kinds.append(msg["msg_type"])
+            if msg["msg_type"] in ("display_data", "update_display_data"):
+                shown.append(msg["content"]["data"]["text/plain"])
+                if "queue position 1" in shown[-1] and not released.is_set():
                     released.set()
                     assert gw.delete(f"/api/kernels/{blocker['id']}").status_code == 204
+            if msg["msg_type"] == "stream":
+                assert msg["content"]["name"] == "stdout"  # Cumulus's lines are no stderr
+                printed += msg["content"]["text"]
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
-        assert (
-            "Cumulus: waiting for a partition: queue position 1 (no device has 0.5 free (largest free: 0.1 on gpu0))"
-            in seen
-        )
-        assert "Cumulus: partition p-" in seen and seen.endswith("finally running\n")
+        waiting = "Cumulus: waiting for a partition: queue position 1 (no device has 0.5 free"
+        assert any(text.startswith(waiting) for text in shown), shown
+        # one display, then updates of it only; the waiting line gives way to the ready one
+        displays = [k for k in kinds if k.endswith("display_data")]
+        assert displays[0] == "display_data" and set(displays[1:]) == {"update_display_data"}
+        assert shown[-1].startswith("Cumulus: partition p-") and "waiting" not in shown[-1]
+        assert printed == "finally running\n"

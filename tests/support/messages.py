@@ -28,3 +28,14 @@ def next_message(
     while not predicate(message := get(timeout=timeout)):
         continue
     return message
+
+
+def status_text(outputs: list[dict[str, Any]]) -> str:
+    """Cumulus's status display of a cell (one display updated in place), as last shown."""
+    texts: dict[str, str] = {}
+    for m in outputs:
+        if m["msg_type"] in ("display_data", "update_display_data"):
+            display_id = m["content"].get("transient", {}).get("display_id", "")
+            if display_id.startswith("cumulus-"):
+                texts[display_id] = m["content"]["data"]["text/plain"]
+    return "\n".join(texts.values())
