@@ -27,7 +27,6 @@ released.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import concurrent.futures
 import contextlib
@@ -42,12 +41,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Never
 
-from cumulus_jupyter import loop, transfer
+from cumulus_jupyter import loop
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import (
     CumulusError,
     DeadlineExceeded,
-    Internal,
     InvalidArgument,
     RemoteError,
     ResourceExhausted,
@@ -56,8 +54,7 @@ from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.protocol import env as names
 from cumulus_jupyter.protocol.amounts import parse_amount, parse_duration
 from cumulus_jupyter.protocol.messages import Message
-from cumulus_jupyter.remote_kernel import RemoteKernel
-from cumulus_jupyter.session import EXPRESSIONS, RemoteRef, RemoteSession
+from cumulus_jupyter.session import RemoteRef, RemoteSession
 
 __all__ = ["CallOptions", "CumulusClient"]
 
@@ -261,37 +258,9 @@ class CallSession(RemoteSession):
         self, gpu: str, duration: str, on_progress: Callable[[str], None],
         request_env: dict[str, str], launch_timeout: float,
     ) -> None:  # fmt: skip
-        # `RemoteSession._start` with the request's env: RemoteSession.start takes none yet
-        client = GatewayClient(self.settings)
-        try:
-            self.kernel = await RemoteKernel.start(
-                client, gpu=gpu, duration=duration, env=request_env,
-                launch_timeout=launch_timeout, on_progress=on_progress,
-            )  # fmt: skip
-        except BaseException:
-            await client.aclose()
-            raise
-        await self.kernel.connect()
-        self._reader = asyncio.ensure_future(self._read())
-        self._watcher = asyncio.ensure_future(self._watch())
-        reply = await self._execute_async(
-            kernel_code.REGISTER, silent=True, expressions=EXPRESSIONS
+        await self._start(
+            gpu, duration, on_progress, env=request_env, launch_timeout=launch_timeout
         )
-        content = reply["content"]
-        if content.get("status") != "ok":
-            raise Internal(f"the remote kernel could not load {kernel_code.AGENT}: {content}")
-        found = content.get("user_expressions", {})
-        remote = found.get("v", {}).get("data", {}).get("text/plain", "{}")
-        self.data_path = found.get("d", {}).get("data", {}).get("text/plain", "None") != "None"
-        self.max_transfer_bytes = int(client.health.get("max_transfer_bytes") or 0)
-        errors, warnings = transfer.compare_versions(transfer.versions(), ast.literal_eval(remote))
-        if errors:
-            raise InvalidArgument(
-                "Values cannot travel between these Pythons: " + "; ".join(errors)
-                + ". Use a kernel environment with the same versions."
-            )  # fmt: skip
-        for line in warnings:
-            on_progress(f"note: {line}")
 
     def abandon(self, error: CumulusError) -> None:
         """Give the session up, from any thread: a start under way is cancelled (the gateway
@@ -306,14 +275,7 @@ class CallSession(RemoteSession):
             starting.cancel()
         kernel = self.kernel
         if kernel is not None:
-            # first: the waiting thread raises this, not the interrupt's error; the routes may
-            # change under us (this is not the thread that sends): try again then
-            for _ in range(5):
-                try:
-                    self._lose(error)
-                    break
-                except RuntimeError:
-                    continue
+            self._lose(error)  # first: the waiting thread raises this, not the interrupt's
             with contextlib.suppress(Exception):
                 loop.call(kernel.interrupt(), timeout=10)
 

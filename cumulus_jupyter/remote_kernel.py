@@ -30,6 +30,10 @@ def describe(cumulus: dict[str, Any]) -> str:
     )
 
 
+#: seconds between tries to reconnect a dropped kernel WebSocket (about a minute in all)
+RECONNECT_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
+
+
 class RemoteKernel:
     """A kernel on the gateway: start, connect, send, receive, interrupt, restart, shut down."""
 
@@ -137,6 +141,21 @@ class RemoteKernel:
             ) from exc
         except (OSError, websockets.WebSocketException) as exc:
             raise Unavailable(f"Cannot open the kernel WebSocket at {url}: {exc}") from exc
+
+    async def reconnect(self) -> None:
+        """The WebSocket dropped: come back with the same session id (the gateway buffers what
+        the kernel sent meanwhile), retrying with backoff (`RECONNECT_BACKOFF_S`, about a
+        minute) while the gateway cannot be reached. Raises the gateway's `CumulusError` when
+        the kernel itself is gone, `Unavailable` when the gateway stays unreachable."""
+        for delay in RECONNECT_BACKOFF_S:
+            try:
+                await self.client.request("GET", f"/api/kernels/{self.id}")
+                await self.connect()
+            except Unavailable:
+                await asyncio.sleep(delay)
+                continue
+            return
+        raise Unavailable(f"Lost the connection to the gateway at {self.client.settings.url}")
 
     @property
     def connected(self) -> bool:

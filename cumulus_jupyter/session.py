@@ -145,6 +145,9 @@ class RemoteSession:
         self.session = Session(username="cumulus")
         self._routes: dict[str, queue.Queue[Message] | _Execution] = {}
         self._reader: asyncio.Future[None] | None = None
+        #: the reader's latest reconnect (its outcome: the link is back), for senders whose
+        #: send met the dropped link; None before any
+        self._relinking: asyncio.Future[bool] | None = None
         self.ledger = transfer.Ledger()  # what the remote kernel holds
         self.sent_bytes = 0  # variables pushed so far, for status and tests
         self.data_path = False  # large buffers go over the gateway's data endpoint
@@ -159,14 +162,37 @@ class RemoteSession:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, gpu: str, duration: str, on_progress: Callable[[str], None]) -> None:
-        loop.call(self._start(gpu, duration, on_progress))
+    def start(
+        self,
+        gpu: str,
+        duration: str,
+        on_progress: Callable[[str], None],
+        *,
+        env: dict[str, str] | None = None,
+        launch_timeout: float = 600,
+    ) -> None:
+        """Start the session's kernel: ``env`` goes with the request (``KERNEL_WAIT=0``: do
+        not queue), which may wait in the queue up to ``launch_timeout`` seconds."""
+        loop.call(self._start(gpu, duration, on_progress, env=env, launch_timeout=launch_timeout))
 
-    async def _start(self, gpu: str, duration: str, on_progress: Callable[[str], None]) -> None:
+    async def _start(
+        self,
+        gpu: str,
+        duration: str,
+        on_progress: Callable[[str], None],
+        *,
+        env: dict[str, str] | None = None,
+        launch_timeout: float = 600,
+    ) -> None:
         client = GatewayClient(self.settings)
-        self.kernel = await RemoteKernel.start(
-            client, gpu=gpu, duration=duration, on_progress=on_progress
-        )
+        try:
+            self.kernel = await RemoteKernel.start(
+                client, gpu=gpu, duration=duration, env=env, launch_timeout=launch_timeout,
+                on_progress=on_progress,
+            )  # fmt: skip
+        except BaseException:
+            await client.aclose()
+            raise
         await self.kernel.connect()
         self._reader = asyncio.ensure_future(self._read())
         self._watcher = asyncio.ensure_future(self._watch())
@@ -280,17 +306,47 @@ class RemoteSession:
                 ):  # the gateway saw the kernel process die
                     self._lose(self._gone("died"))
         except Exception as exc:  # the link is gone: reconnect if the kernel lives on
-            error = self.lost or await self._why_gone()
-            if error is None and await self._reconnect():
+            relinking = self._relinking = asyncio.get_running_loop().create_future()
+            back = False
+            try:
+                error = self.lost or await self._why_gone()
+                back = error is None and await self._reconnect()
+            finally:
+                relinking.set_result(back)
+            if not back:
+                self._lose(error or self._gone(f"became unreachable ({exc})"))
+
+    async def _send(self, kernel: RemoteKernel, channel: str, parts: Parts) -> None:
+        """Send on the kernel's WebSocket; one that meets a dropped link waits for the reader
+        to reconnect (it hears the drop too) and sends again, so a request made while the
+        gateway is briefly away is not lost."""
+        before = self._relinking
+        try:
+            await kernel.send(channel, parts)
+            return
+        except Exception as exc:
+            failure: Exception = exc
+        pending = before if before is not None and not before.done() else None
+        if pending is None:  # the reader has not seen the drop yet: it will, at once
+            deadline = time.monotonic() + 10
+            while self._relinking is before and self.lost is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            pending = self._relinking if self._relinking is not before else None
+        if pending is not None and await asyncio.shield(pending):
+            try:
+                await kernel.send(channel, parts)
                 return
-            self._lose(error or self._gone(f"became unreachable ({exc})"))
+            except Exception as exc:
+                failure = exc
+        raise self.lost or self._gone(f"became unreachable ({failure})")
 
     async def _reconnect(self) -> bool:
         """A new WebSocket to the same kernel (same session id: the gateway replays what it
-        buffered meanwhile) and a new reader on it."""
+        buffered meanwhile), retried with backoff while the gateway is unreachable (restarted,
+        a network blip), and a new reader on it."""
         assert self.kernel is not None
         try:
-            await self.kernel.connect()
+            await self.kernel.reconnect()
         except CumulusError:
             return False
         self._reader = asyncio.ensure_future(self._read())
@@ -328,7 +384,7 @@ class RemoteSession:
         if self.lost is not None and not isinstance(error, PartitionExpired):
             error = self.lost  # the first cause is the one to report
         self.lost = error
-        for target in self._routes.values():
+        for target in list(self._routes.values()):  # any thread: routes change meanwhile
             target.put({"msg_type": "_lost", "error": error})
 
     def _request(
@@ -447,9 +503,9 @@ class RemoteSession:
 
         async def send() -> None:
             try:
-                await kernel.send(channel, parts)
-            except Exception as exc:  # the link is gone: the waiting thread must hear it
-                self._lose(self._gone(f"became unreachable ({exc})"))
+                await self._send(kernel, channel, parts)
+            except CumulusError as exc:  # the link is gone: the waiting thread must hear it
+                self._lose(exc)
 
         loop.background_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(send()))
 
@@ -485,7 +541,7 @@ class RemoteSession:
             "comm_open", {"comm_id": comm_id, "target_name": target, "data": data}
         )
         try:
-            loop.call(self.kernel.send("shell", [*parts, *buffers]))  # type: ignore[union-attr]
+            loop.call(self._send(self.kernel, "shell", [*parts, *buffers]))  # type: ignore[arg-type]
             while True:
                 try:
                     message = inbox.get(timeout=600)

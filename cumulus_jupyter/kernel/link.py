@@ -32,7 +32,6 @@ from cumulus_jupyter.protocol import code, env
 from cumulus_jupyter.protocol.messages import Parts, content_of
 from cumulus_jupyter.remote_kernel import RemoteKernel
 
-RECONNECT_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
 OWN_REQUEST_TIMEOUT_S = 120
 PROBE_TIMEOUT_S = 2
 
@@ -121,18 +120,13 @@ class GatewayLink:
         """The WebSocket dropped: come back with the same session id (the gateway buffers what
         the kernel sent meanwhile). Raises `CumulusError` when the kernel itself is gone (and
         forgets it) or the gateway stays unreachable."""
-        for delay in RECONNECT_BACKOFF_S:
-            try:
-                await remote.client.request("GET", f"/api/kernels/{remote.id}")
-                await remote.connect()
-            except Unavailable:
-                await asyncio.sleep(delay)
-                continue
-            except CumulusError:
-                self.remote = None
-                raise
-            return
-        raise Unavailable(f"Lost the connection to the gateway at {self.settings.url}")
+        try:
+            await remote.reconnect()
+        except Unavailable:
+            raise
+        except CumulusError:
+            self.remote = None
+            raise
 
     async def hand_over(self) -> None:
         """Restart the remote kernel in the same partition and leave its id for the proxy

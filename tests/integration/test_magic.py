@@ -41,10 +41,11 @@ def gateway_and_notebook(tmp: Path) -> Iterator[tuple[BlockingKernelClient, Gate
 
 
 @contextlib.contextmanager
-def notebook_kernel(gw: Gateway) -> Iterator[BlockingKernelClient]:
-    """A local ipykernel pointed at ``gw`` with the extension loaded, shut down after."""
+def notebook_kernel(gw: Gateway, url: str | None = None) -> Iterator[BlockingKernelClient]:
+    """A local ipykernel pointed at ``gw`` (through ``url`` if given) with the extension
+    loaded, shut down after."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CUMULUS_GATEWAY_URL", gw.url)
+        mp.setenv("CUMULUS_GATEWAY_URL", url or gw.url)
         mp.setenv("CUMULUS_TOKEN", gw.token)
         km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
     try:

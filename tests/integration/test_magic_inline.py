@@ -144,3 +144,30 @@ def test_a_value_that_cannot_travel_stays_remote_as_a_handle_later_cells_use(
     assert out.split() == ["0", "10", "3"]  # the remote's own generator and widget
     reply, _, err, _ = run(kc, "gen.fetch()")
     assert reply["status"] == "error" and "Use it in %%cumulus --session inline" in str(reply)
+
+
+def test_a_session_outlives_the_gateway_being_unreachable_for_a_while(
+    tmp_path: Path,
+) -> None:
+    """The link drops and the gateway cannot be reached for several tries (restarting, a
+    network blip): the session reconnects with backoff and keeps its kernel and variables."""
+    from tests.integration.test_magic import notebook_kernel
+    from tests.support.gateway import Gateway
+    from tests.support.tcp_relay import TcpRelay
+    from tests.support.wait import wait_until
+
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
+    relay = TcpRelay(gw.port)
+    try:
+        with notebook_kernel(gw, f"http://127.0.0.1:{relay.port}") as kc:
+            ok(kc, "%%cumulus --session blip\nkept = 41")
+            relay.down = True
+            relay.cut()
+            wait_until(lambda: relay.refused >= 3, timeout=60, what="reconnect tries")
+            relay.down = False
+            out, err = ok(kc, "%%cumulus --session blip\nprint(kept + 1)")
+            assert "lost" not in err, err
+            assert out.strip().splitlines()[-1] == "42"
+    finally:
+        relay.close()
+        gw.stop()

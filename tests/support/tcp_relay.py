@@ -16,6 +16,8 @@ class TcpRelay:
         self.loop = asyncio.new_event_loop()
         self.writers: set[asyncio.StreamWriter] = set()
         self.cuts = 0
+        self.down = False  # while set, connections are dropped at once (the gateway is away)
+        self.refused = 0
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self.thread.start()
@@ -33,6 +35,10 @@ class TcpRelay:
             self.loop.run_until_complete(main())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            self.refused += 1
+            writer.transport.abort()
+            return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers |= {writer, up_writer}
 
