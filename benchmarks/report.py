@@ -102,7 +102,24 @@ def rows(directory: Path) -> list[Row]:
         mine, target = chronos["chronos_pairs_per_s"], chronos["target_pairs_per_s"]
         out.append(Row("Chronos create+release/s vs target", mine, target, "/s", False,
                        1.0))  # fmt: skip
+    out += _scheduling(_load(directory, "scheduling.json"))
     return out
+
+
+def _scheduling(data: Any) -> list[Row]:
+    """Backfill's utilization against fifo's, fair's fairness against fifo's (issue 15)."""
+    if not data:
+        return []
+    fifo, backfill, fair = (data["results"][p] for p in ("fifo", "backfill", "fair"))
+    return [
+        Row("device utilization while requests wait: backfill vs fifo",
+            100 * backfill["utilization_contended"], 100 * fifo["utilization_contended"], "%",
+            False, 1.15),
+        Row("device utilization, whole replay: backfill vs fifo", 100 * backfill["utilization"],
+            100 * fifo["utilization"], "%", False, 1.15),
+        Row("Jain index of users' slowdown: fair vs fifo", fair["jain_slowdown"],
+            fifo["jain_slowdown"], "", False, 1.0),
+    ]  # fmt: skip
 
 
 def print_table(table: list[Row]) -> None:

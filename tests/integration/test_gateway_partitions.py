@@ -43,6 +43,7 @@ def test_queued_request_starts_when_capacity_frees_and_never_over_commits(gatewa
     )
     assert queue[0]["position"] == 1 and queue[0]["owner"] == "bo" and queue[0]["amount"] == 0.5
     assert "largest free: 0.4" in queue[0]["waiting_for"]
+    assert 3000 < queue[0]["eta_s"] <= 3600  # estimated start: when the first one expires
     assert gateway.get("/api/cumulus/devices").json()[0]["free"] == pytest.approx(0.4)
 
     assert gateway.delete(f"/api/kernels/{first['id']}").status_code == 204
