@@ -55,7 +55,7 @@ def pushed(values: dict[str, object]) -> tuple[dict[str, object], list[object]]:
 def test_push_then_pull_round_trips_through_the_agent() -> None:
     remote: dict[str, object] = {}
     request, frames = pushed({"a": np.ones(5), "label": "x"})
-    assert comms._push(request, frames, remote) == {"ok": True, "names": ["a", "label"]}
+    assert comms.push(request, frames, remote) == {"ok": True, "names": ["a", "label"]}
     remote["b"] = remote["label"] * 2  # type: ignore[operator]
     reply, frames = comms._pull({"op": "pull", "names": ["a", "b", "nope"]}, remote)
     assert reply["ok"] and reply["missing"] == ["nope"] and reply["refs"] == {}
@@ -103,11 +103,24 @@ def test_a_push_names_its_staged_buffers(data_port: tuple[str, int]) -> None:
     request, frames = pushed({"v": np.arange(10)})
     dataserver.current().stage("a" * 32, frames)
     remote: dict[str, object] = {}
-    assert comms._push(request | {"staged": "a" * 32}, [], remote)["names"] == ["v"]
+    assert comms.push(request | {"staged": "a" * 32}, [], remote)["names"] == ["v"]
     assert np.array_equal(remote["v"], np.arange(10))  # type: ignore[arg-type]
 
 
 def test_without_a_data_port_a_staged_push_says_so() -> None:
     request, _ = pushed({"v": 1})
     with pytest.raises(InvalidArgument, match="no data port"):
-        comms._push(request | {"staged": "b" * 32}, [], {})
+        comms.push(request | {"staged": "b" * 32}, [], {})
+
+
+def test_gather_describes_what_cannot_travel_defers_past_the_budget_skips_unchanged() -> None:
+    remote = {"kept": [1, 2], "gen": (i for i in range(2)), "a": b"x" * 100, "b": b"y" * 100}
+    held = transfer.fingerprint(*transfer.dumps("kept", remote["kept"]))
+    found = comms.gather(["gen", "a", "b", "nope"], remote, None, {"kept": held}, budget=150)
+    assert found.refs["gen"]["type"] == "generator" and "unpicklable" in found.refs["gen"]
+    assert [e["name"] for e in found.entries] == ["a"] and found.deferred == ["b"]
+    assert found.missing == ["nope"]  # and `kept`, unchanged, does not come back
+    remote["kept"].append(3)
+    changed = comms.gather([], remote, None, {"kept": held})
+    assert [e["name"] for e in changed.entries] == ["kept"]
+    assert transfer.unpack_namespace(changed.entries, changed.frames) == {"kept": [1, 2, 3]}
