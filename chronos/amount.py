@@ -38,7 +38,8 @@ class GpuAmount:
         valid_fraction = whole == 0 and 1 <= rest <= 9
         valid_whole = rest == 0 and 1 <= whole <= MAX_WHOLE_DEVICES
         if not (valid_fraction or valid_whole):
-            raise InvalidArgument(f"Invalid GPU amount: {self.tenths / 10:g}. {AMOUNT_RULE}")
+            shown = Decimal(self.tenths) / TENTHS_PER_DEVICE  # exact: a float overflows at 1e309
+            raise InvalidArgument(f"Invalid GPU amount: {shown:g}. {AMOUNT_RULE}")
 
     @classmethod
     def parse(cls, value: str | float | int | GpuAmount) -> GpuAmount:

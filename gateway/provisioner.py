@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -118,7 +119,9 @@ class CumulusProvisioner(LocalProvisioner):
             check_request(
                 quotas, holdings, request.amount, request.duration_s, self.duration_limit()
             )
-        timeout = _seconds(env.get(names.KERNEL_LAUNCH_TIMEOUT), services.settings.launch_timeout)
+        timeout = launch_timeout(
+            env.get(names.KERNEL_LAUNCH_TIMEOUT), services.settings.launch_timeout
+        )
         wait = env.get(names.KERNEL_WAIT, "1").strip().lower() not in _FALSE
         return await services.broker.acquire(request, wait=wait, timeout=timeout)
 
@@ -266,16 +269,21 @@ class CumulusProvisioner(LocalProvisioner):
             self.pgid = None
 
 
-def _seconds(value: str | None, default: float) -> float:
-    """A request's timeout in seconds (`InvalidArgument` for one that is not a number)."""
+def launch_timeout(value: str | None, default: float) -> float:
+    """A request's ``KERNEL_LAUNCH_TIMEOUT`` in seconds, ``default`` when it names none;
+    `InvalidArgument` for anything but a finite number ≥ 0 (``nan`` or ``inf`` would wait
+    forever). Called by the kernels handler before a launch, and by `pre_launch`."""
     if not value:
         return default
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
         raise InvalidArgument(
-            f"{names.KERNEL_LAUNCH_TIMEOUT} must be seconds, not {value!r}"
-        ) from None
+            f"{names.KERNEL_LAUNCH_TIMEOUT} must be a number of seconds ≥ 0, not {value!r}"
+        )
+    return seconds
 
 
 def _free_port(host: str) -> int:

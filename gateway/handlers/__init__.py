@@ -8,7 +8,9 @@ name (its ``default_handlers`` list, see `gateway.app`):
 - `gateway.handlers.cumulus`: ``/api/cumulus/{health,devices,partitions,queue}``;
 - `gateway.handlers.jobs`: ``/api/cumulus/jobs``;
 - `gateway.handlers.data`: ``/api/cumulus/kernels/{id}/data/{transfer}``, the data path;
-- `gateway.handlers.callback`: ``/api/cumulus/kernels/{id}/callback``, kernels in containers.
+- `gateway.handlers.callback`: ``/api/cumulus/kernels/{id}/callback``, kernels in containers;
+- `gateway.handlers.server`: jupyter_server's ``/api``, ``/api/kernelspecs`` and ``/metrics``,
+  behind the token and the one ``write_error``.
 """
 
 SERVICES = [
@@ -17,4 +19,5 @@ SERVICES = [
     "gateway.handlers.data",
     "gateway.handlers.callback",
     "gateway.handlers.jobs",
+    "gateway.handlers.server",
 ]

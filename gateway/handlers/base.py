@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from types import TracebackType
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from cumulus_jupyter.errors import (
     InvalidArgument,
     PartitionExpired,
     PermissionDenied,
+    Unauthenticated,
 )
 from gateway.auth import CumulusIdentityProvider
 from gateway.errors import from_chronos
@@ -32,6 +34,7 @@ from gateway.manager import CumulusKernelManager
 from gateway.services import Services
 
 SERVICES_SETTING = "cumulus_services"  # where the app puts the services in the web app settings
+NO_TOKEN = "No valid token: send Authorization: token <the gateway's token or yours>"
 
 
 def cumulus_error(exc: BaseException | None) -> CumulusError | None:
@@ -47,7 +50,28 @@ def retry_after_header(seconds: float) -> str:
 
 class CumulusErrors(web.RequestHandler):
     """The ``write_error`` of every gateway handler (REST, and the kernel WebSocket's
-    handshake): mixed in before jupyter_server's handler classes."""
+    handshake): mixed in before jupyter_server's handler classes.
+
+    It also says 401 where jupyter_server says 403 to a request with no valid token (its
+    XSRF check refuses a POST, its ``authenticated`` check any other): the caller is not known,
+    which is `Unauthenticated`; 403 stays for a known user refused something."""
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await cast(Any, super()).prepare(*args, **kwargs)
+        except web.HTTPError as exc:
+            if exc.status_code == 403 and self._unknown_caller():
+                raise Unauthenticated(NO_TOKEN) from exc
+            raise
+        if self._unknown_caller():  # else its method's ``authenticated`` would say 403
+            raise Unauthenticated(NO_TOKEN)
+
+    def _unknown_caller(self) -> bool:
+        """No valid token came, and the method being called needs one."""
+        if getattr(self, "_jupyter_current_user", None) is not None:
+            return False
+        method = getattr(self, (self.request.method or "").lower(), None)
+        return not getattr(method, "__allow_unauthenticated", False)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = cumulus_error(kwargs.get("exc_info", (None, None, None))[1])
@@ -73,6 +97,21 @@ class CumulusErrors(web.RequestHandler):
             return
         logger: logging.Logger = getattr(self, "log", app_log)  # jupyter_server's, if any
         logger.warning("%d %s %s: %s", exc.status, self.request.method, self.request.path, exc)
+
+
+USERNAME_RULE = (
+    "letters, digits and _ . @ + - (at most 64, not starting with . or -): no spaces, "
+    "control characters or path separators"
+)
+_USERNAME = re.compile(r"[^\W][\w.@+-]{0,63}|[@+][\w.@+-]{0,63}")
+
+
+def check_username(name: str, what: str = "KERNEL_USERNAME") -> str:
+    """``name``, when it is a user name: it is written in logs, listings and file names, so
+    `InvalidArgument` for a newline, a control character, ``/`` or ``..``."""
+    if not _USERNAME.fullmatch(name) or ".." in name:
+        raise InvalidArgument(f"{what} {name[:80]!r} is not a user name: {USERNAME_RULE}")
+    return name
 
 
 def services_of(handler: web.RequestHandler) -> Services:

@@ -64,12 +64,12 @@ class PartitionExtendHandler(CumulusHandler):
     async def post(self, partition_id: str) -> None:
         if len(self.request.body) > MAX_BODY_BYTES:
             raise TooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-        seconds = extension_seconds(self.json_object())
         broker, registry = self.services.broker, self.services.registry
         partition = broker.get(partition_id)
         user = self.scoped_name()
-        if user is not None and partition.owner != user:
+        if user is not None and partition.owner != user:  # before the body says anything back
             raise PermissionDenied(f"Partition {partition.id} belongs to another user")
+        seconds = extension_seconds(self.json_object())
         if not partition.is_active:
             raise PartitionExpired(ended(partition))
         kernel_id = next((k for k, p in registry.partitions.items() if p.id == partition.id), None)

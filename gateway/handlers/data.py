@@ -29,8 +29,8 @@ from cumulus_jupyter.errors import (
     DataChannelError,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     TooLarge,
+    Unauthenticated,
 )
 from cumulus_jupyter.protocol import dataport
 from gateway import metrics
@@ -70,7 +70,7 @@ class DataHandler(CumulusHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if not self.current_user:
-            raise PermissionDenied("The data path needs the gateway's token or a user's")
+            raise Unauthenticated("The data path needs the gateway's token or a user's")
         kernel_id, transfer_id = self.path_kwargs["kernel_id"], self.path_kwargs["transfer_id"]
         self.check_kernel_access(kernel_id)
         dataport.check_transfer_id(transfer_id)

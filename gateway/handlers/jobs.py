@@ -8,11 +8,12 @@ from typing import Any
 from tornado import web
 
 from cumulus_jupyter.errors import InvalidArgument, PermissionDenied, TooLarge
-from gateway.handlers.base import CumulusHandler
+from gateway.handlers.base import CumulusHandler, check_username
 from gateway.jobs.model import MAX_CODE_BYTES, Job, JobState, new_job
 from gateway.jobs.runner import JobRunner
 
 MAX_BODY_BYTES = MAX_CODE_BYTES + 65536
+MAX_LOG_OFFSET = 2**62
 
 
 class _JobHandler(CumulusHandler):
@@ -48,7 +49,7 @@ class JobsHandler(_JobHandler):
             raise TooLarge(f"A job's code must be under {MAX_CODE_BYTES // 2**20} MiB")
         body = self.json_object()
         user = self.scoped_name()
-        owner = user or str(body.get("owner") or "anonymous")[:64]
+        owner = user or check_username(str(body.get("owner") or "anonymous"), "owner")
         job = self.runner.submit(new_job(body, owner), exempt=user is None)
         self.set_status(201)
         self.finish(json.dumps(self.describe(job)))
@@ -71,8 +72,10 @@ class JobLogHandler(_JobHandler):
         job = self.visible_job(job_id)
         try:
             offset = int(self.get_argument("offset", "0"))
-        except ValueError as exc:
-            raise InvalidArgument("offset must be a whole number of bytes") from exc
+        except ValueError:
+            offset = -1
+        if not 0 <= offset <= MAX_LOG_OFFSET:  # seek(2) takes at most a signed 64-bit offset
+            raise InvalidArgument(f"offset must be a whole number of bytes, 0 to {MAX_LOG_OFFSET}")
         text, end = self.runner.store.read(job_id, offset)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Cumulus-Log-Offset", str(end))

@@ -33,10 +33,24 @@ from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
 
 from chronos import GpuAmount, parse_duration
-from cumulus_jupyter.errors import InvalidArgument, NotFound, PermissionDenied, TooLarge
+from cumulus_jupyter.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TooLarge,
+    Unauthenticated,
+)
 from cumulus_jupyter.protocol import env as names
 from gateway.errors import chronos_boundary
-from gateway.handlers.base import CumulusErrors, CumulusHandler, check_kernel_access, services_of
+from gateway.handlers.base import (
+    NO_TOKEN,
+    CumulusErrors,
+    CumulusHandler,
+    check_kernel_access,
+    check_username,
+    services_of,
+)
+from gateway.provisioner import launch_timeout
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ENV_VARS = 128
@@ -73,12 +87,17 @@ def validated_env(raw: object) -> dict[str, str]:
 
 
 def check_amounts(env: dict[str, str]) -> None:
-    """A bad ``KERNEL_GPU`` or ``KERNEL_DURATION`` is `InvalidArgument`, before any launch."""
+    """A bad ``KERNEL_GPU``, ``KERNEL_DURATION``, ``KERNEL_LAUNCH_TIMEOUT`` or
+    ``KERNEL_USERNAME`` is `InvalidArgument`, before any launch (the provisioner parses them
+    again; a refusal there would be logged as a failed launch)."""
     with chronos_boundary():
         if names.KERNEL_GPU in env:
             GpuAmount.parse(env[names.KERNEL_GPU])
         if names.KERNEL_DURATION in env:
             parse_duration(env[names.KERNEL_DURATION])
+    launch_timeout(env.get(names.KERNEL_LAUNCH_TIMEOUT), 0)
+    if env.get(names.KERNEL_USERNAME):
+        check_username(env[names.KERNEL_USERNAME])
 
 
 class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
@@ -190,6 +209,8 @@ class CumulusKernelWebsocketHandler(CumulusErrors, KernelWebsocketHandler):
     """The channels WebSocket, with TCP_NODELAY and expiry messages."""
 
     async def pre_get(self) -> None:
+        if self.current_user is None:
+            raise Unauthenticated(NO_TOKEN)
         check_kernel_access(self, self.kernel_id)
         await super().pre_get()
 

@@ -1,0 +1,46 @@
+"""jupyter_server's own endpoints that the gateway serves, held to the gateway's rules: ``/api``
+(the version), ``/api/kernelspecs[/{name}]`` and ``/metrics`` need a token like every other
+endpoint (jupyter_server answers ``/api`` to anyone) and say 401 without one, through
+`CumulusErrors`."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIVersionHandler, PrometheusMetricsHandler
+from jupyter_server.services.kernelspecs.handlers import (
+    KernelSpecHandler,
+    MainKernelSpecHandler,
+    kernel_name_regex,
+)
+
+from cumulus_jupyter.errors import Unauthenticated
+from gateway.handlers.base import NO_TOKEN, CumulusErrors
+
+
+class VersionHandler(CumulusErrors, APIVersionHandler):
+    def get(self) -> None:  # not ``allow_unauthenticated``: `CumulusErrors.prepare` asks a token
+        super().get()
+
+
+class CumulusMainKernelSpecHandler(CumulusErrors, MainKernelSpecHandler):
+    pass
+
+
+class CumulusKernelSpecHandler(CumulusErrors, KernelSpecHandler):
+    pass
+
+
+class MetricsHandler(CumulusErrors, PrometheusMetricsHandler):
+    @allow_unauthenticated  # as jupyter_server's: the check is its authenticate_prometheus
+    def get(self) -> None:
+        if self.settings["authenticate_prometheus"] and not self.logged_in:
+            raise Unauthenticated(NO_TOKEN)
+        super().get()
+
+
+default_handlers = [  # loaded by jupyter_server as an extra service, before its own
+    (r"/api", VersionHandler),
+    (r"/api/kernelspecs", CumulusMainKernelSpecHandler),
+    (rf"/api/kernelspecs/{kernel_name_regex}", CumulusKernelSpecHandler),
+    (r"/metrics", MetricsHandler),
+]

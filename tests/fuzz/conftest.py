@@ -1,0 +1,95 @@
+"""The fuzz tier: a gateway with two users and the operator, the OpenAPI document it is held to,
+and the checks every fuzz test ends with (no kernel left, nothing logged as unhandled)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
+
+SPEC_PATH = Path(__file__).parents[2] / "gateway" / "openapi.yaml"
+ALICE, BOB = "alice-token-" + "a" * 20, "bob-token-" + "b" * 20
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+# What an unhandled exception leaves in the gateway's log: tornado's, jupyter_server's and
+# jupyter_client's ways of logging a traceback, or a 500 of jupyter_server's own.
+UNHANDLED = re.compile(r"Traceback \(most recent call last\)|Unhandled error|Uncaught exception")
+
+
+def load_spec() -> dict[str, Any]:
+    return yaml.safe_load(SPEC_PATH.read_text())  # type: ignore[no-any-return]
+
+
+def resolved(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or what its ``$ref`` (within the document) points at."""
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    for part in ref.removeprefix("#/").split("/"):
+        spec = spec[part]
+    return spec
+
+
+def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every ``(path, method, operation)`` of the document, path-level parameters merged in."""
+    for path, item in spec["paths"].items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            if method in item:
+                operation = dict(item[method])
+                parameters = shared + operation.get("parameters", [])
+                operation["parameters"] = [resolved(spec, p) for p in parameters]
+                yield path, method, operation
+
+
+def takes_user_token(spec: dict[str, Any], operation: dict[str, Any]) -> bool:
+    """Whether the operation is authenticated by the gateway's tokens (the document's default
+    security, ``token``), rather than by a credential of its own or none (``security``)."""
+    security = operation.get("security", spec.get("security", []))
+    return any("token" in requirement for requirement in security)
+
+
+def fuzz_gateway(tmp: Path, *args: str) -> Gateway:
+    """A gateway with users alice and bob (their own tokens) besides the operator's."""
+    return Gateway(
+        tmp / "state" / "chronos.sqlite3", tmp / "gateway.log",
+        f'--CumulusIdentityProvider.user_tokens={{"{ALICE}": "alice", "{BOB}": "bob"}}',
+        "--CumulusKernelManager.launch_timeout=5", *args,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = fuzz_gateway(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def call(gw: Gateway, method: str, path: str, token: str | None, **kwargs: Any) -> httpx.Response:
+    headers = dict(kwargs.pop("headers", {}))
+    if token is not None:
+        headers["Authorization"] = f"token {token}"
+    return httpx.request(method, gw.url + path, headers=headers, timeout=120, **kwargs)
+
+
+def delete_all_kernels(gw: Gateway) -> None:
+    for kernel in gw.get("/api/kernels").json():
+        gw.delete(f"/api/kernels/{kernel['id']}")
+
+
+def assert_clean(gw: Gateway) -> None:
+    """No kernel listed, none running, no partition held; healthy; nothing unhandled logged."""
+    assert gw.get("/api/cumulus/health").json()["status"] == "ok"
+    wait_until(lambda: gw.get("/api/kernels").json() == [], 60, "no kernel listed")
+    wait_until(lambda: gw.get("/api/cumulus/partitions").json() == [], 60, "no partition held")
+    unhandled = [line for line in gw.log().splitlines() if UNHANDLED.search(line)]
+    assert not unhandled, "\n".join(unhandled[:20]) + "\n" + gw.log()[-6000:]
