@@ -16,6 +16,7 @@ from typing import Any
 
 from cumulus_jupyter.connection import GatewayClient
 from cumulus_jupyter.errors import InvalidArgument
+from cumulus_jupyter.remote_kernel import estimated_start
 
 FINAL = ("completed", "failed", "cancelled")
 POLL_S = 0.5
@@ -73,7 +74,7 @@ def waiting_line(job: dict[str, Any]) -> str:
     if queue:
         head = queue[-1]
         return (f"{job['id']} pending: queue position {head['position']} "
-                f"({head['waiting_for']}), {waited:.0f} s")  # fmt: skip
+                f"({head['waiting_for']}){estimated_start(head)}, {waited:.0f} s")  # fmt: skip
     return f"{job['id']} pending: starting its kernel, {waited:.0f} s"
 
 

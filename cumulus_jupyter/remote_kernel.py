@@ -34,6 +34,17 @@ def describe(cumulus: dict[str, Any]) -> str:
 RECONNECT_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
 
 
+def estimated_start(entry: dict[str, Any]) -> str:
+    """``", estimated start 11:42:07 (in 25 min)"`` from a queue entry's ``eta_s`` (seconds
+    from now, planned by the gateway from the partitions' expiries); ``""`` when unknown."""
+    eta = entry.get("eta_s")
+    if not isinstance(eta, int | float) or isinstance(eta, bool):
+        return ""
+    at = time.strftime("%H:%M:%S", time.localtime(time.time() + eta))
+    after = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
+    return f", estimated start {at} (in {after})"
+
+
 class RemoteKernel:
     """A kernel on the gateway: start, connect, send, receive, interrupt, restart, shut down."""
 
@@ -99,15 +110,9 @@ class RemoteKernel:
             queue = []
         if queue:
             head = queue[-1]
-            estimate = head.get("estimated_start")  # an epoch time, when the gateway gives one
-            start = (
-                f", estimated start {time.strftime('%H:%M:%S', time.localtime(estimate))}"
-                if isinstance(estimate, int | float)
-                else ""
-            )
             return (
                 f"waiting for a partition: queue position {head['position']} "
-                f"({head['waiting_for']}){start}, waited {waited:.0f} s"
+                f"({head['waiting_for']}){estimated_start(head)}, waited {waited:.0f} s"
             )
         return f"starting the remote kernel, waited {waited:.0f} s"
 
