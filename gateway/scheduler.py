@@ -36,6 +36,7 @@ what was planned for the requests ahead of it. A request that can never fit has 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -369,6 +370,14 @@ def _place_now(ask: Ask, free: Mapping[int, int], cluster: Cluster) -> tuple[int
         return None
 
 
+def _room(ask: Ask, used: Mapping[int, int]) -> bool:
+    """A quick, necessary test of whether ``ask`` fits beside what is ``used``."""
+    if ask.amount.is_fraction:
+        room = TENTHS_PER_DEVICE - ask.amount.tenths
+        return any(used.get(i, 0) <= room for i in ask.candidates)
+    return sum(used.get(i, 0) == 0 for i in ask.candidates) >= ask.amount.device_count
+
+
 def _may_fit(ask: Ask, free: Mapping[int, int]) -> bool:
     """A quick, necessary test of whether ``ask`` fits in what is ``free`` now."""
     if ask.amount.is_fraction:
@@ -418,19 +427,71 @@ def estimate(
     """Seconds from ``now`` to each request's estimated start, planning them in ``ordered``
     order around what is held (None: it can never fit). ``in_order`` (``fifo``): none starts
     before the one ahead of it."""
-    timeline = Timeline(cluster, holdings, now)
+    profile = _Profile(cluster, holdings, now)
     etas: dict[int, float | None] = {}
     floor = now
     for ask in ordered:
-        found = timeline.earliest(ask, floor)
+        found = profile.earliest(ask, floor)
         if found is None:
             etas[ask.id] = None
             continue
         start, devices = found
-        timeline.reserve(ask, start, devices)
+        profile.reserve(start, start + ask.duration_s, devices, ask.amount.tenths_per_device)
         etas[ask.id] = start - now
         floor = start if in_order else now
     return etas
+
+
+class _Profile:
+    """What is held on each device as a step function of time, from ``now`` on: segment ``i``
+    runs from ``times[i]`` to ``times[i + 1]`` (the last one for ever, and empty)."""
+
+    def __init__(self, cluster: Cluster, holdings: Iterable[Holding], now: float) -> None:
+        self.cluster = cluster
+        live = [h for h in holdings if h.until > now]
+        self.times = sorted({now, *(h.until for h in live)})
+        self.used: list[dict[int, int]] = [{} for _ in self.times]
+        for h in live:
+            self._add(0, bisect.bisect_left(self.times, h.until), h.devices, h.tenths)
+
+    def _add(self, first: int, last: int, devices: Iterable[int], tenths: int) -> None:
+        for segment in self.used[first:last]:
+            for d in devices:
+                segment[d] = segment.get(d, 0) + tenths
+
+    def _split(self, t: float) -> int:
+        """The index of the segment starting at ``t``, made if need be."""
+        i = bisect.bisect_left(self.times, t)
+        if i < len(self.times) and self.times[i] == t:
+            return i
+        self.times.insert(i, t)
+        self.used.insert(i, dict(self.used[i - 1]))
+        return i
+
+    def earliest(self, ask: Ask, floor: float) -> tuple[float, tuple[int, ...]] | None:
+        """The first segment start from ``floor`` at which ``ask`` fits for its duration."""
+        first = self._split(floor)
+        for k in range(first, len(self.times)):
+            if not _room(ask, self.used[k]):  # not even at its start
+                continue
+            end = self.times[k] + ask.duration_s
+            most: dict[int, int] = {}
+            for j in range(k, bisect.bisect_left(self.times, end)):
+                for d, tenths in self.used[j].items():
+                    if tenths > most.get(d, 0):
+                        most[d] = tenths
+            if not _room(ask, most):
+                continue
+            try:
+                devices = place(ask.amount, ask.candidates, most, self.cluster.hosts)
+            except (ResourceExhausted, InvalidArgument):
+                continue
+            return self.times[k], tuple(devices)
+        return None
+
+    def reserve(self, start: float, end: float, devices: Iterable[int], tenths: int) -> None:
+        first = self._split(start)
+        self._add(first, self._split(end), devices, tenths)
 
 
 def _seconds(seconds: float) -> str:

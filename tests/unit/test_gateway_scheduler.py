@@ -192,6 +192,10 @@ def simulate(cluster: Cluster, asks: list[Ask], rules: Rules, early: list[float]
             holdings.append((holding, now + runs))
             queue.remove(chosen)
             outcome.started[chosen.id] = now
+        if decided.head is not None and decided.reserved_at is not None:
+            first = next(a for a in queue if a.id == decided.head)
+            eta = estimate(cluster, [h for h, _ in holdings], [first], now)[first.id]
+            assert eta == decided.reserved_at - now  # the estimate is the reservation
         if decided.head is not None and decided.head != head:
             outcome.reserved[decided.head] = decided.reserved_at
         head = decided.head
