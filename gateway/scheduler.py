@@ -135,13 +135,22 @@ class FairShare:
         self._used: dict[str, tuple[float, float]] = {}  # owner -> (GPU-seconds, as of)
 
     def charge(self, owner: str, gpu_seconds: float, at: float) -> None:
-        """Add ``gpu_seconds`` used by ``owner``, counted as of ``at``."""
-        self._used[owner] = (self.usage(owner, at) + max(0.0, gpu_seconds), at)
+        """Add ``gpu_seconds`` used by ``owner``, counted as of ``at`` (charges may come out of
+        order: each is decayed from its own time)."""
+        value, since = self._used.get(owner, (0.0, at))
+        added = max(0.0, gpu_seconds)
+        if at >= since:
+            self._used[owner] = (self._decayed(value, at - since) + added, at)
+        else:
+            self._used[owner] = (value + self._decayed(added, since - at), since)
+
+    def _decayed(self, value: float, seconds: float) -> float:
+        return float(value * 0.5 ** (max(0.0, seconds) / self.half_life_s))
 
     def usage(self, owner: str, now: float) -> float:
         """``owner``'s decayed GPU-seconds at ``now``."""
         value, since = self._used.get(owner, (0.0, now))
-        return float(value * 0.5 ** (max(0.0, now - since) / self.half_life_s))
+        return self._decayed(value, now - since)
 
     def snapshot(self, now: float) -> dict[str, float]:
         """Every owner's decayed GPU-seconds at ``now``."""
@@ -219,13 +228,10 @@ class Timeline:
             return str(exc)
         return "fits now"
 
-    def earliest(
-        self, ask: Ask, not_before: float | None = None
-    ) -> tuple[float, tuple[int, ...]] | None:
-        """The earliest time from now (or ``not_before``) at which ``ask`` fits for its whole
-        duration, with its devices; None if it never does (more than the candidates hold)."""
-        first = self.now if not_before is None else max(self.now, not_before)
-        moments = sorted({first, *(s.end for s in self._spans if s.end > first)})
+    def earliest(self, ask: Ask) -> tuple[float, tuple[int, ...]] | None:
+        """The earliest time from now at which ``ask`` fits for its whole duration, with its
+        devices; None if it never does (more than the candidates hold)."""
+        moments = sorted({self.now, *(s.end for s in self._spans if s.end > self.now)})
         for moment in moments:
             devices = self.fits(ask, moment)
             if devices is not None:

@@ -118,6 +118,9 @@ def test_usage_decays_with_the_half_life() -> None:
     share.charge("ana", 100.0, at=200.0)
     assert share.usage("ana", 200.0) == pytest.approx(300.0)
     assert share.usage("nobody", 200.0) == 0.0
+    share.charge("bo", 100.0, at=300.0)
+    share.charge("bo", 100.0, at=200.0)  # ended earlier, charged later: decayed from then
+    assert share.usage("bo", 300.0) == pytest.approx(150.0)
     with pytest.raises(ValueError, match="half-life must be positive"):
         FairShare(0.0)
 
