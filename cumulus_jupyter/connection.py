@@ -24,6 +24,7 @@ from cumulus_jupyter.errors import (
 from cumulus_jupyter.protocol import env
 
 DEFAULT_URL = "http://127.0.0.1:8888"
+HUB_TOKEN = "JUPYTERHUB_API_TOKEN"  # what JupyterHub gives every single-user server
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,12 @@ class GatewaySettings:
     @classmethod
     def resolve(cls, url: str | None = None, token: str | None = None) -> GatewaySettings:
         """Explicit values first, then ``CUMULUS_GATEWAY_URL`` and ``CUMULUS_TOKEN`` (or the
-        file named by ``CUMULUS_TOKEN_FILE``)."""
-        url = (url or os.environ.get(env.GATEWAY_URL) or DEFAULT_URL).rstrip("/")
+        file named by ``CUMULUS_TOKEN_FILE``); with neither token set, a JupyterHub
+        single-user server's own ``JUPYTERHUB_API_TOKEN``, for a gateway that runs as the hub's
+        service. That one goes only to a gateway named explicitly or by
+        ``CUMULUS_GATEWAY_URL`` (the hub's spawner environment), never to the default URL."""
+        named = url or os.environ.get(env.GATEWAY_URL)
+        url = (named or DEFAULT_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise InvalidArgument(
                 f"Invalid gateway URL: {url}. It must start with http:// or https://"
@@ -52,6 +57,8 @@ class GatewaySettings:
                 raise InvalidArgument(
                     f"Cannot read CUMULUS_TOKEN_FILE {path}: {exc.strerror}"
                 ) from exc
+        if token is None and named:
+            token = os.environ.get(HUB_TOKEN)
         return cls(url, token or "")
 
     @property
@@ -122,7 +129,8 @@ class GatewayClient:
         # jupyter_server answers a missing or wrong token with a bare 401/403 "Forbidden"
         if response.status_code == 401 or (response.status_code == 403 and message == "Forbidden"):
             raise Unauthenticated(
-                f"The gateway at {self.settings.url} refused the token; check CUMULUS_TOKEN"
+                f"The gateway at {self.settings.url} refused the token; check CUMULUS_TOKEN "
+                "(or, behind JupyterHub, that the gateway is the hub's service)"
             )
         if response.status_code >= 400:
             retry = response.headers.get("Retry-After")

@@ -1,7 +1,8 @@
 """``cumulus-gateway``: a Jupyter Server that only serves kernels, each in a GPU partition.
 
-Configured like any Jupyter server (``--ip``, ``--port``, ``--IdentityProvider.token``, a
-``cumulus_gateway_config.py`` file, ``--help-all``), plus ``--runtime`` and ``--state``.
+Configured like any Jupyter server (``--ip``, ``--port``, a ``cumulus_gateway_config.py`` file,
+``--help-all``), plus ``--runtime``, ``--state`` and ``--token-file`` (the operator's token, from
+a file of mode 0600; see `gateway.auth` for per-user tokens and JupyterHub users).
 ``jupyter lab --gateway-url=http://HOST:PORT`` talks to it unchanged.
 
 The app builds the gateway's `Services` once (`build_services`, in ``init_configurables``) and
@@ -59,6 +60,7 @@ class CumulusGateway(ServerApp):
             **server_aliases,
             "runtime": "CumulusKernelManager.runtime_name",
             "state": "CumulusKernelManager.state_path",
+            "token-file": "CumulusIdentityProvider.token_file",
         }
     )
 
@@ -134,8 +136,8 @@ class CumulusGateway(ServerApp):
     def init_configurables(self) -> None:
         """Creates the kernel manager and the services (state file, devices, runtime): a bad
         setting there ends start-up with its one-line message and its class's exit code."""
-        super().init_configurables()
         try:
+            super().init_configurables()  # the identity provider reads its token files here
             self.services = build_services(
                 cast(CumulusKernelManager, self.kernel_manager),
                 parent=self,
@@ -148,13 +150,15 @@ class CumulusGateway(ServerApp):
         self._check_quotas()
 
     def _check_quotas(self) -> None:
-        """Quotas bind per-user tokens only: without any, say they apply to no one."""
+        """Quotas bind per-user tokens and hub users only: without either, say they apply to
+        no one."""
         provider = self.identity_provider
-        scoped = isinstance(provider, CumulusIdentityProvider) and bool(provider.user_tokens)
+        scoped = isinstance(provider, CumulusIdentityProvider) and provider.scopes_users
         if self.services.settings.quotas.any and not scoped:
             self.log.warning(
-                "Quotas are set but no --CumulusIdentityProvider.user_tokens: every request "
-                "is made with the operator token, which quotas exempt, so they bind no one"
+                "Quotas are set but there are no per-user tokens and no JupyterHub "
+                "(--CumulusIdentityProvider.hub_api_url): every request is made with the "
+                "operator token, which quotas exempt, so they bind no one"
             )
 
     def init_logging(self) -> None:
