@@ -217,15 +217,19 @@ def measure(served: list[Served]) -> dict[str, Any]:
         "waits_min": {size: _quantiles(w) for size, w in waits.items()},
         "wait_mean_min": statistics.fmean(s.started - s.job.at for s in served) / 60,
         "jain_slowdown": sum(means) ** 2 / (len(means) * sum(m * m for m in means)),
-        "mean_slowdown_heavy": statistics.fmean(
-            m for o, m in zip(slowdowns, means, strict=True) if o.startswith("heavy")
+        "mean_slowdown_heavy": _mean(
+            [m for o, m in zip(slowdowns, means, strict=True) if o.startswith("heavy")]
         ),
-        "mean_slowdown_light": statistics.fmean(
-            m for o, m in zip(slowdowns, means, strict=True) if not o.startswith("heavy")
+        "mean_slowdown_light": _mean(
+            [m for o, m in zip(slowdowns, means, strict=True) if not o.startswith("heavy")]
         ),
         "reached_head": len(heads),
         "late_at_head": len(late),
     }
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
 
 
 def _contended(served: list[Served]) -> float:

@@ -205,7 +205,13 @@ class PartitionBroker:
                     raise
                 waiter.last_refusal = str(exc)
         self._queue.append(waiter)
-        self.pump()  # others wait: the policy says whether it may start now
+        try:
+            self.pump()  # others wait: the policy says whether it may start now
+        except BaseException:  # the store failed under it: it does not stay queued
+            self._leave(waiter)
+            with contextlib.suppress(Exception):
+                self._give_back(waiter)
+            raise
         if future.done():
             return future.result()
         if not wait:

@@ -392,3 +392,15 @@ def test_store_errors_come_out_as_cumulus_errors(broker: PartitionBroker) -> Non
         asyncio.run(broker.acquire(PartitionRequest.parse("0.1", "1h", "x", "gpu7")))
     [(device, free)] = broker.free()
     assert device.uuid == "GPU-0" and free == 1.0
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_a_slice_of_the_lab_day_keeps_every_reservation(tmp_path: Path, policy: Policy) -> None:
+    # the scheduling benchmark's replay, on its first 300 requests: the real broker and store
+    from benchmarks import scheduling
+
+    jobs = scheduling.trace(15)[:300]
+    served = asyncio.run(scheduling.replay(jobs, policy, tmp_path / "day.sqlite3"))
+    measured = scheduling.measure(served)
+    assert len(served) == len(jobs) and measured["reached_head"] > 0
+    assert measured["late_at_head"] == 0
