@@ -175,13 +175,6 @@ class CumulusIdentityProvider(IdentityProvider):
         help="Seconds a hub user's token is trusted before the hub is asked again.",
     )
 
-    @default("token")
-    def _token_default(self) -> str:
-        if self.token_file:
-            self.token_generated = False
-            return read_secret(self.token_file)
-        return str(super()._token_default())
-
     @default("hub_api_url")
     def _hub_api_url_default(self) -> str:
         return os.environ.get("JUPYTERHUB_API_URL", "")
@@ -192,6 +185,8 @@ class CumulusIdentityProvider(IdentityProvider):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if self.token_file:  # read now, so that a bad file stops start-up with its one line
+            self.token, self.token_generated = read_secret(self.token_file), False
         self._user_tokens = dict(self.user_tokens) | self._tokens_from_file()
         self.hub = (
             HubUsers(self.hub_api_url, self.hub_service_name, self.hub_cache_seconds, self.log)

@@ -3,7 +3,9 @@
 # state, devices from Chronos) on http://127.0.0.1:8888, with the "Cumulus GPU" kernelspec
 # installed in .venv pointing at it, and a notebook ready in .run/hello.ipynb.
 # CUMULUS_TOKEN picks the token (else one is made and kept in .run/token, mode 600),
-# CUMULUS_PORT the port; extra arguments go to cumulus-gateway.
+# CUMULUS_PORT the port; extra arguments go to cumulus-gateway. The gateway reads its token from
+# that file (--token-file): it is never on its command line, where `ps` would show it to every
+# local user, nor in its environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -15,6 +17,8 @@ if [ -n "${CUMULUS_TOKEN:-}" ]; then
 elif [ ! -s .run/token ]; then
   "$BIN/python" -c 'import secrets; print(secrets.token_hex(24), end="")' > .run/token
 fi
+chmod 600 .run/token
+unset CUMULUS_TOKEN
 umask 022
 echo "== devices"
 "$BIN/chronos" devices
@@ -34,8 +38,8 @@ if not path.exists():
     path.write_text(json.dumps(nb, indent=1))
 PY
 echo "== notebook ready: .run/hello.ipynb (open it with: .venv/bin/jupyter lab .run/hello.ipynb)"
-args=(--ip=127.0.0.1 --port="$PORT" "--IdentityProvider.token=$(cat .run/token)")
+args=(--ip=127.0.0.1 --port="$PORT" "--token-file=$PWD/.run/token")
 if [ "$(id -u)" = 0 ]; then args+=(--allow-root); fi
-echo "== cumulus-gateway: http://127.0.0.1:$PORT/?token=$(cat .run/token)"
+echo "== cumulus-gateway: http://127.0.0.1:$PORT (its token is in .run/token)"
 echo "   or: jupyter lab --gateway-url=http://127.0.0.1:$PORT --GatewayClient.auth_token=\$(cat .run/token)"
 exec "$BIN/cumulus-gateway" "${args[@]}" "$@"
