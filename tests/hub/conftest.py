@@ -29,8 +29,6 @@ from cumulus_jupyter import kernelspec
 from tests.support.gateway import Gateway, free_port
 from tests.support.wait import wait_until
 
-pytestmark = pytest.mark.hub
-
 BIN = Path(sys.executable).parent
 USERS = ("alice", "bob")
 GPU_KERNEL = "cumulus-gpu-0.1-10m"
