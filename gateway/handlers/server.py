@@ -1,9 +1,11 @@
 """jupyter_server's own endpoints that the gateway serves, held to the gateway's rules: ``/api``
 (the version), ``/api/kernelspecs[/{name}]`` and ``/metrics`` need a token like every other
 endpoint (jupyter_server answers ``/api`` to anyone) and say 401 without one, through
-`CumulusErrors`."""
+`CumulusErrors`; and `NoSuchEndpoint`, the JSON 404 of the gateway's paths."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIVersionHandler, PrometheusMetricsHandler
@@ -13,8 +15,8 @@ from jupyter_server.services.kernelspecs.handlers import (
     kernel_name_regex,
 )
 
-from cumulus_jupyter.errors import Unauthenticated
-from gateway.handlers.base import NO_TOKEN, CumulusErrors
+from cumulus_jupyter.errors import NotFound, Unauthenticated
+from gateway.handlers.base import NO_TOKEN, CumulusErrors, CumulusHandler
 
 
 class VersionHandler(CumulusErrors, APIVersionHandler):
@@ -38,9 +40,23 @@ class MetricsHandler(CumulusErrors, PrometheusMetricsHandler):
         super().get()
 
 
-default_handlers = [  # loaded by jupyter_server as an extra service, before its own
+class NoSuchEndpoint(CumulusHandler):
+    """Under ``/api/kernels/``, ``/api/kernelspecs/`` and ``/api/cumulus/``, what no route
+    matches (a malformed kernel or job id, a typo) is the JSON 404 of every other error, not
+    jupyter_server's HTML page."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        await super().prepare(*args, **kwargs)  # without a token it is 401 first, as anywhere
+        raise NotFound(f"No such endpoint: {self.request.method} {self.request.path}")
+
+
+# loaded by jupyter_server as an extra service: the last of ours, before its own
+default_handlers = [
     (r"/api", VersionHandler),
     (r"/api/kernelspecs", CumulusMainKernelSpecHandler),
     (rf"/api/kernelspecs/{kernel_name_regex}", CumulusKernelSpecHandler),
     (r"/metrics", MetricsHandler),
+    (r"/api/(?:kernels/[^/]+|kernelspecs/[^/]+|cumulus)(?:/.*)?", NoSuchEndpoint),
 ]

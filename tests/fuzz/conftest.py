@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -18,9 +19,11 @@ from tests.support.wait import wait_until
 SPEC_PATH = Path(__file__).parents[2] / "gateway" / "openapi.yaml"
 ALICE, BOB = "alice-token-" + "a" * 20, "bob-token-" + "b" * 20
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-# What an unhandled exception leaves in the gateway's log: tornado's, jupyter_server's and
-# jupyter_client's ways of logging a traceback, or a 500 of jupyter_server's own.
-UNHANDLED = re.compile(r"Traceback \(most recent call last\)|Unhandled error|Uncaught exception")
+# What an unhandled exception leaves in the gateway's log: a record at error level or above
+# (a 5xx answer, tornado's "Uncaught exception", a traceback logged by jupyter_client), or
+# jupyter_server's "Unhandled error". Kernels' own stderr shares the file, unprefixed: a kernel
+# stopped while it starts may print a traceback of its own, which is not the gateway's.
+UNHANDLED = re.compile(r"^\[[EC] |Unhandled error|Uncaught exception")
 
 
 def load_spec() -> dict[str, Any]:
@@ -91,5 +94,8 @@ def assert_clean(gw: Gateway) -> None:
     assert gw.get("/api/cumulus/health").json()["status"] == "ok"
     wait_until(lambda: gw.get("/api/kernels").json() == [], 60, "no kernel listed")
     wait_until(lambda: gw.get("/api/cumulus/partitions").json() == [], 60, "no partition held")
+    assert gw.proc is not None
+    gateway = psutil.Process(gw.proc.pid)
+    wait_until(lambda: not gateway.children(recursive=True), 60, "no kernel process left")
     unhandled = [line for line in gw.log().splitlines() if UNHANDLED.search(line)]
     assert not unhandled, "\n".join(unhandled[:20]) + "\n" + gw.log()[-6000:]

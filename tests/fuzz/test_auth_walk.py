@@ -109,10 +109,13 @@ def test_walk_covers_every_route(gateway: Gateway) -> None:
     import re
 
     from gateway.handlers import SERVICES
+    from gateway.handlers.server import NoSuchEndpoint
 
     documented = [fill(p, NOBODY) for p in SPEC["paths"]]
     for service in SERVICES:
-        for pattern, *_ in importlib.import_module(service).default_handlers:
+        for pattern, handler, *_ in importlib.import_module(service).default_handlers:
+            if handler is NoSuchEndpoint:  # what no route matches
+                continue
             assert any(re.fullmatch(pattern, p) for p in documented), f"{pattern} not documented"
 
 
