@@ -16,7 +16,7 @@ from typing import Any
 
 from cumulus_jupyter.connection import GatewayClient
 from cumulus_jupyter.errors import InvalidArgument
-from cumulus_jupyter.remote_kernel import estimated_start
+from cumulus_jupyter.remote_kernel import estimated_start, own_entry
 
 FINAL = ("completed", "failed", "cancelled")
 POLL_S = 0.5
@@ -72,7 +72,7 @@ def waiting_line(job: dict[str, Any]) -> str:
     waited = time.time() - float(job["created_at"])
     queue = job.get("queue") or []
     if queue:
-        head = queue[-1]
+        head = own_entry(queue, job["id"])
         return (f"{job['id']} pending: queue position {head['position']} "
                 f"({head['waiting_for']}){estimated_start(head)}, {waited:.0f} s")  # fmt: skip
     return f"{job['id']} pending: starting its kernel, {waited:.0f} s"

@@ -18,6 +18,7 @@ import websockets
 
 from cumulus_jupyter.connection import GatewayClient
 from cumulus_jupyter.errors import CumulusError, Unauthenticated, Unavailable
+from cumulus_jupyter.protocol import env as names
 from cumulus_jupyter.protocol.messages import V1, Parts, decode_v1, encode_v1
 
 
@@ -43,6 +44,12 @@ def estimated_start(entry: dict[str, Any]) -> str:
     at = time.strftime("%H:%M:%S", time.localtime(time.time() + eta))
     after = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
     return f", estimated start {at} (in {after})"
+
+
+def own_entry(queue: list[dict[str, Any]], tag: str) -> dict[str, Any]:
+    """This client's entry of a ``/api/cumulus/queue`` listing: the one with its request's
+    ``tag``; the last one when none carries it (a gateway without tags)."""
+    return next((entry for entry in queue if tag and entry.get("tag") == tag), queue[-1])
 
 
 class RemoteKernel:
@@ -82,6 +89,7 @@ class RemoteKernel:
         if duration is not None:
             request_env["KERNEL_DURATION"] = str(duration)
         request_env.setdefault("KERNEL_LAUNCH_TIMEOUT", str(int(launch_timeout)))
+        tag = request_env.setdefault(names.KERNEL_REQUEST_TAG, uuid.uuid4().hex)
         started = time.monotonic()
         creating = asyncio.ensure_future(
             client.request(
@@ -93,7 +101,8 @@ class RemoteKernel:
             while not creating.done():
                 done, _ = await asyncio.wait({creating}, timeout=1.0)
                 if not done:
-                    on_progress(await cls._waiting_line(client, time.monotonic() - started))
+                    waited = time.monotonic() - started
+                    on_progress(await cls._waiting_line(client, waited, tag))
             model = creating.result()
         finally:
             if not creating.done():
@@ -103,13 +112,13 @@ class RemoteKernel:
         return kernel
 
     @staticmethod
-    async def _waiting_line(client: GatewayClient, waited: float) -> str:
+    async def _waiting_line(client: GatewayClient, waited: float, tag: str = "") -> str:
         try:
             queue = await client.request("GET", "/api/cumulus/queue")
         except CumulusError:
             queue = []
         if queue:
-            head = queue[-1]
+            head = own_entry(queue, tag)
             return (
                 f"waiting for a partition: queue position {head['position']} "
                 f"({head['waiting_for']}){estimated_start(head)}, waited {waited:.0f} s"

@@ -56,6 +56,7 @@ class PartitionRequest:
     devices: str | None = None
     id: int = field(default_factory=itertools.count(1).__next__)
     reserved_at: float | None = None
+    tag: str | None = None  # the client's name for its request (``KERNEL_REQUEST_TAG``)
 
     @classmethod
     def parse(
@@ -180,6 +181,7 @@ class PartitionBroker:
                 "waited_s": round(now - w.queued_at, 3),
                 "waiting_for": w.last_refusal,
                 "eta_s": _rounded(etas.get(w.request.id)),
+                "tag": w.request.tag,
             }
             for position, w in enumerate(ordered, start=1)
         ]

@@ -109,6 +109,7 @@ class CumulusProvisioner(LocalProvisioner):
             owner=env.get(names.KERNEL_USERNAME) or "anonymous",
             devices=env.get(names.KERNEL_GPU_DEVICES),
         )
+        request.tag = request_tag(env.get(names.KERNEL_REQUEST_TAG))
         if not exempt:  # checked, then queued or served, with no await between
             broker = services.broker
             holdings = Holdings.of(
@@ -284,6 +285,21 @@ def launch_timeout(value: str | None, default: float) -> float:
             f"{names.KERNEL_LAUNCH_TIMEOUT} must be a number of seconds ≥ 0, not {value!r}"
         )
     return seconds
+
+
+_TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def request_tag(value: str | None) -> str | None:
+    """A request's ``KERNEL_REQUEST_TAG`` (None when it gives none); `InvalidArgument` for
+    anything but 1-64 letters, digits, ``-`` or ``_`` (it is shown in the queue listing)."""
+    if not value:
+        return None
+    if not _TAG.fullmatch(value):
+        raise InvalidArgument(
+            f"{names.KERNEL_REQUEST_TAG} must be 1-64 letters, digits, - or _, not {value[:80]!r}"
+        )
+    return value
 
 
 def _free_port(host: str) -> int:

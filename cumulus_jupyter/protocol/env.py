@@ -17,6 +17,9 @@ KERNEL_USERNAME = "KERNEL_USERNAME"
 KERNEL_GPU_DEVICES = "KERNEL_GPU_DEVICES"
 KERNEL_LAUNCH_TIMEOUT = "KERNEL_LAUNCH_TIMEOUT"
 KERNEL_WAIT = "KERNEL_WAIT"
+#: the client's own name for its request (letters, digits, - and _; at most 64): its entry in
+#: ``/api/cumulus/queue`` carries it as ``tag``, so a client finds its own place in the queue
+KERNEL_REQUEST_TAG = "KERNEL_REQUEST_TAG"
 
 # -- the client's settings ---------------------------------------------------------------------
 GATEWAY_URL = "CUMULUS_GATEWAY_URL"

@@ -46,11 +46,12 @@ from gateway.handlers.base import (
     NO_TOKEN,
     CumulusErrors,
     CumulusHandler,
+    check_amount_text,
     check_kernel_access,
     check_username,
     services_of,
 )
-from gateway.provisioner import launch_timeout
+from gateway.provisioner import launch_timeout, request_tag
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ENV_VARS = 128
@@ -92,10 +93,12 @@ def check_amounts(env: dict[str, str]) -> None:
     again; a refusal there would be logged as a failed launch)."""
     with chronos_boundary():
         if names.KERNEL_GPU in env:
+            check_amount_text(env[names.KERNEL_GPU])
             GpuAmount.parse(env[names.KERNEL_GPU])
         if names.KERNEL_DURATION in env:
             parse_duration(env[names.KERNEL_DURATION])
     launch_timeout(env.get(names.KERNEL_LAUNCH_TIMEOUT), 0)
+    request_tag(env.get(names.KERNEL_REQUEST_TAG))
     if env.get(names.KERNEL_USERNAME):
         check_username(env[names.KERNEL_USERNAME])
 

@@ -96,6 +96,7 @@ class JobRunner:
             names.KERNEL_USERNAME: job.owner,
             names.KERNEL_LAUNCH_TIMEOUT: str(self.settings.job_queue_timeout),
             names.JOB_ID: job.id,
+            names.KERNEL_REQUEST_TAG: job.id,
         }
 
     async def _run(self, job: Job, exempt: bool = False) -> None:

@@ -34,3 +34,18 @@ def test_a_pending_job_shows_its_estimated_start() -> None:
     line = waiting_line(job)
     assert line.startswith("j-1 pending: queue position 2 (no device has 0.5 free")
     assert "(in 10 min)" in line
+
+
+def test_a_client_finds_its_own_entry_by_its_tag_wherever_fair_share_put_it() -> None:
+    from cumulus_jupyter.remote_kernel import own_entry
+
+    mine = ENTRY | {"position": 1, "tag": "t-mine", "eta_s": 60.0}
+    queue = [mine, ENTRY | {"position": 2, "tag": "t-other"}, ENTRY | {"position": 3, "tag": None}]
+    assert own_entry(queue, "t-mine") is mine
+    assert own_entry(queue, "t-gone") is queue[-1]  # not listed (yet): the last, as before
+    job = {
+        "id": "j-7",
+        "created_at": time.time(),
+        "queue": [ENTRY | {"tag": "j-7", "position": 1}, ENTRY | {"position": 2}],
+    }
+    assert waiting_line(job).startswith("j-7 pending: queue position 1")
