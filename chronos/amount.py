@@ -124,7 +124,9 @@ def parse_duration(value: str | float | int | None) -> int:
 def _duration_seconds(value: str | float | int) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int):  # exact; math.isfinite(10**400) would overflow
+        return value
+    if isinstance(value, float):
         return int(value) if math.isfinite(value) and value == int(value) else None
     text = value.strip()
     if re.fullmatch(r"\d+", text):

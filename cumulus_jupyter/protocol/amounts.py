@@ -53,7 +53,9 @@ def parse_amount(value: str | float) -> float:
 def _seconds(value: str | float) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int):  # exact; math.isfinite(10**400) would overflow
+        return value
+    if isinstance(value, float):
         return int(value) if math.isfinite(value) and value == int(value) else None
     text = value.strip()
     if re.fullmatch(r"\d+", text):

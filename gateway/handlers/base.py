@@ -21,6 +21,7 @@ from tornado import web
 from tornado.log import app_log
 
 from chronos import ChronosError
+from chronos.amount import AMOUNT_RULE
 from cumulus_jupyter.errors import (
     CumulusError,
     InvalidArgument,
@@ -114,6 +115,39 @@ def check_username(name: str, what: str = "KERNEL_USERNAME") -> str:
     return name
 
 
+_PLAIN_AMOUNT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
+
+
+def check_amount_text(value: object) -> None:
+    """A GPU amount written as a request writes one, ``0.5`` or ``2``: `InvalidArgument` for
+    exponents, signs and words (``0.1e1``, ``-0``, ``inf``), which Chronos's number parsing
+    would otherwise read."""
+    if isinstance(value, str) and not _PLAIN_AMOUNT.fullmatch(value):
+        raise InvalidArgument(f"Invalid GPU amount: {value.strip()[:40]}. {AMOUNT_RULE}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise InvalidArgument(f"Invalid JSON in body of request: key {twice[:80]!r} appears twice")
+    return dict(pairs)
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body's JSON: `InvalidArgument` for bytes that are not UTF-8 JSON, for a key
+    given twice in one object (parsers disagree on which one wins) and for nesting deeper
+    than the parser's recursion allows."""
+    try:  # decoded first: json.loads would take UTF-16 and UTF-32 bytes too
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InvalidArgument("Invalid JSON in body of request: nested too deeply") from None
+    except ValueError as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise InvalidArgument(f"Invalid JSON in body of request: {exc}") from exc
+
+
 def services_of(handler: web.RequestHandler) -> Services:
     return cast(Services, handler.settings[SERVICES_SETTING])
 
@@ -160,10 +194,7 @@ class CumulusHandler(CumulusErrors, APIHandler):
 
     def json_object(self) -> dict[str, Any]:
         """The request's JSON body, an object (`InvalidArgument` otherwise; none is ``{}``)."""
-        try:
-            body = json.loads(self.request.body) if self.request.body else None
-        except ValueError as exc:
-            raise InvalidArgument(f"Invalid JSON in body of request: {exc}") from exc
+        body = parse_json(self.request.body) if self.request.body else None
         body = body or {}
         if not isinstance(body, dict):
             raise InvalidArgument("request body must be a JSON object")

@@ -8,12 +8,10 @@ logged as a warning with the caller's address.
 
 from __future__ import annotations
 
-import json
-
 from jupyter_server.auth.decorator import allow_unauthenticated
 
 from cumulus_jupyter.errors import InvalidArgument, PermissionDenied
-from gateway.handlers.base import CumulusHandler
+from gateway.handlers.base import CumulusHandler, parse_json
 
 
 class CallbackHandler(CumulusHandler):
@@ -24,8 +22,8 @@ class CallbackHandler(CumulusHandler):
     async def post(self, kernel_id: str) -> None:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         try:
-            payload = json.loads(self.request.body or b"{}")
-        except ValueError as exc:
+            payload = parse_json(self.request.body or b"{}")
+        except InvalidArgument as exc:
             raise InvalidArgument(f"Bad callback: {exc}") from exc
         try:
             if scheme.lower() != "token" or not token:

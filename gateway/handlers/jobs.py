@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from tornado import web
 
 from cumulus_jupyter.errors import InvalidArgument, PermissionDenied, TooLarge
-from gateway.handlers.base import CumulusHandler, check_username
+from gateway.handlers.base import CumulusHandler, check_amount_text, check_username
 from gateway.jobs.model import MAX_CODE_BYTES, Job, JobState, new_job
 from gateway.jobs.runner import JobRunner
 
 MAX_BODY_BYTES = MAX_CODE_BYTES + 65536
 MAX_LOG_OFFSET = 2**62
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class _JobHandler(CumulusHandler):
@@ -48,6 +50,7 @@ class JobsHandler(_JobHandler):
         if len(self.request.body) > MAX_BODY_BYTES:
             raise TooLarge(f"A job's code must be under {MAX_CODE_BYTES // 2**20} MiB")
         body = self.json_object()
+        check_amount_text(body.get("gpu"))
         user = self.scoped_name()
         owner = user or check_username(str(body.get("owner") or "anonymous"), "owner")
         job = self.runner.submit(new_job(body, owner), exempt=user is None)
@@ -70,10 +73,8 @@ class JobLogHandler(_JobHandler):
     @web.authenticated
     async def get(self, job_id: str) -> None:
         job = self.visible_job(job_id)
-        try:
-            offset = int(self.get_argument("offset", "0"))
-        except ValueError:
-            offset = -1
+        raw = self.get_argument("offset", "0")  # ASCII digits: int() takes "1_0" and other scripts
+        offset = int(raw) if _DIGITS.fullmatch(raw) else -1
         if not 0 <= offset <= MAX_LOG_OFFSET:  # seek(2) takes at most a signed 64-bit offset
             raise InvalidArgument(f"offset must be a whole number of bytes, 0 to {MAX_LOG_OFFSET}")
         text, end = self.runner.store.read(job_id, offset)

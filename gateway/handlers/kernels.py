@@ -51,9 +51,11 @@ from gateway.handlers.base import (
     check_username,
     services_of,
 )
+from gateway.handlers.incoming import check_incoming
 from gateway.provisioner import launch_timeout, request_tag
 
 MAX_BODY_BYTES = 64 * 1024
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 MAX_ENV_VARS = 128
 MAX_ENV_VALUE = 4096
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -222,6 +224,22 @@ class CumulusKernelWebsocketHandler(CumulusErrors, KernelWebsocketHandler):
         self.set_nodelay(services.settings.tcp_nodelay)
         services.registry.connect(kernel_id, self)
         await super().open(kernel_id)
+
+    def on_message(self, message: str | bytes) -> Any:
+        """Called by tornado for each frame: one that is not a Jupyter message closes the
+        socket with 1007 and the reason (`gateway.handlers.incoming`)."""
+        if self.ws_connection is None:  # closed (by us, for an earlier frame): dropped
+            return None
+        try:
+            check_incoming(message, self.ws_connection.selected_subprotocol == V1_PROTOCOL)
+        except InvalidArgument as exc:
+            self.log.warning(
+                "kernel %s: closing a client's socket: %s", self.kernel_id, exc,
+                extra={"event": "websocket_refused", "kernel_id": self.kernel_id},
+            )  # fmt: skip
+            self.close(1007, str(exc)[:120])
+            return None
+        return super().on_message(message)
 
     def on_close(self) -> None:
         services_of(self).registry.disconnect(getattr(self, "kernel_id", ""), self)
