@@ -23,7 +23,8 @@ from tests.support.gateway import Gateway
 from tests.support.kernel_ws import KernelSocket
 from tests.support.wait import wait_until
 
-pytestmark = pytest.mark.hub
+# the first test also waits for the hub and both servers to start (a hang guard, not a measure)
+pytestmark = [pytest.mark.hub, pytest.mark.timeout(300)]
 
 READ_TOKEN = 'import os; print(os.environ["JUPYTERHUB_API_TOKEN"], end="")'
 MAGIC_CELL = (
