@@ -41,5 +41,5 @@ echo "== notebook ready: .run/hello.ipynb (open it with: .venv/bin/jupyter lab .
 args=(--ip=127.0.0.1 --port="$PORT" "--token-file=$PWD/.run/token")
 if [ "$(id -u)" = 0 ]; then args+=(--allow-root); fi
 echo "== cumulus-gateway: http://127.0.0.1:$PORT (its token is in .run/token)"
-echo "   or: jupyter lab --gateway-url=http://127.0.0.1:$PORT --GatewayClient.auth_token=\$(cat .run/token)"
+echo "   or: JUPYTER_GATEWAY_AUTH_TOKEN=\$(cat .run/token) jupyter lab --gateway-url=http://127.0.0.1:$PORT"
 exec "$BIN/cumulus-gateway" "${args[@]}" "$@"
