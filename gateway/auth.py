@@ -37,7 +37,7 @@ from traitlets import Dict, Float, Unicode, default
 
 from cumulus_jupyter.errors import InvalidArgument
 
-HUB_TIMEOUT_S = 10.0
+HUB_TIMEOUT_S = 30.0  # a loaded hub answers slowly; a timeout is a refusal (401)
 HUB_CACHE_MAX = 4096  # tokens remembered at once; the oldest go first
 
 

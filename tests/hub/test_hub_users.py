@@ -62,6 +62,7 @@ async def in_server(hub: Hub, user: str, kernel_name: str, *cells: str) -> list[
             reply = await socket.execute(cell, timeout=120)
             seen.append([m["content"] for m in reply.outputs])
             assert reply.reply["status"] == "ok", (cell, reply.reply["evalue"], seen)
+            assert reply.stderr == "", (cell, seen)  # the magic says a CumulusError there
             outputs.append(reply.stdout)
         return outputs
     finally:
