@@ -23,6 +23,7 @@ from cumulus_jupyter.errors import CumulusError
 from gateway import handlers, metrics
 from gateway.auth import CumulusIdentityProvider
 from gateway.culling import DisconnectedCuller
+from gateway.errors import RefusalsAreAnswers
 from gateway.expiry import ExpirySupervisor
 from gateway.handlers.base import SERVICES_SETTING
 from gateway.kernelspecs import CumulusKernelSpecManager
@@ -163,6 +164,7 @@ class CumulusGateway(ServerApp):
 
     def init_logging(self) -> None:
         super().init_logging()
+        self.log.addFilter(RefusalsAreAnswers())  # a 429 at a kernel start is no traceback
         if self.json_logs:
             use_json(self.log)
 

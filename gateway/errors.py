@@ -16,6 +16,7 @@ and `gateway.handlers.base` maps whatever slips through the same way::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 
 import chronos.errors as chronos_errors
@@ -45,6 +46,24 @@ def from_chronos(exc: chronos_errors.ChronosError) -> CumulusError:
     mapped = cls(str(exc), retry_after=getattr(exc, "retry_after", None))
     mapped.__cause__ = exc
     return mapped
+
+
+class RefusalsAreAnswers(logging.Filter):
+    """On the gateway's log: a record that carries a `CumulusError` or a Chronos error (a 429
+    from a full device, a 400 from a bad amount) is a warning line without a traceback.
+
+    jupyter_client logs any exception out of a kernel start at error level with its traceback
+    (``KernelManager``'s pending-state wrapper, ``MultiKernelManager._add_kernel_when_ready``)
+    before it reaches the handler that answers it; a refusal is the answer, not a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, CumulusError | chronos_errors.ChronosError) and not isinstance(
+            exc, Internal
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 @contextlib.contextmanager
