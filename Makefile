@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# kernels run sandboxed (bubblewrap); where it cannot run, make run says why and opts out
 run: setup
-	scripts/run.sh
+	scripts/run.sh $$($(BIN)/python -m gateway.sandbox || echo --LocalRuntime.sandbox=none)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -27,6 +28,7 @@ system-deps:
 	scripts/install-system-deps.sh
 
 test: lint system-deps
+	$(BIN)/python -c 'from gateway.runtimes.local import main; main()'  # the kernel environment
 	$(BIN)/pytest
 
 unit: setup
@@ -52,6 +54,7 @@ bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	$(BIN)/python benchmarks/concurrency.py --json .bench/concurrency.json
 	$(BIN)/python benchmarks/scheduling.py --json .bench/scheduling.json
 	$(BIN)/python benchmarks/sdk_map.py --json .bench/sdk_map.json
+	$(BIN)/python benchmarks/sandbox.py --json .bench/sandbox.json
 	$(BIN)/python benchmarks/report.py --dir .bench
 
 clean:

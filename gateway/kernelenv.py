@@ -27,12 +27,18 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-#: what the kernel side imports (ipykernel, the agent's dependencies) beyond the standard library
+#: what the kernel side imports (ipykernel, the agent's dependencies; pip, for overlays)
 KERNEL_REQUIREMENTS = (
-    "ipykernel", "jupyter_client", "pyzmq", "psutil", "cloudpickle", "dill", "xxhash", "fsspec",
-    "httpx", "websockets", "tqdm", "platformdirs",
+    "pip", "ipykernel", "jupyter_client", "pyzmq", "psutil", "cloudpickle", "dill", "xxhash",
+    "fsspec", "httpx", "websockets", "tqdm", "platformdirs",
 )  # fmt: skip
 PACKAGES = ("chronos", "cumulus_jupyter")
+#: what notebooks commonly import, offered in the built environment when the gateway has it
+#: (frameworks as large as torch are the operator's choice: ``--LocalRuntime.kernel_packages``)
+DATA_STACK = (
+    "numpy", "pandas", "scipy", "matplotlib", "ipywidgets", "scikit-learn", "s3fs", "pyopencl",
+    "pocl-binary-distribution", "nvidia-ml-py",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,18 @@ def pins(extra: tuple[str, ...] = ()) -> list[str]:
         except metadata.PackageNotFoundError:
             out.append(name)
     return out
+
+
+def installed(names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` the gateway's environment has."""
+    found = []
+    for name in names:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
 
 
 def _digest(*parts: str) -> str:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages the test tiers need, installed once (CI runs as root on a fresh machine):
 # chromium for the browser tier (Playwright drives it; it never downloads a browser of its own);
-# docker.io (dockerd, started by the docker tier itself) and debootstrap (the job image's base).
+# docker.io (dockerd, started by the docker tier itself) and debootstrap (the job image's base);
+# bubblewrap, the local runtime's kernel sandbox (gateway/sandbox.py).
 # configurable-http-proxy (JupyterHub's proxy, for the hub tier) comes from the npm registry.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 need_chp=0
 command -v configurable-http-proxy >/dev/null 2>&1 || need_chp=1
 [ $need_chp = 1 ] && ! command -v npm >/dev/null 2>&1 && missing+=(nodejs npm)
@@ -15,7 +17,7 @@ command -v configurable-http-proxy >/dev/null 2>&1 || need_chp=1
 if [ "$(id -u)" != 0 ]; then
   [ $need_chp = 1 ] && echo "note: configurable-http-proxy missing and not root: the hub tier" \
        "will be skipped (sudo npm install -g configurable-http-proxy)" >&2
-  [ ${#missing[@]} -gt 0 ] && echo "note: ${missing[*]} missing and not root: the browser and docker tiers will be skipped" \
+  [ ${#missing[@]} -gt 0 ] && echo "note: ${missing[*]} missing and not root: the browser, docker and sandbox tiers will be skipped" \
        "(sudo apt-get install ${missing[*]})" >&2
   exit 0
 fi

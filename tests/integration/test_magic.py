@@ -32,7 +32,11 @@ def notebook(
 @contextlib.contextmanager
 def gateway_and_notebook(tmp: Path) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
     """A gateway with its state in ``tmp`` and a notebook kernel on it; both stopped after."""
-    gw = Gateway(tmp / "state" / "chronos.sqlite3", tmp / "gateway.log")
+    # unsandboxed: the pip test installs from the test's own private temp dir, which no
+    # sandboxed kernel sees (test_sandbox.py runs %%cumulus cells in sandboxed kernels)
+    gw = Gateway(
+        tmp / "state" / "chronos.sqlite3", tmp / "gateway.log", "--LocalRuntime.sandbox=none"
+    )
     try:
         with notebook_kernel(gw) as kc:
             yield kc, gw
