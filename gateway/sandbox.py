@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,10 +231,30 @@ class Cgroup:
                 return int(value)
         return 0
 
-    def remove(self) -> None:
+    def pids(self) -> list[int]:
+        """The processes still in the cgroup."""
+        found: set[int] = set()
         for directory in self.dirs:
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+            with contextlib.suppress(OSError, ValueError):
+                found |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+        return sorted(found)
+
+    def remove(self) -> None:
+        """Kill whatever of the kernel is left (its sandbox's init and the kernel die just
+        after the outer process) and remove the cgroup; bounded to about a second."""
+        for _ in range(50):
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            for directory in self.dirs:
+                with contextlib.suppress(FileNotFoundError):
+                    try:
+                        directory.rmdir()
+                    except OSError:
+                        break
+            else:
+                return
+            time.sleep(0.02)
 
 
 def _write(path: Path, value: str, optional: bool = False) -> None:
