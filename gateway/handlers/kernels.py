@@ -90,9 +90,9 @@ def validated_env(raw: object) -> dict[str, str]:
 
 
 def check_amounts(env: dict[str, str]) -> None:
-    """A bad ``KERNEL_GPU``, ``KERNEL_DURATION``, ``KERNEL_LAUNCH_TIMEOUT`` or
-    ``KERNEL_USERNAME`` is `InvalidArgument`, before any launch (the provisioner parses them
-    again; a refusal there would be logged as a failed launch)."""
+    """A bad ``KERNEL_GPU``, ``KERNEL_DURATION`` or ``KERNEL_LAUNCH_TIMEOUT`` is
+    `InvalidArgument`, before any launch (the provisioner parses them again; a refusal there
+    would be logged as a failed launch)."""
     with chronos_boundary():
         if names.KERNEL_GPU in env:
             check_amount_text(env[names.KERNEL_GPU])
@@ -101,8 +101,6 @@ def check_amounts(env: dict[str, str]) -> None:
             parse_duration(env[names.KERNEL_DURATION])
     launch_timeout(env.get(names.KERNEL_LAUNCH_TIMEOUT), 0)
     request_tag(env.get(names.KERNEL_REQUEST_TAG))
-    if env.get(names.KERNEL_USERNAME):
-        check_username(env[names.KERNEL_USERNAME])
 
 
 class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
@@ -162,6 +160,8 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
         user = self.scoped_name()
         if user is not None and env.setdefault(names.KERNEL_USERNAME, user) != user:
             raise PermissionDenied(f"{user} may not start kernels as {env[names.KERNEL_USERNAME]}")
+        if user is None and env.get(names.KERNEL_USERNAME):  # the operator names the owner
+            check_username(env[names.KERNEL_USERNAME])
         check_amounts(env)
         path = model.get("path")
         if path is not None and not isinstance(path, str):
