@@ -11,8 +11,9 @@ Three pieces, each small enough to test alone:
   that happen to lie under a mounted one get an empty tmpfs over them.
 - `Cgroup`: a per-kernel cgroup (v2 where its controllers can be delegated, else v1's memory
   and cpu hierarchies) with the memory and CPU limit; it also says whether the kernel was
-  killed for memory. `join_argv` prefixes a command with the few shell words that move it into
-  the cgroup before it execs bubblewrap, so nothing the kernel forks escapes the limit.
+  killed for memory. `join_argv` puts a command under a small shell that moves itself into
+  the cgroup before it starts bubblewrap, so nothing the kernel forks escapes the limit, and
+  whose death ends the sandbox.
 - `probe`: whether bubblewrap runs here at all, and if not, why (one line for the log).
 
 As root, bubblewrap runs privileged (no user namespace) and ``setpriv`` drops to the kernel's
@@ -71,7 +72,7 @@ class Sandbox:
 
 def bwrap_argv(sandbox: Sandbox, command: Sequence[str], bwrap: str = "bwrap") -> list[str]:
     """bubblewrap's command line that runs ``command`` inside ``sandbox``."""
-    # --die-with-parent: the whole sandbox goes with its outer process (the kernel's PID)
+    # --die-with-parent: the whole sandbox goes with its parent, `join_argv`'s shell
     args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     args.append("--unshare-cgroup-try")
     if sandbox.identity is None:
@@ -142,13 +143,12 @@ def _drop(identity: Identity | None) -> list[str]:
 
 
 def join_argv(procs: Sequence[str], command: Sequence[str]) -> list[str]:
-    """``command``, started only once the shell running it has moved itself into each
-    ``cgroup.procs`` of ``procs`` (exec keeps the PID, so the kernel's whole tree is inside)."""
-    if not procs:
-        return list(command)
+    """``command`` under a small shell that first moves itself into each ``cgroup.procs`` of
+    ``procs`` (so nothing the kernel forks escapes the limits) and then stays as its parent:
+    bubblewrap's ``--die-with-parent`` ends the sandbox with this shell (killed by PID, or by
+    process group), never with the gateway, whose kernels must outlive a crash."""
     script = (
-        'for p; do [ "$p" = -- ] && break; echo $$ > "$p" || exit 125; shift; done; '
-        'shift; exec "$@"'
+        'for p; do [ "$p" = -- ] && break; echo $$ > "$p" || exit 125; shift; done; shift; "$@"'
     )
     return ["/bin/sh", "-c", script, "cumulus-sandbox", *procs, "--", *command]
 
