@@ -119,11 +119,25 @@ def test_a_kept_session_has_the_duration_asked_and_goes_back_on_close(
     assert nothing_left(gateway)
 
 
-def test_requirements_install_into_the_overlay_once(gateway: Gateway, tmp_path: Path) -> None:
+def test_requirements_install_into_the_overlay_once(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    wheels.mkdir()
+    wheels.mkdir(mode=0o755)
     make_wheel(wheels)
+    for path in (wheels, *wheels.iterdir()):  # sandboxed kernels run as their owner's uid
+        path.chmod(0o755 if path.is_dir() else 0o644)
     requirements = ["--no-index", "--find-links", str(wheels), "cumulus_sdk_probe"]
+    # the wheel directory is a local index the sandbox shows its kernels, as an operator would
+    gateway = Gateway(
+        tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log",
+        f"--LocalRuntime.read_only_paths={[str(wheels)]}",
+    )  # fmt: skip
+    try:
+        _overlay_installed_once(gateway, requirements)
+    finally:
+        gateway.stop()
+
+
+def _overlay_installed_once(gateway: Gateway, requirements: list[str]) -> None:
 
     def probe() -> str:
         import cumulus_sdk_probe  # type: ignore[import-not-found]
@@ -137,8 +151,9 @@ def test_requirements_install_into_the_overlay_once(gateway: Gateway, tmp_path: 
     said = [line for line in lines if line.startswith("requirements: ")]
     assert said[0].startswith("requirements: installed --no-index"), lines
     assert said[1].startswith("requirements: cached --no-index"), lines  # a new kernel, no pip
-    overlays = [p for p in (gateway.state.parent / "overlays").iterdir() if p.is_dir()]
-    assert len(overlays) == 1 and (overlays[0] / "cumulus_sdk_probe").is_dir()
+    # one overlay in all (a sandboxed kernel's are kept under its owner's uid)
+    installed = list((gateway.state.parent / "overlays").rglob("cumulus_sdk_probe"))
+    assert len(installed) == 1 and installed[0].is_dir(), installed
     with pytest.raises(ModuleNotFoundError):  # never in this (the gateway's) environment
         __import__("cumulus_sdk_probe")
     assert nothing_left(gateway)
