@@ -9,6 +9,7 @@ jupyter_server's business (its ``APIHandler.write_error``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -59,7 +60,9 @@ class CumulusErrors(web.RequestHandler):
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         try:
-            await cast(Any, super()).prepare(*args, **kwargs)
+            prepared = cast(Any, super()).prepare(*args, **kwargs)
+            if inspect.isawaitable(prepared):  # jupyter_server's is async, tornado's is not
+                await prepared
         except web.HTTPError as exc:
             if exc.status_code == 403 and self._unknown_caller():
                 raise Unauthenticated(NO_TOKEN) from exc

@@ -63,6 +63,8 @@ RAISED: dict[str, BaseException] = {
 
 
 class Raiser(CumulusErrors):
+    _jupyter_current_user = "tester"  # a known caller, as jupyter_server's login would set
+
     def get(self, name: str) -> None:
         raise RAISED[name]
 
