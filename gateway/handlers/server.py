@@ -25,11 +25,11 @@ class VersionHandler(CumulusErrors, APIVersionHandler):
 
 
 class CumulusMainKernelSpecHandler(CumulusErrors, MainKernelSpecHandler):
-    pass
+    """``/api/kernelspecs`` with the gateway's errors (401 without a token, JSON bodies)."""
 
 
 class CumulusKernelSpecHandler(CumulusErrors, KernelSpecHandler):
-    pass
+    """``/api/kernelspecs/{name}`` with the gateway's errors."""
 
 
 class MetricsHandler(CumulusErrors, PrometheusMetricsHandler):
