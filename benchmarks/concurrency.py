@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.relay_latency import TOKEN, Server, over_websocket
+from benchmarks.relay_latency import ours, over_websocket
 
 DEVICES = json.dumps(
     [{"name": f"bench-{i}", "vendor": "other", "memory_bytes": 2**34} for i in range(4)]
@@ -63,12 +62,7 @@ async def direct(kernels: int, n: int) -> list[float]:
 
 def through_gateway(kernels: int, n: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        exe = str(Path(sys.executable).with_name("cumulus-gateway"))
-        server = Server(
-            [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}"],
-            os.environ | {"CHRONOS_STATE": str(Path(tmp) / "state.sqlite3"),
-                          "CHRONOS_DEVICES": DEVICES},
-        )  # fmt: skip
+        server = ours(Path(tmp) / "state.sqlite3", devices=DEVICES)
         try:
             body = {"name": "cumulus-gpu", "env": {"KERNEL_GPU": "0.1"}}
             with ThreadPoolExecutor(8) as pool:

@@ -217,12 +217,14 @@ def measure_gateway(server: Server, body: dict[str, Any], n: int) -> tuple[list[
     return asyncio.run(over_websocket(server.url, kernel_id, n)), cold
 
 
-def ours(state: Path, nodelay: bool) -> Server:
+def ours(state: Path, nodelay: bool = True, devices: str | None = None) -> Server:
+    """Our gateway on its defaults, its state in ``state`` (and ``CHRONOS_DEVICES=devices``)."""
     exe = str(Path(sys.executable).with_name("cumulus-gateway"))
+    env = {"CHRONOS_STATE": str(state)} | ({"CHRONOS_DEVICES": devices} if devices else {})
     return Server(
         [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
          f"--CumulusGateway.tcp_nodelay={nodelay}"],
-        os.environ | {"CHRONOS_STATE": str(state)},
+        os.environ | env,
     )  # fmt: skip
 
 

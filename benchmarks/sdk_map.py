@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.relay_latency import TOKEN, Server
+from benchmarks.relay_latency import TOKEN, ours
 from cumulus_jupyter import CumulusClient
 
 DEVICES = json.dumps([{"name": "bench-0", "vendor": "other", "memory_bytes": 2**34}])
@@ -43,12 +42,7 @@ def timed(call: Callable[[], object]) -> float:
 
 def measure(items: int, slots: int, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        exe = str(Path(sys.executable).with_name("cumulus-gateway"))
-        server = Server(
-            [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}"],
-            os.environ | {"CHRONOS_STATE": str(Path(tmp) / "state.sqlite3"),
-                          "CHRONOS_DEVICES": DEVICES},
-        )  # fmt: skip
+        server = ours(Path(tmp) / "state.sqlite3", devices=DEVICES)
         try:
             client = CumulusClient(server.url, TOKEN, on_progress=lambda line: None)
             kwargs = {"seconds": seconds}
