@@ -65,13 +65,26 @@ def queue(gateway: Gateway) -> list[dict[str, Any]]:
     return gateway.get("/api/cumulus/queue").json()  # type: ignore[no-any-return]
 
 
+def leftovers(gateway: Gateway) -> dict[str, Any]:
+    """What the gateway still holds, by where it is held (empty when nothing is)."""
+    found = {
+        "processes": [" ".join(p.cmdline()[:3]) for p in kernel_processes(gateway)],
+        "partitions": [p.id for p in active_partitions(gateway)],
+        "queue": queue(gateway),
+        "kernels": gateway.get("/api/kernels").json(),
+    }
+    return {where: held for where, held in found.items() if held}
+
+
 def nothing_left(gateway: Gateway) -> bool:
-    return (
-        not kernel_processes(gateway)
-        and not active_partitions(gateway)
-        and not queue(gateway)
-        and not gateway.get("/api/kernels").json()
-    )
+    return not leftovers(gateway)
+
+
+def wait_for_nothing_left(gateway: Gateway, what: str) -> None:
+    try:
+        wait_until(lambda: nothing_left(gateway), what=what)
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; still held: {leftovers(gateway)}") from None
 
 
 def open_request(gateway: Gateway, env: dict[str, str]) -> socket.socket:
@@ -107,7 +120,7 @@ def test_a_queued_request_whose_client_leaves_never_takes_a_partition(
     assert len(kernels_running(gateway)) == 1
     assert "the client left before its kernel started" in gateway.log()
     assert gateway.delete(f"/api/kernels/{after['id']}").status_code == 204
-    wait_until(lambda: nothing_left(gateway), what="the gateway to hold nothing")
+    wait_for_nothing_left(gateway, "the gateway to hold nothing")
 
 
 def leave(client: socket.socket) -> bytes:
@@ -137,7 +150,7 @@ def test_a_client_leaving_at_any_point_of_the_start_leaves_no_kernel(
         else:
             assert answer == b"", answer
             left += 1
-        wait_until(lambda: nothing_left(gateway), what=f"nothing left after {delay} s")
+        wait_for_nothing_left(gateway, f"nothing left after {delay} s")
     assert left > 0  # some left before their answer
     served = gateway.start_kernel(KERNEL_GPU="1", KERNEL_WAIT="0")  # all of the device is free
     assert gateway.delete(f"/api/kernels/{served['id']}").status_code == 204
@@ -189,7 +202,7 @@ def test_a_job_cancelled_at_any_point_leaves_no_kernel_and_no_partition(
             at_once(partial(reached, gateway, job_id), f"the job's start: {point}")
             record = cancel(gateway, job_id)
             assert record["state"] == "cancelled", (point, record)
-            wait_until(lambda: nothing_left(gateway), what=f"nothing left, cancelled {point}")
+            wait_for_nothing_left(gateway, f"nothing left, cancelled {point}")
             cancelled.append(job_id)
 
         # queued: behind a kernel that holds the whole device
@@ -200,7 +213,7 @@ def test_a_job_cancelled_at_any_point_leaves_no_kernel_and_no_partition(
         assert queue(gateway) == []  # it left at once
         assert len(active_partitions(gateway)) == 1
         assert gateway.delete(f"/api/kernels/{holder['id']}").status_code == 204
-        wait_until(lambda: nothing_left(gateway), what="nothing left, cancelled in the queue")
+        wait_for_nothing_left(gateway, "nothing left, cancelled in the queue")
         cancelled.append(job_id)
 
     assert {job_state(gateway, j) for j in cancelled} == {"cancelled"}
