@@ -115,6 +115,14 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
             self._request_task.cancel()
         super().on_connection_close()
 
+    def _gone(self) -> bool:
+        """Whether the client has left (tornado may not have called `on_connection_close` yet
+        for a connection it has seen end)."""
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None and stream.closed():
+            self._client_left = True
+        return self._client_left
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -131,9 +139,7 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
     @authorized
     async def post(self) -> None:
         self._request_task = asyncio.current_task()
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None and stream.closed():  # it left before tornado watched for that
-            self._client_left = True
+        self._gone()  # it may have left before tornado watched for that
         try:
             if not self._client_left:  # it may have left while it was authenticated
                 await self._start_kernel()
@@ -170,6 +176,11 @@ class CumulusMainKernelHandler(CumulusHandler, MainKernelHandler):
             kernel_name=name, path=cast(Any, path), env=env,
             quota_exempt=user is None,  # the operator's token: no quotas (gateway.quotas)
         )  # fmt: skip
+        if self._gone():  # it left as its kernel came up: nobody will ever learn the kernel's id
+            self.log.info("POST /api/kernels: the client left as kernel %s started", kernel_id)
+            self._request_task = None  # its stop is not to be cancelled by the closing connection
+            await km.shutdown_kernel(kernel_id, now=True)
+            return
         body = km.kernel_model(kernel_id)
         self.set_header(
             "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))

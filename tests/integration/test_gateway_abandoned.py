@@ -68,7 +68,7 @@ def queue(gateway: Gateway) -> list[dict[str, Any]]:
 def leftovers(gateway: Gateway) -> dict[str, Any]:
     """What the gateway still holds, by where it is held (empty when nothing is)."""
     found = {
-        "processes": [" ".join(p.cmdline()[:3]) for p in kernel_processes(gateway)],
+        "processes": [f"{p.pid} ({p.status()})" for p in kernel_processes(gateway)],
         "partitions": [p.id for p in active_partitions(gateway)],
         "queue": queue(gateway),
         "kernels": gateway.get("/api/kernels").json(),
