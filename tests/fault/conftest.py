@@ -1,0 +1,50 @@
+"""The fault tier: a real gateway on loopback, and what every fault test ends with (the state
+file whole, nothing logged as unhandled, no kernel left)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
+
+UNHANDLED = ("Unhandled error", "Uncaught exception", "Traceback (most recent call last)")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def integrity(state: Path) -> str:
+    """SQLite's own check of the whole state file: ``ok`` when nothing is half-written."""
+    with sqlite3.connect(state, timeout=30) as db:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def unhandled(gw: Gateway) -> list[str]:
+    """Lines of the gateway's log that show an exception nobody handled."""
+    return [line for line in gw.log().splitlines() if any(u in line for u in UNHANDLED)]
+
+
+def assert_recovered(gw: Gateway) -> None:
+    """Healthy, the state file whole, nothing unhandled; then every kernel deleted and its
+    partition given back, no kernel process left."""
+    assert gw.get("/api/cumulus/health").json()["status"] == "ok"
+    assert integrity(gw.state) == "ok"
+    assert not unhandled(gw), "\n".join(unhandled(gw)[:20]) + "\n" + gw.log()[-6000:]
+    for kernel in gw.get("/api/kernels").json():
+        assert gw.delete(f"/api/kernels/{kernel['id']}").status_code == 204
+    assert gw.get("/api/cumulus/partitions").json() == []
+    assert gw.proc is not None
+    process = psutil.Process(gw.proc.pid)
+    wait_until(lambda: not process.children(recursive=True), 60, "no kernel process left")
