@@ -16,12 +16,12 @@ from typing import Any, cast
 
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.serverapp import aliases as server_aliases
-from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Int, default
 
 from cumulus_jupyter.errors import CumulusError
 from gateway import handlers, metrics
 from gateway.auth import CumulusIdentityProvider
+from gateway.clock import Ticker
 from gateway.culling import DisconnectedCuller
 from gateway.errors import RefusalsAreAnswers
 from gateway.expiry import ExpirySupervisor
@@ -191,10 +191,10 @@ class CumulusGateway(ServerApp):
             queue=lambda: services.broker.queue_length,
         )
         self.supervisor = ExpirySupervisor(services, manager)
-        self._supervise = PeriodicCallback(self.supervisor.tick, self.supervise_interval * 1000)
+        self._supervise = Ticker(self.supervisor.tick, self.supervise_interval, self.log)
         self._supervise.start()
         self.culler = DisconnectedCuller(services, manager)  # kernels left with no client
-        self._cull = PeriodicCallback(self.culler.tick, self.supervise_interval * 1000)
+        self._cull = Ticker(self.culler.tick, self.supervise_interval, self.log)
         self._cull.start()
 
 

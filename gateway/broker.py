@@ -156,6 +156,11 @@ class PartitionBroker:
         with chronos_boundary():
             self._store.attach(partition_id, pid)
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Count "now" on ``clock`` from here on (expiries, reaping, queue waits; the store's
+        too): the expiry supervisor's `gateway.clock.SteadyClock`."""
+        self._store.clock = clock
+
     def close(self) -> None:
         self._store.close()
 

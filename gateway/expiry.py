@@ -11,18 +11,22 @@ its partition from the store (so expiries and releases made by other processes c
 - at T, or as soon as the partition is released under it, it tells them the partition expired,
   shuts the kernel down (its provisioner releases the partition) and remembers why, so later
   requests for that kernel get a 410 that says so.
+
+"Now" is the supervisor's `SteadyClock` (the broker's and its store's too, from the
+supervisor's start): a step of the system clock (±1 h) neither ends a partition early nor keeps
+it past its end; the step is logged once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 from jupyter_client.session import Session
 
 from chronos import Partition, format_duration
 from gateway import metrics
+from gateway.clock import SteadyClock
 from gateway.manager import CumulusKernelManager
 from gateway.registry import cumulus_model
 from gateway.services import Services
@@ -30,6 +34,7 @@ from gateway.services import Services
 WARN_BEFORE_S = (300.0, 60.0)
 SHORT_PARTITION_S = 600.0
 PRUNE_EVERY_S = 60.0
+STEP_WARN_S = 2.0  # a system clock this far from the steady one has stepped
 
 
 def warning_offsets(partition: Partition) -> tuple[float, ...]:
@@ -43,10 +48,15 @@ def warning_offsets(partition: Partition) -> tuple[float, ...]:
 class ExpirySupervisor:
     """Runs `tick` on the gateway's event loop (the app's periodic callback)."""
 
-    def __init__(self, services: Services, kernels: CumulusKernelManager) -> None:
+    def __init__(
+        self, services: Services, kernels: CumulusKernelManager, clock: SteadyClock | None = None
+    ) -> None:
         self.services = services
         self.kernels = kernels
         self.log = kernels.log
+        self.clock = clock or SteadyClock()
+        services.broker.use_clock(self.clock)
+        self._step = 0.0  # the system clock's step last logged
         self._warned: dict[tuple[str, float], float] = {}  # (kernel, offset): the expiry then
         self._ending: set[str] = set()
         self._next_prune = 0.0
@@ -55,7 +65,8 @@ class ExpirySupervisor:
         services = self.services
         services.broker.pump()
         metrics.update_devices((d.id, free) for d, free in services.broker.free())
-        now = time.time()
+        now = self.clock()
+        self._note_step()
         if now >= self._next_prune:  # finished jobs past their retention
             self._next_prune = now + PRUNE_EVERY_S
             services.jobs.store.prune(services.settings.job_retention)
@@ -73,6 +84,17 @@ class ExpirySupervisor:
                     self._warned[(kernel_id, offset)] = partition.expires_at
                     self.warn(kernel_id, partition, left)
                     break
+
+    def _note_step(self) -> None:
+        step = self.clock.step()
+        if abs(step - self._step) >= STEP_WARN_S:
+            self._step = step
+            self.log.warning(
+                "The system clock is %+.0f s from the gateway's steady clock (it stepped); "
+                "partitions still expire on the steady clock",
+                step,
+                extra={"event": "clock_step", "seconds": round(step, 1)},
+            )
 
     def warn(self, kernel_id: str, partition: Partition, left: float) -> None:
         text = (
