@@ -8,12 +8,14 @@ amount `InvalidArgument` with the gateway's own message, no capacity `ResourceEx
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cumulus_jupyter import tls
 from cumulus_jupyter.errors import (
     CumulusError,
     InvalidArgument,
@@ -29,13 +31,18 @@ HUB_TOKEN = "JUPYTERHUB_API_TOKEN"  # what JupyterHub gives every single-user se
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Where the gateway is and how to authenticate to it."""
+    """Where the gateway is, how to authenticate to it, and (for ``https://``) which CAs to trust
+    in its certificate: ``ca_bundle``, else ``CUMULUS_CA_BUNDLE``, else the system's
+    (`cumulus_jupyter.tls`)."""
 
     url: str
     token: str
+    ca_bundle: str | None = None
 
     @classmethod
-    def resolve(cls, url: str | None = None, token: str | None = None) -> GatewaySettings:
+    def resolve(
+        cls, url: str | None = None, token: str | None = None, ca_bundle: str | None = None
+    ) -> GatewaySettings:
         """Explicit values first, then ``CUMULUS_GATEWAY_URL`` and ``CUMULUS_TOKEN`` (or the
         file named by ``CUMULUS_TOKEN_FILE``); with neither token set, a JupyterHub
         single-user server's own ``JUPYTERHUB_API_TOKEN``, for a gateway that runs as the hub's
@@ -59,11 +66,21 @@ class GatewaySettings:
                 ) from exc
         if token is None and named:
             token = os.environ.get(HUB_TOKEN)
-        return cls(url, token or "")
+        return cls(url, token or "", tls.bundle_path(ca_bundle))
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.url[4:]
+
+    @property
+    def secure(self) -> bool:
+        return self.url.startswith("https://")
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context that verifies an ``https://`` gateway; None for plain ``http://``. Every
+        connection to the gateway (REST, kernel WebSocket, data path) is made with this one."""
+        return tls.client_context(self.ca_bundle) if self.secure else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -87,7 +104,10 @@ class GatewayClient:
         self.settings = settings
         self.health: dict[str, Any] = {}  # what the last check() learnt
         self._http = httpx.AsyncClient(
-            base_url=settings.url, headers=settings.headers, timeout=timeout
+            base_url=settings.url,
+            headers=settings.headers,
+            timeout=timeout,
+            verify=settings.ssl_context or True,
         )
 
     async def aclose(self) -> None:
@@ -123,7 +143,8 @@ class GatewayClient:
             ) from exc
         except httpx.HTTPError as exc:
             raise Unavailable(
-                f"Cannot reach the Cumulus gateway at {self.settings.url}: {exc}"
+                tls.refusal(exc, self.settings.url)
+                or f"Cannot reach the Cumulus gateway at {self.settings.url}: {exc}"
             ) from exc
         message = _message(response)
         # jupyter_server answers a missing or wrong token with a bare 401/403 "Forbidden"

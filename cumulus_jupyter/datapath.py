@@ -1,4 +1,4 @@
-"""The client's end of the data path: large variables to and from a kernel over plain HTTP.
+"""The client's end of the data path: large variables to and from a kernel over HTTP(S).
 
 ``PUT``/``GET /api/cumulus/kernels/{id}/data/{transfer}`` on the gateway, with ``http.client``
 reading straight into the destination buffers (`cumulus_jupyter.protocol.dataport` has the
@@ -12,20 +12,27 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import ssl
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from cumulus_jupyter import tls
 from cumulus_jupyter.errors import CumulusError, DataChannelError, error_for_status
 from cumulus_jupyter.protocol import dataport
 
 STAGE_THRESHOLD = dataport.STAGE_THRESHOLD
 
 
-def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+def _connection(
+    url: str, timeout: float, context: ssl.SSLContext | None
+) -> tuple[http.client.HTTPConnection, str]:
     parts = urllib.parse.urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return cls(parts.netloc, timeout=timeout), parts.path.rstrip("/")
+    base = parts.path.rstrip("/")
+    if parts.scheme == "https":  # the same verifying context as the REST client's
+        secure = context or tls.client_context()
+        return http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=secure), base
+    return http.client.HTTPConnection(parts.netloc, timeout=timeout), base
 
 
 def _failed(response: http.client.HTTPResponse) -> CumulusError:
@@ -47,10 +54,11 @@ def upload(
     transfer_id: str,
     buffers: Sequence[Any],
     timeout: float = 300.0,
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """PUT ``buffers`` to the kernel's staging area through the gateway (blocking)."""
     views = [memoryview(b).cast("B") for b in buffers]
-    conn, base = _connection(url, timeout)
+    conn, base = _connection(url, timeout, context)
     try:
         conn.putrequest("PUT", f"{base}/api/cumulus/kernels/{kernel_id}/data/{transfer_id}")
         for name, value in headers.items():
@@ -72,10 +80,15 @@ def upload(
 
 
 def download(
-    url: str, headers: dict[str, str], kernel_id: str, transfer_id: str, timeout: float = 300.0
+    url: str,
+    headers: dict[str, str],
+    kernel_id: str,
+    transfer_id: str,
+    timeout: float = 300.0,
+    context: ssl.SSLContext | None = None,
 ) -> list[Any]:
     """GET the buffers the kernel staged under ``transfer_id`` (blocking)."""
-    conn, base = _connection(url, timeout)
+    conn, base = _connection(url, timeout, context)
     try:
         conn.request(
             "GET", f"{base}/api/cumulus/kernels/{kernel_id}/data/{transfer_id}", headers=headers

@@ -16,6 +16,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+from cumulus_jupyter import tls
 from cumulus_jupyter.errors import InvalidArgument, NotFound
 from cumulus_jupyter.protocol import env
 from cumulus_jupyter.protocol.amounts import format_duration, parse_amount, parse_duration
@@ -42,6 +43,9 @@ def spec(
         variables[env.SYNC] = "1"
     if gateway:
         variables[env.GATEWAY_URL] = gateway
+    bundle = tls.bundle_path()
+    if bundle:  # the CA that the install trusted, for a front end started without it
+        variables[env.CA_BUNDLE] = str(Path(bundle).resolve())
     return {
         "argv": [sys.executable, "-m", "cumulus_jupyter.kernel", "-f", "{connection_file}"],
         "display_name": f"Cumulus GPU ({gpu:g} GPU, {format_duration(duration_s)})",

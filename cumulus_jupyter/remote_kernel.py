@@ -16,6 +16,7 @@ from typing import Any
 
 import websockets
 
+from cumulus_jupyter import tls
 from cumulus_jupyter.connection import GatewayClient
 from cumulus_jupyter.errors import CumulusError, Unauthenticated, Unavailable
 from cumulus_jupyter.protocol import env as names
@@ -142,6 +143,7 @@ class RemoteKernel:
                 max_size=None,
                 ping_interval=20,
                 compression=None,
+                ssl=self.client.settings.ssl_context,
             )
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
@@ -154,7 +156,9 @@ class RemoteKernel:
                 f"The gateway refused the WebSocket for kernel {self.id}: {status}"
             ) from exc
         except (OSError, websockets.WebSocketException) as exc:
-            raise Unavailable(f"Cannot open the kernel WebSocket at {url}: {exc}") from exc
+            raise Unavailable(
+                tls.refusal(exc, url) or f"Cannot open the kernel WebSocket at {url}: {exc}"
+            ) from exc
 
     async def reconnect(self) -> None:
         """The WebSocket dropped: come back with the same session id (the gateway buffers what

@@ -578,7 +578,12 @@ class RemoteSession:
         assert self.kernel is not None
         transfer_id = uuid.uuid4().hex
         datapath.upload(
-            self.settings.url, self.settings.headers, self.kernel.id, transfer_id, frames
+            self.settings.url,
+            self.settings.headers,
+            self.kernel.id,
+            transfer_id,
+            frames,
+            context=self.settings.ssl_context,
         )
         self.data_bytes += sum(memoryview(f).nbytes for f in frames)
         return transfer_id
@@ -586,7 +591,11 @@ class RemoteSession:
     def _download(self, transfer_id: str) -> list[Any]:
         assert self.kernel is not None
         buffers = datapath.download(
-            self.settings.url, self.settings.headers, self.kernel.id, transfer_id
+            self.settings.url,
+            self.settings.headers,
+            self.kernel.id,
+            transfer_id,
+            context=self.settings.ssl_context,
         )
         self.data_bytes += sum(len(b) for b in buffers)
         return buffers

@@ -25,6 +25,8 @@ KERNEL_REQUEST_TAG = "KERNEL_REQUEST_TAG"
 GATEWAY_URL = "CUMULUS_GATEWAY_URL"
 TOKEN = "CUMULUS_TOKEN"
 TOKEN_FILE = "CUMULUS_TOKEN_FILE"
+#: a PEM file of the CAs that clients trust for an https:// gateway (`cumulus_jupyter.tls`)
+CA_BUNDLE = "CUMULUS_CA_BUNDLE"
 # the Cumulus GPU kernelspec's options for its proxy kernel
 GPU = "CUMULUS_GPU"
 DURATION = "CUMULUS_DURATION"
@@ -42,12 +44,15 @@ OVERLAYS = "CUMULUS_OVERLAYS"
 CHECKPOINT_URL = "CUMULUS_CHECKPOINT_URL"
 CHECKPOINT_OPTIONS = "CUMULUS_CHECKPOINT_OPTIONS"
 CHECKPOINT_DIR = "CUMULUS_CHECKPOINT_DIR"
+# L2 through the gateway: its checkpoint endpoint and the kernel's owner's token for it
+CHECKPOINT_GATEWAY = "CUMULUS_CHECKPOINT_GATEWAY"
+CHECKPOINT_TOKEN = "CUMULUS_CHECKPOINT_TOKEN"
 # a container's launcher: where and with what to call the gateway back
 CALLBACK_URL = "CUMULUS_CALLBACK_URL"
 CALLBACK_TOKEN = "CUMULUS_CALLBACK_TOKEN"
 KERNEL_IP = "CUMULUS_KERNEL_IP"
 
-#: the gateway's settings that reach kernels anywhere (where checkpoints go, L2)
+#: the gateway's own L2 settings: a kernel gets neither (`gateway.checkpoints` says instead)
 CHECKPOINT_ENV = (CHECKPOINT_URL, CHECKPOINT_OPTIONS)
 
 

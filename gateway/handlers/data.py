@@ -6,6 +6,9 @@ for the whole path. The request is authenticated and scoped like every kernel re
 then signs a request to the kernel's data port with the kernel's own key, waits for the kernel
 to accept it, takes the client's socket from tornado and moves the body kernel-side with
 ``splice(2)``: the bytes never enter this process's memory, and the event loop never sees them.
+Over HTTPS the client's socket carries TLS records, which neither ``splice`` nor a kernel handed
+the socket could read: the gateway then decrypts and relays the body itself (`_TlsRelay`),
+over the kernel's TCP data port.
 
 A kernel with no data port, or whose port is not listening, refuses or fails, is
 `DataChannelError` (502): the client then sends the values in messages. A pull of nothing staged
@@ -22,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from tornado import web
+from tornado import iostream, web
 
 from cumulus_jupyter.errors import (
     CumulusError,
@@ -74,6 +77,9 @@ class DataHandler(CumulusHandler):
         kernel_id, transfer_id = self.path_kwargs["kernel_id"], self.path_kwargs["transfer_id"]
         self.check_kernel_access(kernel_id)
         dataport.check_transfer_id(transfer_id)
+        # the socket itself, not request.protocol (which X-Scheme from a proxy can set)
+        stream = getattr(self.request.connection, "stream", None)
+        self._tls = isinstance(stream, iostream.SSLIOStream)
         if self.request.method == "PUT":
             await self._put(kernel_id, transfer_id)
         else:
@@ -84,14 +90,15 @@ class DataHandler(CumulusHandler):
     async def _open_kernel(self, kernel_id: str, message: dict[str, Any]) -> _KernelEnd:
         """Send the signed request to the kernel's data port and wait for it to accept:
         through its Unix socket when the kernel is on this host (the client's connection will
-        be handed over), else over TCP (the bytes will be relayed)."""
+        be handed over), else, and always for a client on TLS, over TCP (the bytes will be
+        relayed)."""
         km = self.kernels
         if kernel_id not in km:
             raise NotFound(f"No kernel {kernel_id}")
         kernel = km.get_kernel(kernel_id)
         provisioner = kernel.provisioner
         port = getattr(provisioner, "data_port", None)
-        unix_path = getattr(provisioner, "data_socket", None)
+        unix_path = None if self._tls else getattr(provisioner, "data_socket", None)
         if not port:
             raise DataChannelError(f"Kernel {kernel_id} has no data port; send through messages")
         host, key = kernel.ip, kernel.session.key
@@ -143,6 +150,9 @@ class DataHandler(CumulusHandler):
         self._check_cap(total)
         kernel = await self._open_kernel(kernel_id, dataport.request("put", transfer_id, sizes))
         stream = self.detach()
+        if self._tls:
+            await _TlsRelay(stream, kernel.sock, self.log).put(kernel_id, total)
+            return
         try:
             first = await stream.read_bytes(total, partial=True) if total else b""
             client = self._take_client(stream)
@@ -178,6 +188,9 @@ class DataHandler(CumulusHandler):
         total = sum(sizes)
         try:
             self._check_cap(total)
+            if self._tls:
+                await _TlsRelay(self.detach(), kernel.sock, self.log).get(sizes)
+                return
             client = self._take_client(self.detach())
         except Exception:
             kernel.sock.close()
@@ -209,6 +222,73 @@ class DataHandler(CumulusHandler):
             await asyncio.to_thread(work)
         except (OSError, CumulusError) as exc:  # the response has started: only the log can say
             self.log.warning("data transfer %s broke off: %s", self.request.path, exc)
+
+
+class _TlsRelay:
+    """One transfer for a client on TLS: the body is read from (or written to) tornado's
+    SSL stream in chunks and moved to (or from) the kernel's TCP data port, in the event loop."""
+
+    def __init__(self, stream: iostream.IOStream, sock: socket.socket, log: Any) -> None:
+        self.stream, self.sock, self.log = stream, sock, log
+        sock.setblocking(False)
+        self.loop = asyncio.get_running_loop()
+
+    async def _kernel(self, work: Any) -> Any:
+        return await asyncio.wait_for(work, _STALL_TIMEOUT_S)
+
+    async def _read_reply(self) -> dict[str, Any]:
+        self.sock.setblocking(True)  # dataport reads its reply with blocking receives
+        return await asyncio.to_thread(dataport.read_reply, self.sock)
+
+    async def put(self, kernel_id: str, total: int) -> None:
+        with self.sock:
+            try:
+                left = total
+                while left:
+                    chunk = await self.stream.read_bytes(min(left, _CHUNK), partial=True)
+                    await self._kernel(self.loop.sock_sendall(self.sock, chunk))
+                    left -= len(chunk)
+                answer = await self._read_reply()
+            except (OSError, CumulusError, ValueError, TimeoutError) as exc:
+                answer = {"ok": False, "error": f"transfer broke off: {exc}"}
+            if answer.get("ok"):
+                metrics.TRANSFERRED.labels(direction="push").inc(total)
+                await self._answer(_http_response(200, "OK", {"bytes": total}))
+            else:
+                self.log.warning("push to kernel %s failed: %s", kernel_id, answer["error"])
+                await self._answer(_http_response(502, "Bad Gateway", {"message": answer["error"]}))
+
+    async def get(self, sizes: list[int]) -> None:
+        total, buffer = sum(sizes), bytearray(min(sum(sizes), _CHUNK) or 1)
+        frames = f"X-Cumulus-Frames: {','.join(map(str, sizes))}\r\n"
+        with self.sock:
+            try:
+                await self.stream.write(
+                    _http_head(200, "OK", "application/octet-stream", total, frames)
+                )
+                left = total
+                while left:
+                    got = await self._kernel(self.loop.sock_recv_into(self.sock, buffer))
+                    if not got:
+                        raise DataChannelError(f"the kernel stopped {left} bytes short")
+                    await self.stream.write(bytes(buffer[:got]))
+                    left -= got
+                metrics.TRANSFERRED.labels(direction="pull").inc(total)
+            except (OSError, CumulusError, TimeoutError, iostream.StreamClosedError) as exc:
+                self.log.warning("data transfer (pull) broke off: %s", exc)
+            finally:
+                self.stream.close()
+
+    async def _answer(self, response: bytes) -> None:
+        try:
+            await self.stream.write(response)
+        except iostream.StreamClosedError as exc:
+            self.log.warning("data transfer (push) broke off: %s", exc)
+        finally:
+            self.stream.close()
+
+
+_CHUNK = 1 << 20
 
 
 @dataclass

@@ -1,0 +1,234 @@
+"""Encrypted in transit: a real gateway serving HTTPS with a certificate of the test's own CA
+(trustme), and every client of ours through it (REST, kernel WebSocket, the data path, ``run``,
+the CLI, the magic, the proxy kernel), trusting that CA through ``CUMULUS_CA_BUNDLE``. Without
+the CA each refuses in one sentence; plain HTTP goes on working."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import trustme
+from jupyter_client.manager import start_new_kernel
+
+from cumulus_jupyter import kernelspec, tls
+from cumulus_jupyter.connection import GatewayClient, GatewaySettings
+from cumulus_jupyter.errors import InvalidArgument, Unavailable
+from cumulus_jupyter.session import RemoteSession
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.integration
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA of the test's own and a certificate it signed for the loopback gateway."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    where = tmp_path_factory.mktemp("pki")
+    authority = trustme.CA(organization_name="Cumulus test CA")
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    pki = Pki(where / "ca.pem", where / "gateway.pem", where / "gateway.key")
+    authority.cert_pem.write_to_path(str(pki.ca))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(pki.cert), append=True)
+    issued.private_key_pem.write_to_path(str(pki.key))
+    return pki
+
+
+class HttpsGateway(Gateway):
+    """`Gateway` started with ``--certfile``/``--keyfile``: it answers on https:// only."""
+
+    def __init__(self, tmp: Path, pki: Pki) -> None:
+        self.pki = pki
+        super().__init__(
+            tmp / "state" / "chronos.sqlite3",
+            tmp / "gateway.log",
+            f"--certfile={pki.cert}",
+            f"--keyfile={pki.key}",
+        )
+
+    def start(self) -> None:
+        self.url = self.url.replace("http://", "https://", 1)
+        super().start()
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return super().get(path, verify=self.pki.context, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return super().post(path, json, verify=self.pki.context, **kwargs)
+
+    def delete(self, path: str) -> httpx.Response:
+        return httpx.delete(
+            self.url + path, headers=self.headers(), timeout=60, verify=self.pki.context
+        )
+
+
+@pytest.fixture(scope="module")
+def https(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[HttpsGateway]:
+    gw = HttpsGateway(tmp_path_factory.mktemp("https"), pki)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def client_env(gw: HttpsGateway, trusted: bool = True) -> dict[str, str]:
+    """The environment of a user's process pointed at ``gw``, with or without its CA."""
+    variables = {k: v for k, v in os.environ.items() if k != "CUMULUS_CA_BUNDLE"}
+    variables |= {"CUMULUS_GATEWAY_URL": gw.url, "CUMULUS_TOKEN": gw.token}
+    if trusted:
+        variables["CUMULUS_CA_BUNDLE"] = str(gw.pki.ca)
+    return variables
+
+
+def cumulus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).with_name("cumulus")), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_rest_websocket_and_data_path_run_over_https(https: HttpsGateway) -> None:
+    settings = GatewaySettings.resolve(https.url, https.token, ca_bundle=str(https.pki.ca))
+    assert settings.ssl_context is not None
+    session = RemoteSession("tls", settings)
+    session.start("0.2", "10m", lambda line: None)
+    try:
+        big = np.random.default_rng(7).random(2 * MIB)  # 16 MiB: above the staging threshold
+        session.push({"big": big, "small": [1, 2]})
+        assert session.data_bytes >= big.nbytes, session.data_error  # data path, not messages
+        reply = session.execute("doubled = big * 2", lambda message: None)
+        assert reply["content"]["status"] == "ok"
+        values, missing = session.pull(["doubled", "small"])
+        assert missing == []
+        np.testing.assert_array_equal(values["doubled"], big * 2)
+        assert values["small"] == [1, 2]
+        assert session.data_bytes >= 2 * big.nbytes
+    finally:
+        session.release()
+
+
+RUN_SCRIPT = textwrap.dedent(
+    """
+    from cumulus_jupyter import run
+
+    def triple(x):
+        return 3 * x
+
+    print("result", run(triple, 14, gpu=0.2, duration="2m"))
+    """
+)
+
+
+def test_run_and_the_cli_trust_the_ca_bundle(https: HttpsGateway) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=client_env(https),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "result 42" in done.stdout
+    listed = cumulus("list", env=client_env(https))
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_the_magic_runs_a_cell_over_https(https: HttpsGateway) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in client_env(https).items():
+            mp.setenv(name, value)
+        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    try:
+        for code in ("%load_ext cumulus_jupyter", "x = 6"):
+            assert kc.execute_interactive(code, timeout=60)["content"]["status"] == "ok"
+        cell = "%%cumulus --gpu 0.2 --duration 5m\ny = x * 7"
+        assert kc.execute_interactive(cell, timeout=180)["content"]["status"] == "ok"
+        outputs: list[dict[str, Any]] = []
+        kc.execute_interactive("print(y)", timeout=60, output_hook=outputs.append)
+        printed = "".join(
+            m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"
+        )
+        assert printed.strip() == "42"
+        kc.execute_interactive("%cumulus release", timeout=120)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_the_proxy_kernel_takes_its_ca_from_the_kernelspec(
+    https: HttpsGateway, tmp_path: Path
+) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in client_env(https).items():
+            mp.setenv(name, value)
+        mp.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+        name, where = kernelspec.install("0.2", "10m", prefix=str(tmp_path))
+        spec = json.loads((Path(where) / "kernel.json").read_text())
+        assert spec["env"]["CUMULUS_CA_BUNDLE"] == str(https.pki.ca.resolve())
+        mp.delenv("CUMULUS_CA_BUNDLE")  # the front end has no CA of its own: the spec has it
+        km, kc = start_new_kernel(kernel_name=name, startup_timeout=120)
+    try:
+        outputs: list[dict[str, Any]] = []
+        reply = kc.execute_interactive("print(6 * 7)", timeout=120, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        printed = "".join(
+            m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"
+        )
+        assert printed.strip().endswith("42")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def test_without_the_ca_clients_refuse_in_one_sentence(
+    https: HttpsGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUMULUS_CA_BUNDLE", raising=False)
+    with pytest.raises(Unavailable, match="does not trust") as refused:
+        asyncio.run(_check(GatewaySettings.resolve(https.url, https.token)))
+    assert "CUMULUS_CA_BUNDLE" in str(refused.value)
+    done = cumulus("list", env=client_env(https, trusted=False))
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "does not trust" in done.stderr and "CUMULUS_CA_BUNDLE" in done.stderr
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        tls.client_context("/nonexistent/ca.pem")
+
+
+def test_plain_http_still_works(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULUS_CA_BUNDLE", "/nonexistent/ca.pem")  # never read for http://
+    plain = GatewaySettings.resolve(gateway.url, gateway.token)
+    assert plain.ssl_context is None
+    assert asyncio.run(_check(plain))["status"] == "ok"
+
+
+async def _check(settings: GatewaySettings) -> dict[str, Any]:
+    client = GatewayClient(settings)
+    try:
+        return await client.check()
+    finally:
+        await client.aclose()
