@@ -1,5 +1,10 @@
-"""``cumulus``: the user's command line: batch jobs (submit, get, list, logs, cancel), more time
-for a partition (``cumulus extend ID 30m``) and the Cumulus GPU kernelspecs."""
+"""``cumulus``: the user's command line: batch jobs (submit, get, list, logs, cancel, result),
+more time for a partition (``cumulus extend ID 30m``) and the Cumulus GPU kernelspecs.
+
+``cumulus submit TARGET``: an existing directory is a directory job (``main.py`` with
+``main()``), a zip of one likewise, an existing file (or a name like ``x.py``) a script, and
+anything else is code, as with ``-c``. ``list`` and ``get`` colour the states on a terminal,
+never when piped or with ``NO_COLOR`` set."""
 
 from __future__ import annotations
 
@@ -60,8 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _job_commands(sub: Any) -> None:
-    submit = sub.add_parser("submit", help="run a script (or -c CODE) as a job in a partition")
-    submit.add_argument("script", nargs="?", help="the Python script to run")
+    submit = sub.add_parser(
+        "submit",
+        help="run a directory (main.py with main()), a script or code as a job in a partition",
+    )
+    submit.add_argument(
+        "script", nargs="?", metavar="TARGET",
+        help="a job directory (main.py defining main(), optional requirements.txt) or a zip "
+        "of one, a Python script, or code to run (like -c)",
+    )  # fmt: skip
     submit.add_argument("-c", dest="code", help="run this code instead of a script")
     submit.add_argument("--gpu", default="0.5", help="0.1-0.9 or whole number 1-8 (default 0.5)")
     submit.add_argument("--duration", default="1h", help='60 s to 24 h: 90, "30m", "2h"')
@@ -83,6 +95,9 @@ def _job_commands(sub: Any) -> None:
     logs.add_argument("--follow", "-f", action="store_true", help="until the job ends")
     cancel = sub.add_parser("cancel", help="stop a job (its partition is released)")
     cancel.add_argument("job_id")
+    result = sub.add_parser("result", help="a directory job's result document, as JSON")
+    result.add_argument("job_id")
+    result.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")
     for p in (submit, get, sub.choices["list"], logs, cancel):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")
@@ -121,11 +136,24 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+def _submission(args: argparse.Namespace) -> dict[str, Any]:
+    """The body for ``cumulus submit``: a directory, a zip, a script or code (`jobs.kind_of`)."""
+    requirements = _requirements(args.requirements)
+    kind = jobs.kind_of(args.script) if args.script is not None and args.code is None else ""
+    if kind in ("directory", "zip"):
+        return jobs.directory_body(args.script, args.gpu, args.duration, requirements)
+    if kind == "code":
+        return jobs.script_body(None, args.script, args.gpu, args.duration, requirements)
+    return jobs.script_body(args.script, args.code, args.gpu, args.duration, requirements)
+
+
 async def _job_command(client: GatewayClient, args: argparse.Namespace) -> int:
+    if args.command == "result":
+        document = await jobs.document(client, args.job_id)
+        print(json.dumps(document, indent=2))
+        return 0 if document.get("status") == "success" else 1
     if args.command == "submit":
-        body = jobs.script_body(
-            args.script, args.code, args.gpu, args.duration, _requirements(args.requirements)
-        )
+        body = _submission(args)
         if args.resume:
             body["resume"] = args.resume
         if args.checkpoint_before_expiry:
@@ -146,14 +174,14 @@ async def _job_command(client: GatewayClient, args: argparse.Namespace) -> int:
             return 0
     elif args.command == "list":
         listed = await jobs.listing(client)
-        print(json.dumps(listed) if args.json else jobs.table(listed))
+        print(json.dumps(listed) if args.json else jobs.table(listed, jobs.use_colour(sys.stdout)))
         return 0
     elif args.command == "cancel":
         job = await jobs.cancel(client, args.job_id)
     else:
         job = await jobs.get(client, args.job_id)
         if not args.json:
-            print(jobs.describe(job))
+            print(jobs.describe(job, jobs.use_colour(sys.stdout)))
         else:
             print(json.dumps(job))
         return 0

@@ -4,22 +4,71 @@
 gateway runs it in a partition in a kernel of its own and keeps its state and output, so the
 terminal may go away. `follow` shows the queue position while the job waits, then streams its
 output until it ends.
+
+``cumulus submit DIR`` (or a zip of one) is the seed's job: ``main.py`` defining ``main()``,
+optionally ``requirements.txt``, packed as a zip (`cumulus_jupyter.protocol.jobarchive`: capped,
+no unsafe names, checked here before anything is sent and again by the gateway). Its result
+document is ``cumulus result ID``; from Python, `result` gives ``main()``'s value itself (a
+result that was not JSON-serialisable comes back unpickled), and `submit_directory` / `wait`
+drive a job without the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
-from cumulus_jupyter.connection import GatewayClient
-from cumulus_jupyter.errors import InvalidArgument
+from cumulus_jupyter import loop
+from cumulus_jupyter.connection import GatewayClient, GatewaySettings
+from cumulus_jupyter.errors import InvalidArgument, RemoteError
+from cumulus_jupyter.protocol import jobarchive
+from cumulus_jupyter.protocol.amounts import parse_amount
 from cumulus_jupyter.remote_kernel import estimated_start, own_entry
+
+__all__ = ["result", "result_document", "submit_directory", "wait"]
 
 FINAL = ("completed", "failed", "cancelled")
 POLL_S = 0.5
+T = TypeVar("T")
+#: a positional argument of this shape names a file (that should exist), not code
+_FILE_NAME = re.compile(r"[^\s;()=\"']+\.(py|zip)")
+
+
+def kind_of(target: str) -> str:
+    """What ``cumulus submit TARGET`` means: ``directory`` (an existing one), ``zip`` or
+    ``script`` (an existing file, or a name like ``x.py`` that then must exist), else ``code``."""
+    path = Path(target)
+    if path.is_dir() or (target.endswith("/") and "\n" not in target):
+        return "directory"
+    if path.suffix == ".zip" and (path.is_file() or _FILE_NAME.fullmatch(target)):
+        return "zip"
+    if path.is_file() or _FILE_NAME.fullmatch(target):
+        return "script"
+    return "code"
+
+
+def directory_body(target: str, gpu: str, duration: str, requirements: list[str]) -> dict[str, Any]:
+    """The submission of a job directory (or a zip of one), checked here first: no main.py,
+    no main(), over the cap or unsafe names are `InvalidArgument` with nothing sent."""
+    path = Path(target)
+    if path.is_dir():
+        data = jobarchive.pack(path)
+        name = path.resolve().name
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"Cannot read {target}: {exc.strerror}") from exc
+        jobarchive.inspect(data)
+        name = path.stem
+    return {"archive": base64.b64encode(data).decode(), "name": name, "gpu": gpu,
+            "duration": duration, "requirements": requirements}  # fmt: skip
 
 
 def script_body(
@@ -56,6 +105,29 @@ async def listing(client: GatewayClient) -> list[dict[str, Any]]:
 
 async def cancel(client: GatewayClient, job_id: str) -> dict[str, Any]:
     return dict(await client.request("DELETE", f"/api/cumulus/jobs/{job_id}"))
+
+
+async def document(client: GatewayClient, job_id: str) -> dict[str, Any]:
+    """A directory job's result document (`NotFound` for a script job, `Conflict` before
+    it ended)."""
+    return dict(await client.request("GET", f"/api/cumulus/jobs/{job_id}/result"))
+
+
+async def value(client: GatewayClient, job_id: str) -> Any:
+    """``main()``'s value: from the document, or unpickled when it was not JSON; an error
+    document is raised as `RemoteError` with the job's traceback."""
+    doc = await document(client, job_id)
+    if doc["status"] != "success":
+        raise RemoteError(
+            str(doc.get("error_type", "Error")), str(doc.get("error", "")),
+            str(doc.get("traceback") or "").splitlines(),
+        )  # fmt: skip
+    if doc.get("result_serializable", True):
+        return doc["result"]
+    response = await client.respond("GET", f"/api/cumulus/jobs/{job_id}/result/pickle")
+    import cloudpickle
+
+    return cloudpickle.loads(response.content)
 
 
 async def log_chunk(client: GatewayClient, job_id: str, offset: int) -> tuple[str, int, str]:
@@ -105,15 +177,35 @@ async def follow(
         await asyncio.sleep(POLL_S)
 
 
-def describe(job: dict[str, Any]) -> str:
+# -- colours: on a terminal only ----------------------------------------------------------------
+
+_STATE_COLOURS = {"pending": "33", "running": "36", "completed": "32", "failed": "31",
+                  "cancelled": "35"}  # fmt: skip
+
+
+def use_colour(stream: IO[str]) -> bool:
+    """Colour for a terminal; never when piped, with ``NO_COLOR`` set, or on a dumb terminal."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def paint(state: str, text: str, colour: bool) -> str:
+    """``text`` (a state, maybe padded) in its state's colour when ``colour``."""
+    code = _STATE_COLOURS.get(state)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def describe(job: dict[str, Any], colour: bool = False) -> str:
     """One line for the end of a job."""
     where = f" on {job['device']}" if job.get("device") else ""
     took = f" in {job['runtime_s']:.1f} s" if job.get("runtime_s") is not None else ""
     why = f": {job['error']}" if job.get("error") else ""
-    return f"{job['id']} {job['state']}{took}{where}{why}"
+    return f"{job['id']} {paint(job['state'], job['state'], colour)}{took}{where}{why}"
 
 
-def table(jobs: list[dict[str, Any]]) -> str:
+def table(jobs: list[dict[str, Any]], colour: bool = False) -> str:
     """``cumulus list``: id, user, state, gpu, device, started, runtime."""
     heads = ("ID", "USER", "STATE", "GPU", "DEVICE", "STARTED", "RUNTIME")
     rows = [heads]
@@ -127,9 +219,68 @@ def table(jobs: list[dict[str, Any]]) -> str:
         rows.append((job["id"], job["owner"], job["state"], job["gpu"], job.get("device") or "-",
                      started, runtime))  # fmt: skip
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(heads))]
-    return "\n".join(
-        "  ".join(
-            str(value).ljust(width) for value, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in rows
-    )
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [str(value).ljust(width) for value, width in zip(row, widths, strict=True)]
+        if number:  # padded first, so the colour codes do not shift the columns
+            cells[2] = paint(str(row[2]), cells[2], colour)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# -- from Python: the same, synchronously -------------------------------------------------------
+
+
+def _call(gateway: str | None, token: str | None, work: Callable[[GatewayClient], Any]) -> Any:
+    async def run() -> Any:
+        client = GatewayClient(GatewaySettings.resolve(gateway, token))
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    coro: Coroutine[Any, Any, Any] = run()
+    return loop.call(coro)
+
+
+def submit_directory(
+    directory: str | os.PathLike[str],
+    *,
+    gpu: str | float = 0.5,
+    duration: str | int = "1h",
+    requirements: Sequence[str] = (),
+    gateway: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Submit a job directory (``main.py`` with ``main()``, optional ``requirements.txt``) or
+    a zip of one; its job id. Checked before anything is sent (`InvalidArgument`)."""
+    parse_amount(gpu)
+    body = directory_body(str(directory), str(gpu), str(duration), list(requirements))
+    job: dict[str, Any] = _call(gateway, token, lambda client: submit(client, body))
+    return str(job["id"])
+
+
+def wait(
+    job_id: str, *, gateway: str | None = None, token: str | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Wait for the job to end, passing its output to ``on_output`` (default: dropped); the
+    final job, with its result document under ``result``."""
+    shown = on_output or (lambda text: None)
+
+    async def work(client: GatewayClient) -> dict[str, Any]:
+        await follow(client, job_id, shown, lambda line: None)
+        return await get(client, job_id)
+
+    return dict(_call(gateway, token, work))
+
+
+def result_document(job_id: str, *, gateway: str | None = None, token: str | None = None) -> Any:
+    """The job's result document, as ``cumulus result ID`` prints it."""
+    return _call(gateway, token, lambda client: document(client, job_id))
+
+
+def result(job_id: str, *, gateway: str | None = None, token: str | None = None) -> Any:
+    """What the directory job's ``main()`` returned (unpickled when it was not JSON); its
+    failure as `RemoteError`; `Conflict` while it has not ended."""
+    return _call(gateway, token, lambda client: value(client, job_id))

@@ -189,6 +189,7 @@ class CumulusGateway(ServerApp):
             kernels=lambda: len(manager.list_kernel_ids()),
             partitions=lambda: len(services.broker.partitions()),
             queue=lambda: services.broker.queue_length,
+            workers=lambda: len(services.registry.partitions),
         )
         self.supervisor = ExpirySupervisor(services, manager)
         self._supervise = Ticker(self.supervisor.tick, self.supervise_interval, self.log)

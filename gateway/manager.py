@@ -26,6 +26,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from traitlets import Enum, Float, Int, Unicode, default
 
 from cumulus_jupyter.errors import Internal, InvalidArgument
+from gateway import metrics
 from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.provisioner import CumulusProvisioner
@@ -197,11 +198,13 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         try:
             started: str = await super().start_kernel(kernel_id=kernel_id, path=path, **kwargs)
             await self._save(started)
-        except BaseException:
+        except BaseException as exc:
+            metrics.assignment(exc)
             await self._scrap(kernel_id)
             raise
         finally:
             self._starting.pop(kernel_id, None)
+        metrics.assignment(None)
         return started
 
     def pre_start_kernel(self, kernel_name: str | None, kwargs: Any) -> tuple[Any, str, str]:

@@ -1,12 +1,19 @@
 """Prometheus metrics, served with jupyter_server's own at ``/metrics`` (token required, as
 for every endpoint): kernels, partitions, queue length, allocation latency, free capacity,
-device utilization, time spent in the queue, and the GPUs each user holds."""
+device utilization, time spent in the queue, and the GPUs each user holds; and the seed's
+three, under its names: ``cumulus_worker_assignments_total{status}`` (each kernel start, a
+batch job's included, by how it ended: a kernel placed on a worker in a partition, or not),
+``cumulus_active_workers`` (kernels holding a partition now: the seed's workers) and
+``cumulus_job_duration_seconds{status}`` (batch jobs, by their final state)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from cumulus_jupyter.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
 KERNELS = Gauge("cumulus_kernels", "Kernels running in partitions")
 PARTITIONS = Gauge("cumulus_partitions_active", "Active Chronos partitions on this gateway's node")
@@ -34,14 +41,58 @@ TRANSFERRED = Counter(
     ["direction"],
 )
 
+#: the outcomes `assignment` counts, each exported from the start (at 0)
+ASSIGNMENT_STATUSES = ("assigned", "refused", "invalid", "timed_out", "cancelled", "failed")
+WORKER_ASSIGNMENTS = Counter(
+    "cumulus_worker_assignments",  # exported as cumulus_worker_assignments_total
+    "Kernel starts (batch jobs' included) by outcome: assigned (placed on a worker in a "
+    "partition), refused (no capacity, a quota), invalid (a bad request), timed_out (waited "
+    "past its launch timeout), cancelled (its requester left), failed (the launch failed)",
+    ["status"],
+)
+for _status in ASSIGNMENT_STATUSES:
+    WORKER_ASSIGNMENTS.labels(status=_status)
+ACTIVE_WORKERS = Gauge(
+    "cumulus_active_workers", "Kernels holding a partition now (batch jobs' included)"
+)
+JOB_DURATION = Histogram(
+    "cumulus_job_duration_seconds",
+    "Batch jobs' time from their start (or, for one that never started, their submission) "
+    "to their end, by final state: completed, failed, cancelled",
+    ["status"],
+    buckets=(1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+
+
+def assignment(error: BaseException | None) -> None:
+    """Count a kernel start that ended (``error``: how it failed; None: it started)."""
+    if error is None:
+        status = "assigned"
+    elif isinstance(error, ResourceExhausted):
+        status = "refused"
+    elif isinstance(error, InvalidArgument):
+        status = "invalid"
+    elif isinstance(error, DeadlineExceeded | TimeoutError):
+        status = "timed_out"
+    elif isinstance(error, asyncio.CancelledError):
+        status = "cancelled"
+    else:
+        status = "failed"
+    WORKER_ASSIGNMENTS.labels(status=status).inc()
+
 
 def bind(
-    kernels: Callable[[], int], partitions: Callable[[], int], queue: Callable[[], int]
+    kernels: Callable[[], int],
+    partitions: Callable[[], int],
+    queue: Callable[[], int],
+    workers: Callable[[], int] | None = None,
 ) -> None:
     """Read the gauges from the live gateway whenever ``/metrics`` is scraped."""
     KERNELS.set_function(kernels)
     PARTITIONS.set_function(partitions)
     QUEUE.set_function(queue)
+    if workers is not None:
+        ACTIVE_WORKERS.set_function(workers)
 
 
 def update_devices(free: Iterable[tuple[str, float]]) -> None:

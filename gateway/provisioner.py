@@ -140,13 +140,15 @@ class CumulusProvisioner(LocalProvisioner):
         services = self.services
         on_host = services.runtime.on_gateway_host
         base = {k: v for k, v in os.environ.items() if on_host and not _SECRET_ENV.search(k)}
-        # where checkpoints go (L2) is the gateway's setting, for kernels anywhere
-        base |= {k: os.environ[k] for k in names.CHECKPOINT_ENV if k in os.environ}
+        # L2's credentials stay here: a kernel reaches its owner's prefix through the gateway
+        for name in names.CHECKPOINT_ENV:
+            base.pop(name, None)
         base |= self.kernel_spec.env or {}
         base |= request_env
         base |= confinement_env(partition, services.broker.devices)
         base[names.KERNEL_ID] = self.kernel_id
         host = str(getattr(self.parent, "ip", "") or "127.0.0.1")
+        base |= services.checkpoints.kernel_env(partition.owner, self._gateway_url(host))
         if self.data_port is None:  # kept across restarts, like the partition
             self.data_port = _free_port(host)
         base[names.DATA_HOST] = host
@@ -157,6 +159,17 @@ class CumulusProvisioner(LocalProvisioner):
         if self.data_socket:
             base[names.DATA_SOCKET] = self.data_socket
         return base
+
+    def _gateway_url(self, host: str) -> str:
+        """The gateway as this kernel reaches it (a container: as its runtime says)."""
+        runtime_url = getattr(self.services.runtime, "base_url", None)  # a container runtime's
+        if callable(runtime_url):
+            return str(runtime_url())
+        settings = self.services.settings
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{settings.port}{(settings.base_url or '/').rstrip('/')}"
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.partition is not None

@@ -8,6 +8,7 @@ the job runner get the parts they use. Nobody walks up a ``parent`` chain to fin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
@@ -18,6 +19,7 @@ from cumulus_jupyter.errors import CumulusError
 from gateway import metrics
 from gateway.broker import PartitionBroker
 from gateway.callback import Callbacks
+from gateway.checkpoints import CheckpointStore
 from gateway.errors import chronos_boundary
 from gateway.jobs.runner import JobRunner
 from gateway.jobs.store import JobStore
@@ -37,6 +39,7 @@ class Services:
     callbacks: Callbacks  # tokens of kernels in containers
     registry: KernelRegistry  # the live kernels' partitions, end reasons, connections
     jobs: JobRunner
+    checkpoints: CheckpointStore  # L2 per owner, and kernels' checkpoint tokens
 
     @classmethod
     def build(
@@ -70,7 +73,17 @@ class Services:
         )
         registry = KernelRegistry()
         jobs = JobRunner(kernels, JobStore(store.path), registry, settings)
-        return cls(settings, runtime, broker, KernelRecords(store.path), callbacks, registry, jobs)
+        checkpoints = CheckpointStore.from_environment(Path(store.path).parent)
+        return cls(
+            settings,
+            runtime,
+            broker,
+            KernelRecords(store.path),
+            callbacks,
+            registry,
+            jobs,
+            checkpoints,
+        )
 
     def refresh(self) -> dict[str, Partition]:
         """Every kernel's partition as the store has it now (an operator may have changed

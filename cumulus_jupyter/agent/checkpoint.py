@@ -6,6 +6,12 @@ fsspec URL in ``CUMULUS_CHECKPOINT_URL`` (``s3://bucket/prefix``, ``file:///shar
 such as an S3 ``endpoint_url`` as JSON in ``CUMULUS_CHECKPOINT_OPTIONS``). ``load(name)`` reads
 from L1 when the checkpoint is there, else from L2 (and keeps an L1 copy).
 
+Both are per owner. In a remote kernel the gateway sets ``CUMULUS_CHECKPOINT_DIR`` to the
+owner's own L1 directory (the only one its sandbox mounts) and gives no L2 credentials: L2 is
+reached through the gateway (``CUMULUS_CHECKPOINT_GATEWAY`` with the owner's
+``CUMULUS_CHECKPOINT_TOKEN``), which keeps each owner under a prefix of its own
+(`gateway.checkpoints`); ``CUMULUS_CHECKPOINT_URL`` then names that prefix, for messages.
+
 Objects are stored through their own savers when they have one: PyTorch modules and state dicts
 (``torch.save`` of the state dict), NumPy arrays (``.npy``), XGBoost and LightGBM models
 (``save_model``); anything else, scikit-learn models included, with cloudpickle. A dict of
@@ -220,36 +226,101 @@ def wait_for_copies(timeout: float | None = None) -> None:
 # ---------------------------------------------------------------- L2
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
-    import fsspec
+class _FsspecL2:
+    """L2 as an fsspec URL this process holds the credentials of (a job on a host of its own,
+    a script): ``NAME/vN/FILE`` under it."""
 
-    raw = os.environ.get(env.CHECKPOINT_OPTIONS)
-    try:
-        options = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"CUMULUS_CHECKPOINT_OPTIONS is not JSON: {exc}") from exc
-    fs, root = fsspec.core.url_to_fs(url, **options)
-    return fs, str(root).rstrip("/")
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        raw = os.environ.get(env.CHECKPOINT_OPTIONS)
+        try:
+            options = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"CUMULUS_CHECKPOINT_OPTIONS is not JSON: {exc}") from exc
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        self.root = str(root).rstrip("/")
+
+    def versions(self, name: str) -> list[int]:
+        fs, base = self.fs, f"{self.root}/{name}"
+        listed = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base)]
+        return sorted(
+            int(v[1:]) for v in listed if v[1:].isdigit() and fs.exists(f"{base}/{v}/{MANIFEST}")
+        )
+
+    def put(self, name: str, version: int, file: str, data: bytes) -> None:
+        target = f"{self.root}/{name}/v{version}"
+        self.fs.makedirs(target, exist_ok=True)  # a directory on a file system; nothing on S3
+        self.fs.pipe_file(f"{target}/{file}", data)
+
+    def get(self, name: str, version: int, file: str) -> bytes:
+        return bytes(self.fs.cat_file(f"{self.root}/{name}/v{version}/{file}"))
+
+
+class _GatewayL2:
+    """L2 through the gateway (`gateway.checkpoints`), what a remote kernel has: the
+    gateway holds the credentials, and this kernel's token reaches its owner's prefix only."""
+
+    def __init__(self, endpoint: str, token: str) -> None:
+        import httpx
+
+        self.client = httpx.Client(
+            base_url=endpoint.rstrip("/") + "/", timeout=300,
+            headers={"Authorization": f"checkpoint {token}"},
+        )  # fmt: skip
+
+    def _call(self, method: str, path: str, content: bytes | None = None) -> Any:
+        response = self.client.request(method, path, content=content)
+        if response.status_code == 404:
+            raise FileNotFoundError(path)
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise OSError(f"the gateway answered {response.status_code}: {message}")
+        return response
+
+    def versions(self, name: str) -> list[int]:
+        return list(self._call("GET", name).json()["versions"])
+
+    def put(self, name: str, version: int, file: str, data: bytes) -> None:
+        self._call("PUT", f"{name}/{version}/{file}", data)
+
+    def get(self, name: str, version: int, file: str) -> bytes:
+        return bytes(self._call("GET", f"{name}/{version}/{file}").content)
+
+
+_GATEWAYS: dict[tuple[str, str], _GatewayL2] = {}  # one connection pool per endpoint
+
+
+def _l2() -> _FsspecL2 | _GatewayL2:
+    gateway, token = os.environ.get(env.CHECKPOINT_GATEWAY), os.environ.get(env.CHECKPOINT_TOKEN)
+    if gateway and token:
+        if (gateway, token) not in _GATEWAYS:
+            _GATEWAYS[(gateway, token)] = _GatewayL2(gateway, token)
+        return _GATEWAYS[(gateway, token)]
+    url = l2_url()
+    assert url is not None
+    return _FsspecL2(url)
 
 
 def _to_l2_logged(name: str, version: int, url: str) -> None:
     try:
-        _to_l2(name, version, url)
+        _to_l2(name, version)
     except Exception as exc:
         _L2_ERRORS[(name, version)] = (
             f"Copying checkpoint {name} v{version} to {url} failed: {exc}; it is on L1 only"
         )
 
 
-def _to_l2(name: str, version: int, url: str) -> None:
-    fs, root = _filesystem(url)
+def _to_l2(name: str, version: int) -> None:
+    store = _l2()
     source = l1_root() / name / f"v{version}"
-    target = f"{root}/{name}/v{version}"
     manifest = json.loads((source / MANIFEST).read_text())
-    fs.makedirs(target, exist_ok=True)  # a directory on a file system; nothing on S3
     for entry in manifest["files"].values():
-        fs.pipe_file(f"{target}/{entry['file']}", (source / entry["file"]).read_bytes())
-    fs.pipe_file(f"{target}/{MANIFEST}", (source / MANIFEST).read_bytes())  # last: complete
+        store.put(name, version, entry["file"], (source / entry["file"]).read_bytes())
+    store.put(name, version, MANIFEST, (source / MANIFEST).read_bytes())  # last: complete
 
 
 def _from_l2(name: str, version: int | None) -> tuple[Path, dict[str, Any]]:
@@ -257,23 +328,18 @@ def _from_l2(name: str, version: int | None) -> tuple[Path, dict[str, Any]]:
     if not url:
         raise NotFound(f"No checkpoint {name} on this host, and no CUMULUS_CHECKPOINT_URL (L2)")
     try:
-        fs, root = _filesystem(url)
+        store = _l2()
         if version is None:
-            listed = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{name}")]
-            complete = sorted(
-                int(v[1:]) for v in listed
-                if v[1:].isdigit() and fs.exists(f"{root}/{name}/{v}/{MANIFEST}")
-            )  # fmt: skip
+            complete = store.versions(name)
             if not complete:
                 raise FileNotFoundError(name)
             version = complete[-1]
-        remote = f"{root}/{name}/v{version}"
-        manifest = json.loads(fs.cat_file(f"{remote}/{MANIFEST}"))
+        manifest = json.loads(store.get(name, version, MANIFEST))
         directory = l1_root() / name
         directory.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
         for entry in manifest["files"].values():
-            (building / entry["file"]).write_bytes(fs.cat_file(f"{remote}/{entry['file']}"))
+            (building / entry["file"]).write_bytes(store.get(name, version, entry["file"]))
         (building / MANIFEST).write_text(json.dumps(manifest))
     except FileNotFoundError as exc:
         raise NotFound(f"No checkpoint {name} on this host or in {url}") from exc

@@ -44,12 +44,15 @@ OVERLAYS = "CUMULUS_OVERLAYS"
 CHECKPOINT_URL = "CUMULUS_CHECKPOINT_URL"
 CHECKPOINT_OPTIONS = "CUMULUS_CHECKPOINT_OPTIONS"
 CHECKPOINT_DIR = "CUMULUS_CHECKPOINT_DIR"
+# L2 through the gateway: its checkpoint endpoint and the kernel's owner's token for it
+CHECKPOINT_GATEWAY = "CUMULUS_CHECKPOINT_GATEWAY"
+CHECKPOINT_TOKEN = "CUMULUS_CHECKPOINT_TOKEN"
 # a container's launcher: where and with what to call the gateway back
 CALLBACK_URL = "CUMULUS_CALLBACK_URL"
 CALLBACK_TOKEN = "CUMULUS_CALLBACK_TOKEN"
 KERNEL_IP = "CUMULUS_KERNEL_IP"
 
-#: the gateway's settings that reach kernels anywhere (where checkpoints go, L2)
+#: the gateway's own L2 settings: a kernel gets neither (`gateway.checkpoints` says instead)
 CHECKPOINT_ENV = (CHECKPOINT_URL, CHECKPOINT_OPTIONS)
 
 

@@ -7,6 +7,7 @@ name (its ``default_handlers`` list, see `gateway.app`):
   jupyter_server's own;
 - `gateway.handlers.cumulus`: ``/api/cumulus/{health,devices,partitions,queue}``;
 - `gateway.handlers.jobs`: ``/api/cumulus/jobs``;
+- `gateway.handlers.checkpoints`: ``/api/cumulus/checkpoints``, an owner's checkpoints on L2;
 - `gateway.handlers.data`: ``/api/cumulus/kernels/{id}/data/{transfer}``, the data path;
 - `gateway.handlers.callback`: ``/api/cumulus/kernels/{id}/callback``, kernels in containers;
 - `gateway.handlers.server`: jupyter_server's ``/api``, ``/api/kernelspecs`` and ``/metrics``,
@@ -19,5 +20,6 @@ SERVICES = [
     "gateway.handlers.data",
     "gateway.handlers.callback",
     "gateway.handlers.jobs",
+    "gateway.handlers.checkpoints",
     "gateway.handlers.server",
 ]

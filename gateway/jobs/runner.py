@@ -4,15 +4,22 @@ It starts the kernel through the gateway's kernel manager (so the job waits in t
 queue like any request, up to ``job_queue_timeout``), runs what `cumulus_jupyter.protocol.code`
 builds before the job's own code (restoring a checkpoint, arming one before expiry, installing
 the requirements), then the code, writing every output to the job's log; and shuts the kernel
-down at the end, which releases the partition. A job that was pending or running when the
-gateway stopped is marked failed on the next start ("the gateway restarted"): nothing is re-run
-behind the user's back.
+down at the end, which releases the partition. A directory job's code is the agent's
+(`cumulus_jupyter.agent.job`): it unpacks the zip and calls ``main()``; the result document it
+publishes is kept (`JobStore.save_result`), and decides the job's state. A directory job that
+ends before its ``main()`` could report (its requirements failed, its partition expired, it
+was cancelled) gets an error document of the gateway's, so every ended one has a document.
+A job that was pending or running when the gateway stopped is marked failed on the next start
+("the gateway restarted"): nothing is re-run behind the user's back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import datetime
 import re
 import time
 from typing import Any
@@ -23,6 +30,8 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from cumulus_jupyter.errors import KernelDied, PartitionExpired
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.protocol import env as names
+from cumulus_jupyter.protocol.jobarchive import RESULT_MIME
+from gateway import metrics
 from gateway.jobs.model import Job, JobState
 from gateway.jobs.store import JobStore
 from gateway.registry import KernelRegistry
@@ -49,6 +58,7 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._kernel_ids: set[str] = set()  # the kernels jobs run in now
         self._stopping: set[asyncio.Task[None]] = set()
+        self._documents: dict[str, dict[str, Any]] = {}  # directory jobs' results, as they come
 
     def runs(self, kernel_id: str) -> bool:
         """Whether a job runs in this kernel (no client connects to a job's kernel)."""
@@ -59,14 +69,20 @@ class JobRunner:
         are marked failed and their kernels (adopted like any other) shut down."""
         for job in self.store.all():
             if not job.state.final:
-                self._finish(job, JobState.FAILED, "the gateway restarted while the job ran")
+                self._finish(
+                    job, JobState.FAILED, "the gateway restarted while the job ran",
+                    "GatewayRestarted",
+                )  # fmt: skip
                 if job.kernel_id and job.kernel_id in self.kernels:
                     with contextlib.suppress(Exception):
                         await self.kernels.shutdown_kernel(job.kernel_id, now=True)
         self.store.prune(self.settings.job_retention)
 
-    def submit(self, job: Job, exempt: bool = False) -> Job:
-        """Run ``job``; ``exempt``: submitted with the operator token (no quotas apply)."""
+    def submit(self, job: Job, archive: bytes | None = None, exempt: bool = False) -> Job:
+        """Run ``job`` (a directory job: from ``archive``, its zip, checked); ``exempt``:
+        submitted with the operator token (no quotas apply)."""
+        if archive is not None:
+            self.store.save_archive(job.id, archive)
         self.store.save(job)
         self.store.append(job.id, "")
         self.tasks[job.id] = asyncio.ensure_future(self._run(job, exempt))
@@ -86,7 +102,7 @@ class JobRunner:
                 await task
         job = self.store.get(job_id)
         if not job.state.final:  # cancelled before its task first ran
-            self._finish(job, JobState.CANCELLED, "cancelled")
+            self._finish(job, JobState.CANCELLED, "cancelled", "Cancelled")
         return job
 
     def _env(self, job: Job) -> dict[str, str]:
@@ -115,12 +131,15 @@ class JobRunner:
             self.store.save(job)
             await self._execute(job, kernel_id)
         except asyncio.CancelledError:
-            self._finish(job, JobState.CANCELLED, "cancelled")
+            self._finish(job, JobState.CANCELLED, "cancelled", "Cancelled")
             raise
         except Exception as exc:
             reason = self.registry.end_reason(kernel_id) if kernel_id else None
-            self._finish(job, JobState.FAILED, reason or str(exc) or type(exc).__name__)
+            kind = "PartitionExpired" if reason else type(exc).__name__
+            self._finish(job, JobState.FAILED, reason or str(exc) or kind, kind)
         finally:
+            self.store.drop_archive(job.id)
+            self._documents.pop(job.id, None)
             if kernel_id is not None:
                 await self._stop(kernel_id)
 
@@ -154,13 +173,35 @@ class JobRunner:
             install = kernel_code.install(job.requirements) if job.requirements else ""
             if install and not await self._run_code(client, job, install, kernel_id):
                 self._finish(
-                    job, JobState.FAILED, "installing the requirements failed (see the log)"
-                )
+                    job, JobState.FAILED, "installing the requirements failed (see the log)",
+                    "RequirementsFailed",
+                )  # fmt: skip
+                return
+            if job.archive_bytes is not None:
+                await self._run_directory(client, job, kernel_id)
                 return
             ok = await self._run_code(client, job, job.code, kernel_id)
             self._finish(job, JobState.COMPLETED if ok else JobState.FAILED, job.error)
         finally:
             client.stop_channels()
+
+    def _system_info(self, job: Job) -> dict[str, Any]:
+        return {"job_id": job.id, "chronos_partition": job.partition_id, "gpu_device": job.device}
+
+    async def _run_directory(self, client: Any, job: Job, kernel_id: str) -> None:
+        """The agent unpacks the zip and calls ``main()``; its document says how it went."""
+        encoded = base64.b64encode(self.store.archive(job.id)).decode()
+        code = kernel_code.directory_job(encoded, self._system_info(job))
+        ok = await self._run_code(client, job, code, kernel_id)
+        document = self._documents.get(job.id)
+        if document is None:
+            self._finish(job, JobState.FAILED, job.error or "main() reported no result",
+                         "NoResult" if ok else "AgentError")  # fmt: skip
+        elif document.get("status") == "success":
+            self._finish(job, JobState.COMPLETED, None)
+        else:
+            error = f"{document.get('error_type')}: {document.get('error')}"
+            self._finish(job, JobState.FAILED, error)
 
     def _prelude(self, job: Job) -> str:
         """Code run before the job's own: restoring a checkpoint, arming one before expiry."""
@@ -199,9 +240,25 @@ class JobRunner:
             return False
         return bool(await ensure_async(self.kernels.get_kernel(kernel_id).is_alive()))
 
+    def _keep_result(self, job: Job, payload: Any) -> None:
+        """The agent's result display: the document, and the result pickled when it is not
+        JSON; kept, never logged."""
+        try:
+            document = dict(payload["document"])
+            encoded = payload.get("pickle")
+            pickled = base64.b64decode(encoded, validate=True) if encoded else None
+        except (TypeError, KeyError, ValueError, binascii.Error):
+            self.store.append(job.id, "Cumulus: the job's result could not be read\n")
+            return
+        self.store.save_result(job.id, document, pickled)
+        self._documents[job.id] = document
+
     def _log_output(self, job: Job, message: dict[str, Any]) -> None:
         kind, content = message["msg_type"], message["content"]
-        if kind == "stream":
+        data = content.get("data", {}) if kind == "display_data" else {}
+        if job.archive_bytes is not None and RESULT_MIME in data:
+            self._keep_result(job, data[RESULT_MIME])
+        elif kind == "stream":
             self.store.append(job.id, content.get("text", ""))
         elif kind in ("execute_result", "display_data"):
             text = content.get("data", {}).get("text/plain")
@@ -211,7 +268,25 @@ class JobRunner:
             traceback = "\n".join(content.get("traceback", []))
             self.store.append(job.id, _ANSI.sub("", traceback) + "\n")
 
-    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+    def _finish(
+        self, job: Job, state: JobState, error: str | None, error_type: str | None = None
+    ) -> None:
         job.state, job.finished_at = state, time.time()
         job.error = None if state is JobState.COMPLETED else error
         self.store.save(job)
+        metrics.JOB_DURATION.labels(status=state.value).observe(
+            max(0.0, job.finished_at - (job.started_at or job.created_at))
+        )
+        if job.archive_bytes is not None and job.id not in self._documents:
+            self._gateway_document(job, error_type or "Error")
+
+    def _gateway_document(self, job: Job, error_type: str) -> None:
+        """The result document of a directory job whose ``main()`` never reported."""
+        document = {
+            "status": "error", "error": job.error or error_type, "error_type": error_type,
+            "traceback": "", "execution_time": 0.0,
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+            "system_info": {"python_version": None, **self._system_info(job)},
+        }  # fmt: skip
+        self.store.save_result(job.id, document, None)
+        self._documents[job.id] = document

@@ -1,12 +1,15 @@
 """`JobStore`: jobs in the gateway's state file (their own table, through `gateway.sqlite`) and
 their logs in a directory beside it, kept until ``retention_s`` after they finished, so they
-outlive a gateway restart."""
+outlive a gateway restart. A directory job's zip waits there until its run ends; its result
+document (``ID.result.json``) and a result kept pickled (``ID.result.pickle``) stay as long as
+its log."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from cumulus_jupyter.errors import NotFound, Unavailable
 from gateway.jobs.model import Job
@@ -51,6 +54,43 @@ class JobStore:
     def log_path(self, job_id: str) -> Path:
         return self.logs / f"{job_id}.log"
 
+    def _path(self, job_id: str, suffix: str) -> Path:
+        return self.logs / f"{job_id}{suffix}"
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Written whole or not at all: a reader never sees half a file."""
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+
+    def save_archive(self, job_id: str, data: bytes) -> None:
+        self._write(self._path(job_id, ".zip"), data)
+
+    def archive(self, job_id: str) -> bytes:
+        return self._path(job_id, ".zip").read_bytes()
+
+    def drop_archive(self, job_id: str) -> None:
+        self._path(job_id, ".zip").unlink(missing_ok=True)
+
+    def save_result(self, job_id: str, document: dict[str, Any], pickled: bytes | None) -> None:
+        if pickled is not None:
+            self._write(self._path(job_id, ".result.pickle"), pickled)
+        self._write(self._path(job_id, ".result.json"), json.dumps(document).encode())
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        """A directory job's result document, or None (none yet, or a script job)."""
+        try:
+            document: dict[str, Any] = json.loads(self._path(job_id, ".result.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        return document
+
+    def result_pickle(self, job_id: str) -> bytes | None:
+        try:
+            return self._path(job_id, ".result.pickle").read_bytes()
+        except FileNotFoundError:
+            return None
+
     def append(self, job_id: str, text: str) -> None:
         with self.log_path(job_id).open("a", encoding="utf-8") as log:
             log.write(text)
@@ -78,7 +118,8 @@ class JobStore:
         ]
         self._table.executemany("DELETE FROM gateway_jobs WHERE id = ?", [(g,) for g in gone])
         for job_id in gone:
-            self.log_path(job_id).unlink(missing_ok=True)
+            for suffix in (".log", ".zip", ".result.json", ".result.pickle"):
+                self._path(job_id, suffix).unlink(missing_ok=True)
         return gone
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from cumulus_jupyter.errors import InvalidArgument, Unavailable
 from cumulus_jupyter.protocol import env as names
 from gateway import kernelenv
 from gateway import sandbox as sb
+from gateway.checkpoints import l1_dir
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 
 _START_TIME_TOLERANCE_S = 0.05
@@ -262,6 +263,9 @@ class LocalRuntime(Runtime):
         if self.sandbox == "bwrap":
             return await self._launch_sandboxed(launch)
         clean_env = {k: v for k, v in launch.env.items() if k != "JPY_PARENT_PID"}
+        owner = launch.env.get(names.KERNEL_USERNAME) or "anonymous"
+        checkpoints = self.checkpoint_dir(launch.env, owner)  # names apart, not confined
+        clean_env[names.CHECKPOINT_DIR] = str(checkpoints)
         popen = await asyncio.to_thread(
             subprocess.Popen,
             list(launch.argv),
@@ -302,15 +306,13 @@ class LocalRuntime(Runtime):
         argv = self._command(list(launch.argv), env, kernel_dir, own)
         kernel_env = self._environment(launch.env, env, kernel_dir, owner)
         key = f"uid-{identity.uid}" if identity else "own"
-        shared = []
-        for var, default_base in (
-            (names.OVERLAYS, Path(self.sandbox_dir) / "overlays"),
-            (names.CHECKPOINT_DIR, Path(self.sandbox_dir) / "checkpoints"),
-        ):
-            base = Path(launch.env.get(var) or default_base)
-            own.mkdir(base / key, parents_private=False)
-            kernel_env[var] = str(base / key)
-            shared.append(str(base / key))
+        overlays = Path(launch.env.get(names.OVERLAYS) or Path(self.sandbox_dir) / "overlays")
+        own.mkdir(overlays / key, parents_private=False)
+        kernel_env[names.OVERLAYS] = str(overlays / key)
+        checkpoints = self.checkpoint_dir(launch.env, owner)
+        own.mkdir(checkpoints, parents_private=False)
+        kernel_env[names.CHECKPOINT_DIR] = str(checkpoints)
+        shared = [str(overlays / key), str(checkpoints)]  # the only L1 its sandbox mounts
         moved = self._data_socket(launch.env, kernel_dir, own)
         cgroup = None
         if self._cgroups is not None:
@@ -328,6 +330,12 @@ class LocalRuntime(Runtime):
         )
         command = sb.join_argv(cgroup.procs if cgroup else [], sb.bwrap_argv(box, argv))
         return command, kernel_env, kernel_dir, cgroup
+
+    def checkpoint_dir(self, env: Mapping[str, str], owner: str) -> Path:
+        """``owner``'s own L1 directory: under ``CUMULUS_CHECKPOINT_DIR`` (the gateway's) or
+        the sandbox directory, one per owner, whoever its uid is."""
+        base = Path(env.get(names.CHECKPOINT_DIR) or Path(self.sandbox_dir) / "checkpoints")
+        return l1_dir(base, owner)
 
     def identity(self, owner: str) -> sb.Identity:
         """The uid a kernel of ``owner`` runs as (the gateway runs as root)."""
@@ -427,8 +435,9 @@ class LocalRuntime(Runtime):
 
 #: the gateway's variables a sandboxed kernel still gets (when they are the gateway's own)
 _PASSED = ("LANG", "LC_", "TZ", "TERM", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
-           "HTTPS_PROXY", "NO_PROXY", "PIP_", "CUMULUS_CHECKPOINT_", "CHRONOS_")  # fmt: skip
-_DROPPED = {"JPY_PARENT_PID", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP"}
+           "HTTPS_PROXY", "NO_PROXY", "PIP_", "CHRONOS_")  # fmt: skip
+_DROPPED = {"JPY_PARENT_PID", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP",
+            names.CHECKPOINT_OPTIONS}  # fmt: skip
 
 
 class _Owner:

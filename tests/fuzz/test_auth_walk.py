@@ -43,6 +43,9 @@ NOBODY = {  # path parameters naming nothing that exists
     "job_id": "j-000000000000",
     "transfer_id": "t" * 16,
     "kernel_name": "no-such-kernelspec",
+    "name": "no-such-checkpoint",  # a checkpoint's name, version and file
+    "version": "1",
+    "file": "manifest.json",
 }
 
 

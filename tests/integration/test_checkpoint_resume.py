@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from tests.integration.test_jobs import cumulus
 from tests.integration.test_magic import notebook_kernel, run
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway
+from tests.support.s3 import moto_s3
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -29,32 +29,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """moto's S3 server on loopback with a bucket ``ckpt``; the fsspec options to reach it."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(endpoint), what="moto's S3 server")
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-                   "client_kwargs": {"region_name": "eu-west-1"}}  # fmt: skip
-        import s3fs
-
-        s3fs.S3FileSystem(**options).mkdir("ckpt")
+    with moto_s3(tmp_path_factory.mktemp("s3")) as options:
         yield options
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-
-
-def _answers(endpoint: str) -> bool:
-    try:
-        return httpx.get(endpoint, timeout=2).status_code < 500
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +51,8 @@ def setup(
         gw.stop()
 
 
-def l2_versions(s3: dict[str, Any], name: str) -> list[str]:
+def l2_versions(s3: dict[str, Any], name: str, owner: str = "anonymous") -> list[str]:
+    """The complete versions of ``owner``'s ``name`` on L2 (each owner has its own prefix)."""
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3)
@@ -83,7 +60,7 @@ def l2_versions(s3: dict[str, Any], name: str) -> list[str]:
     try:
         return sorted(
             p.rsplit("/", 1)[-1]
-            for p in fs.ls(f"ckpt/runs/{name}")
+            for p in fs.ls(f"ckpt/runs/{owner}/{name}")
             if fs.exists(f"{p}/manifest.json")
         )
     except FileNotFoundError:
@@ -165,7 +142,8 @@ def test_a_job_checkpoints_its_variables_a_minute_before_its_partition_ends(
     wait_until(lambda: l2_versions(s3, "auto") == ["v1"], what="the copy to L2")
     probe = subprocess.run(
         [sys.executable, "-c", "import cumulus_jupyter.checkpoint as c; print(c.load('auto'))"],
-        env=os.environ | env | {"CUMULUS_CHECKPOINT_DIR": str(tmp_path / "elsewhere")},
+        env=os.environ | env | {"CUMULUS_CHECKPOINT_DIR": str(tmp_path / "elsewhere"),
+                                "CUMULUS_CHECKPOINT_URL": "s3://ckpt/runs/anonymous"},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert probe.stdout.strip() == "{'x': 42}", probe.stderr
