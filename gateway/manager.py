@@ -11,6 +11,7 @@ partition of a kernel the restarter gave up on, and adds the ``cumulus`` object 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import os
@@ -36,6 +37,17 @@ from gateway.registry import cumulus_model
 from gateway.scheduler import DEFAULT_HALF_LIFE_S, Policy
 from gateway.services import Services
 from gateway.settings import Settings
+
+
+def _assumed_kernel_info() -> concurrent.futures.Future[dict[str, Any]]:
+    """What jupyter_server's WebSocket waits for before a client's first connection to an
+    adopted kernel. A kernel busy with a cell answers ``kernel_info`` on its shell only once
+    the cell ends, so a client would wait out ``kernel_info_timeout`` (60 s; clients give up
+    sooner) and then get jupyter_server's assumption: the current protocol. Our kernels speak
+    it (an ipykernel of the kernel environment), so that answer is given at once."""
+    info: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+    info.set_result({})
+    return info
 
 
 class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
@@ -348,6 +360,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             return False
         provisioner.connection_info = km.get_connection_info()
         km.ready.set_result(None)
+        km._kernel_info_future = _assumed_kernel_info()
         # as after a start of jupyter_client's: its shutdown then waits on a fresh `ready`
         # (on this done one it fails, and the stopped kernel would stay listed)
         km._attempted_start = True
@@ -360,6 +373,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         km.reason = ""
         km.last_activity = utcnow()
         await self._finish_kernel_start(record.kernel_id)
+        self.services.registry.adoptions.mark(record.kernel_id)  # its clients are told
         self.log.info("Adopted kernel %s (partition %s)", record.kernel_id, partition.id)
         return True
 

@@ -2,7 +2,8 @@
 
 By kernel id: the partition each kernel runs in (as last read from the store), why a kernel that
 is gone ended (so a client asking after it hears "partition expired", a 410, not a bare 404), and
-the kernel's open WebSocket connections (through which expiry warnings reach its clients).
+the kernel's open WebSocket connections (through which expiry warnings reach its clients), and
+the kernels adopted after a gateway restart (`gateway.adoption`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from chronos import Partition
+from gateway.adoption import Adoptions
 
 MAX_ENDED = 10_000  # end reasons kept; the oldest are forgotten first
 
@@ -42,6 +44,7 @@ class KernelRegistry:
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}
         self.connections: dict[str, set[Connection]] = {}
+        self.adoptions = Adoptions()
 
     def owner_of(self, kernel_id: str) -> str | None:
         partition = self.partitions.get(kernel_id)
@@ -53,6 +56,7 @@ class KernelRegistry:
 
     def mark_ended(self, kernel_id: str, reason: str) -> None:
         self.ended[kernel_id] = reason
+        self.adoptions.forget(kernel_id)
         if len(self.ended) > MAX_ENDED:  # bounded: keep the most recent
             for old in list(self.ended)[: MAX_ENDED // 10]:
                 del self.ended[old]

@@ -9,7 +9,9 @@
   kernel starts is abandoned: a request waiting in the partition queue leaves it at once, a
   kernel further along is stopped once started (`CumulusKernelManager.start_kernel`);
 - the kernel WebSocket sets TCP_NODELAY (without it, Nagle's algorithm adds ~40 ms to every
-  execute round trip) and can inject iopub messages (expiry warnings) into its client.
+  execute round trip) and can inject iopub messages (expiry warnings) into its client; a
+  client session's first connection to a kernel adopted after a gateway restart is told what
+  output was lost meanwhile (`gateway.adoption`).
 """
 
 from __future__ import annotations
@@ -235,6 +237,20 @@ class CumulusKernelWebsocketHandler(CumulusErrors, KernelWebsocketHandler):
         self.set_nodelay(services.settings.tcp_nodelay)
         services.registry.connect(kernel_id, self)
         await super().open(kernel_id)
+        self._tell_if_adopted(kernel_id)
+
+    def _tell_if_adopted(self, kernel_id: str) -> None:
+        connection = getattr(self, "connection", None)
+        session_id = connection.session.session if connection is not None else ""
+        notice = services_of(self).registry.adoptions.notice(kernel_id, session_id)
+        if notice is None:
+            return
+        session = self.kernel_manager.get_kernel(kernel_id).session
+        for msg in (
+            session.msg("stream", {"name": "stderr", "text": notice["message"] + "\n"}),
+            session.msg("cumulus", notice),
+        ):
+            self.inject_iopub(session.serialize(msg))
 
     def on_message(self, message: str | bytes) -> Any:
         """Called by tornado for each frame: one that is not a Jupyter message closes the
