@@ -9,7 +9,8 @@ is one `InvalidArgument` line:
   directory declares; extraction reads no more than declared), so a zip bomb is refused unread;
 - no member lands outside the target: no absolute name, drive or backslash, no ``..`` part, no
   symbolic link or other special file, no duplicate, no encrypted member;
-- ``main.py`` parses and defines ``main`` at module level (a ``def``, an assignment or an import);
+- ``main.py`` (at most `MAX_MAIN_BYTES`) parses and defines ``main`` at module level (a
+  ``def``, an assignment or an import);
 - ``requirements.txt`` lines are pip arguments, but not ones that name other files (``-r``,
   ``-c``, ``-e``), which do not travel with the job.
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 import ast
 import io
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +35,11 @@ REQUIREMENTS = "requirements.txt"
 MAX_ARCHIVE_BYTES = 16 * 2**20
 MAX_UNPACKED_BYTES = 128 * 2**20
 MAX_MEMBERS = 10_000
+#: main.py is parsed where it is checked (the gateway too): kept small, data goes beside it
+MAX_MAIN_BYTES = 2**20
+#: what zipfile and zlib raise on a damaged archive or member
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
+            NotImplementedError, RuntimeError, zlib.error, struct.error)  # fmt: skip
 #: the mime type of the display the agent publishes with the job's result document
 RESULT_MIME = "application/vnd.cumulus.job-result+json"
 #: a result that is not JSON-serialisable is kept pickled up to this many bytes
@@ -82,6 +90,8 @@ def pack(directory: Path | str) -> bytes:
         raise InvalidArgument(
             f"{directory} has no {MAIN}: a job directory needs {MAIN} defining main()"
         )
+    if main.stat().st_size > MAX_MAIN_BYTES:
+        raise InvalidArgument(f"{directory}/{MAIN} is over {_mib(MAX_MAIN_BYTES)}")
     check_main(main.read_bytes(), f"{directory}/{MAIN}")
     if (root / REQUIREMENTS).is_file():
         requirements((root / REQUIREMENTS).read_bytes())
@@ -134,7 +144,7 @@ def _open(data: bytes) -> zipfile.ZipFile:
         )
     try:
         return zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+    except _DAMAGED as exc:
         raise InvalidArgument(f"Refused job archive: not a zip file ({exc})") from None
 
 
@@ -160,7 +170,7 @@ def _check_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 def _read(zf: zipfile.ZipFile, name: str) -> bytes:
     try:
         return zf.read(name)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:  # bad CRC, truncated
+    except _DAMAGED as exc:  # a bad CRC, a truncated or undecodable member
         raise InvalidArgument(f"Refused job archive: {name} cannot be read ({exc})") from None
 
 
@@ -174,6 +184,8 @@ def inspect(data: bytes) -> JobArchive:
                 f"Refused job archive: no {MAIN} at its top level (a job needs {MAIN} "
                 "defining main())"
             )
+        if zf.getinfo(MAIN).file_size > MAX_MAIN_BYTES:
+            raise InvalidArgument(f"Refused job archive: {MAIN} is over {_mib(MAX_MAIN_BYTES)}")
         check_main(_read(zf, MAIN), MAIN)
         needs = requirements(_read(zf, REQUIREMENTS)) if REQUIREMENTS in names else []
         files = [info for info in members if not info.is_dir()]
@@ -186,7 +198,10 @@ def extract(data: bytes, destination: Path | str) -> JobArchive:
     target = Path(destination)
     target.mkdir(parents=True, exist_ok=True)
     with _open(data) as zf:
-        zf.extractall(target)
+        try:
+            zf.extractall(target)
+        except _DAMAGED as exc:
+            raise InvalidArgument(f"Refused job archive: it cannot be unpacked ({exc})") from None
     return summary
 
 

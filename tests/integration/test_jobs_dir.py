@@ -19,6 +19,7 @@ import textwrap
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def nothing_running(gateway: Gateway) -> bool:
     return active_partitions(gateway) == [] and gateway.get("/api/kernels").json() == []
 
 
-def as_python(gateway: Gateway) -> dict[str, str]:
+def as_python(gateway: Gateway) -> dict[str, Any]:
     return {"gateway": gateway.url, "token": gateway.token}
 
 
