@@ -6,9 +6,13 @@ order:
 
 1. find the address the gateway can reach this container at: the local end of a route to the
    callback URL's host (``CUMULUS_KERNEL_IP`` overrides);
-2. choose the kernel's ports and a fresh HMAC key there and write the connection file into the
-   writable work directory (the key never appears in the container's environment or
-   configuration, which ``docker inspect`` shows to anyone with access to the engine);
+2. choose the kernel's ports, a fresh HMAC key and a fresh CurveZMQ key pair there and write
+   the connection file into the writable work directory (the keys never appear in the
+   container's environment or configuration, which ``docker inspect`` shows to anyone with
+   access to the engine). ipykernel binds its five sockets as CurveZMQ servers with that key
+   pair and jupyter_client's sockets in the gateway connect with it (both read
+   ``curve_publickey``/``curve_secretkey`` from the connection info), so the kernel's messages
+   cross the network between hosts encrypted, not only signed;
 3. POST the connection info and the data port to ``CUMULUS_CALLBACK_URL`` with the single-use
    per-kernel token from ``CUMULUS_CALLBACK_TOKEN`` (256 bits; the gateway refuses it a second
    time, after its launch timeout, or for another kernel);
@@ -33,6 +37,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+import zmq
 from jupyter_client.connect import write_connection_file
 
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable, error_for_status
@@ -77,6 +82,20 @@ def kernel_argv(args: Sequence[str], connection_file: str) -> list[str]:
     return [sys.executable, *rest]
 
 
+def write_connection(path: str, ip: str) -> dict[str, Any]:
+    """Write the kernel's connection file at ``path``: free ports on ``ip``, a fresh HMAC key and
+    a fresh CurveZMQ key pair; the connection info (what the callback reports)."""
+    curve_public, curve_secret = zmq.curve_keypair()
+    _, info = write_connection_file(
+        path,
+        ip=ip,
+        key=secrets.token_hex(32).encode(),
+        curve_publickey=curve_public,
+        curve_secretkey=curve_secret,
+    )
+    return dict(info)
+
+
 def call_back(url: str, token: str, payload: dict[str, Any]) -> None:
     request = urllib.request.Request(
         url,
@@ -104,7 +123,7 @@ def prepare(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     ip = reachable_ip(url)
     workdir = os.environ.get(env.WORKDIR) or tempfile.gettempdir()
     path = os.path.join(workdir, f"kernel-{os.environ.get(env.KERNEL_ID, 'job')}.json")
-    _, info = write_connection_file(path, ip=ip, key=secrets.token_hex(32).encode())
+    info = write_connection(path, ip)
     data_port = free_port(ip)
     call_back(url, token, callback.payload(info, data_port))
     secret = (env.CALLBACK_TOKEN, env.CALLBACK_URL)

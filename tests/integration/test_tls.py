@@ -1,17 +1,23 @@
 """Encrypted in transit: a real gateway serving HTTPS with a certificate of the test's own CA
 (trustme), and every client of ours through it (REST, kernel WebSocket, the data path, ``run``,
 the CLI, the magic, the proxy kernel), trusting that CA through ``CUMULUS_CA_BUNDLE``. Without
-the CA each refuses in one sentence; plain HTTP goes on working."""
+the CA each refuses in one sentence; plain HTTP goes on working. And the kernel link of a
+container kernel: the launcher's connection file carries a CurveZMQ key pair, a real ipykernel
+binds with it, and jupyter_client (the gateway's end) talks to it through a relay that records
+what crosses: no plaintext does."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +27,15 @@ import httpx
 import numpy as np
 import pytest
 import trustme
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
 from jupyter_client.manager import start_new_kernel
 
 from cumulus_jupyter import kernelspec, tls
+from cumulus_jupyter.agent import launcher
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import InvalidArgument, Unavailable
+from cumulus_jupyter.protocol import callback
 from cumulus_jupyter.session import RemoteSession
 from tests.support.gateway import Gateway
 
@@ -232,3 +242,90 @@ async def _check(settings: GatewaySettings) -> dict[str, Any]:
         return await client.check()
     finally:
         await client.aclose()
+
+
+class Recorder:
+    """A loopback TCP relay to ``target`` that keeps every byte its clients send."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.sent = target, bytearray()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                conn, _ = self.server.accept()
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target))
+                except ConnectionRefusedError:  # the kernel is not listening yet: zmq retries
+                    conn.close()
+                    continue
+                self.sockets += [conn, upstream]
+                threading.Thread(target=self._pipe, args=(conn, upstream, True)).start()
+                threading.Thread(target=self._pipe, args=(upstream, conn, False)).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        with contextlib.suppress(OSError):  # either end closed
+            while data := src.recv(65536):
+                if record:
+                    self.sent += data
+                dst.sendall(data)
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+PROBE = "probe = 'cumulus-plaintext-' + 'probe'; print(len(probe))"
+
+
+def sniffed_execute(tmp: Path, curve: bool) -> tuple[str, bytes, str]:
+    """Start a real ipykernel from a connection file (the launcher's own, or one without Curve
+    keys), execute `PROBE` with a client that loaded the info as the gateway does (through the
+    callback's payload and check), its shell channel through a `Recorder`; the reply's status,
+    what the client sent, the kernel's log."""
+    path = str(tmp / f"kernel-{curve}.json")
+    if curve:
+        info = launcher.write_connection(path, "127.0.0.1")
+    else:
+        info = dict(write_connection_file(path, ip="127.0.0.1", key=b"k" * 32)[1])
+    reported = callback.checked(callback.payload(info, None))["connection_info"]
+    log = tmp / f"kernel-{curve}.log"
+    with log.open("wb") as out:
+        kernel = subprocess.Popen(
+            [sys.executable, "-m", "ipykernel_launcher", "-f", path], stdout=out, stderr=out
+        )
+    recorder = Recorder(int(reported["shell_port"]))
+    kc = BlockingKernelClient()
+    kc.load_connection_info(reported)
+    kc.shell_port = recorder.port
+    try:
+        kc.start_channels(hb=False)  # a busy machine's slow start is not a dead kernel
+        kc.wait_for_ready(timeout=60)
+        status = kc.execute_interactive(PROBE, timeout=60)["content"]["status"]
+    finally:
+        kc.stop_channels()
+        recorder.close()
+        kernel.kill()
+        kernel.wait(timeout=30)
+    return status, bytes(recorder.sent), log.read_text(errors="replace")
+
+
+def test_a_container_kernels_link_is_curve_encrypted(tmp_path: Path) -> None:
+    info = launcher.write_connection(str(tmp_path / "keys.json"), "127.0.0.1")
+    assert len(info["curve_publickey"]) == len(info["curve_secretkey"]) == 40  # Z85
+    status, sent, log = sniffed_execute(tmp_path, curve=True)
+    assert status == "ok"
+    assert b"cumulus-plaintext-" not in sent and b"execute_request" not in sent
+    assert "without encryption" not in log
+    # the same probe with no Curve keys: the recorder sees it, so the check above means something
+    status, sent, log = sniffed_execute(tmp_path, curve=False)
+    assert status == "ok"
+    assert b"cumulus-plaintext-" in sent and b"execute_request" in sent
+    assert "without encryption" in log
