@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import difflib
 import os
 import re
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Never
 
 from cumulus_jupyter import loop
 from cumulus_jupyter.connection import GatewayClient, GatewaySettings
@@ -35,7 +36,7 @@ __all__ = ["result", "result_document", "submit_directory", "wait"]
 
 FINAL = ("completed", "failed", "cancelled")
 POLL_S = 0.5
-T = TypeVar("T")
+SUBMIT_OPTIONS = ("gpu", "duration", "requirements", "gateway", "token")
 #: a positional argument of this shape names a file (that should exist), not code
 _FILE_NAME = re.compile(r"[^\s;()=\"']+\.(py|zip)")
 
@@ -251,9 +252,19 @@ def submit_directory(
     requirements: Sequence[str] = (),
     gateway: str | None = None,
     token: str | None = None,
+    **unknown: Never,
 ) -> str:
     """Submit a job directory (``main.py`` with ``main()``, optional ``requirements.txt``) or
-    a zip of one; its job id. Checked before anything is sent (`InvalidArgument`)."""
+    a zip of one; its job id. Checked before anything is sent (`InvalidArgument`, an unknown
+    keyword included)."""
+    if unknown:
+        name = sorted(unknown)[0]
+        close = difflib.get_close_matches(name, SUBMIT_OPTIONS, n=1)
+        hint = f" (did you mean {close[0]}=?)" if close else ""
+        raise InvalidArgument(
+            f"Unknown option {name}= for jobs.submit_directory{hint}. "
+            f"Its options: {', '.join(SUBMIT_OPTIONS)}"
+        )
     parse_amount(gpu)
     body = directory_body(str(directory), str(gpu), str(duration), list(requirements))
     job: dict[str, Any] = _call(gateway, token, lambda client: submit(client, body))

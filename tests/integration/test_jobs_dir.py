@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cumulus_jupyter import jobs
-from cumulus_jupyter.errors import NotFound, RemoteError
+from cumulus_jupyter.errors import InvalidArgument, NotFound, RemoteError
 from cumulus_jupyter.protocol.jobarchive import MAX_ARCHIVE_BYTES
 from tests.integration.test_client_sdk import make_wheel
 from tests.integration.test_gateway_operations import check
@@ -339,8 +339,10 @@ def test_a_directory_over_the_cap_or_with_a_link_is_refused(
     (linked / "data").symlink_to("/etc/passwd")
     done = cumulus(shared, "submit", str(linked))
     assert done.returncode == 2 and "is a symbolic link" in done.stderr
-    with pytest.raises(TypeError, match="gpuu"):
-        jobs.submit_directory(linked, gpuu=0.5, **as_python(shared))  # type: ignore[call-arg]
+    with pytest.raises(InvalidArgument, match=r"Unknown option gpuu= .* \(did you mean gpu=\?\)"):
+        jobs.submit_directory(linked, gpuu=0.5, **as_python(shared))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=re.escape("Invalid GPU amount: 2.3")):
+        jobs.submit_directory(linked, gpu=2.3, **as_python(shared))
     assert shared.get("/api/cumulus/jobs").json() == before
     assert nothing_running(shared)
 
