@@ -46,31 +46,46 @@ _COMMS = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 class _Execution:
     """What the reader does with one execute's messages: outputs go to the waiting thread as
-    they come; the reply is held until every output is in (the agent's mark came, or the
-    kernel is idle again), then sent as one ``_done``."""
+    they come; the reply is held until every output is in (the one the reply names as the last
+    came, or the kernel is idle again), then sent as one ``_done``."""
 
-    _SILENT = frozenset({"execute_input", "status", "execute_reply", kernel_code.MARK})
+    _SILENT = kernel_code.NOT_OUTPUTS | {"execute_reply"}
 
     def __init__(self) -> None:
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.reply: Message | None = None
         self.outputs_in = False
         self.done = False
+        self.seen: set[str] = set()  # the outputs' ids, until the reply names the last one
+        self.awaited: str | None = None
 
     def take(self, message: Message) -> None:
         kind = message["msg_type"]
         if kind == "execute_reply":
             self.reply = message
-        elif kind == kernel_code.MARK:
-            self.outputs_in = True
+            self.outputs_in = self.outputs_in or self._last_seen(message)
         elif kind == "status":
             idle = message["content"].get("execution_state") == "idle"
             self.outputs_in = self.outputs_in or idle
         if kind not in self._SILENT:
+            msg_id = message["header"].get("msg_id")
+            if self.reply is None:
+                self.seen.add(msg_id)
+            elif msg_id == self.awaited:
+                self.outputs_in = True
             self.inbox.put(message)
-        elif self.reply is not None and self.outputs_in and not self.done:
-            self.done = True  # once: the idle that follows a mark is not a second end
+        if self.reply is not None and self.outputs_in and not self.done:
+            self.done = True  # once: the idle that follows is not a second end
             self.inbox.put({"msg_type": "_done", "reply": self.reply})
+
+    def _last_seen(self, reply: Message) -> bool:
+        """Whether the output the reply names as the cell's last is already here (None: it had
+        none); a reply naming none (not the agent's) waits for ``idle``."""
+        named = (reply.get("metadata") or {}).get(kernel_code.METADATA_KEY)
+        if not isinstance(named, dict) or kernel_code.LAST_OUTPUT not in named:
+            return False
+        self.awaited = named[kernel_code.LAST_OUTPUT]
+        return self.awaited is None or self.awaited in self.seen
 
     def put(self, message: Message) -> None:  # the loss notice, as for any route
         self.inbox.put(message)
@@ -288,7 +303,8 @@ class RemoteSession:
                     key = comm_id if comm_id in self._routes else key  # our own comms' answers
                 target = self._routes.get(key)
                 if isinstance(target, _Execution):
-                    target.take(messages.parse(parts, header, parent))
+                    if msg_type != "execute_input":  # nothing to the cell: not even decoded
+                        target.take(messages.parse(parts, header, parent))
                 elif target is not None:
                     message = messages.parse(parts)
                     message["channel"] = channel

@@ -5,27 +5,36 @@ their own.
   ``cumulus.vars`` push: entries, the request's buffers the frames) has it applied to the user
   namespace before the cell runs. If it cannot be (a value does not unpickle here), the cell
   does not run: the reply is an error named `PUSH_REFUSED` and the namespace is unchanged.
-- **Mark.** With ``mark``, once the cell's outputs are all sent (after the kernel's own flush,
-  just before the reply) one `MARK` message goes out on IOPub, the execute's child. IOPub is
-  ordered, so a client that has the reply and the mark has every output: it need not wait for
-  the ``idle`` status, which the kernel sends later.
+- **Last output.** With ``mark``, the reply's metadata names (`LAST_OUTPUT`) the last IOPub
+  message the cell sent, counted after the kernel's own flush, just before the reply. IOPub is
+  ordered, so a client holding the reply and that message has every output (with no output, the
+  reply alone): it need not wait for the ``idle`` status, which the kernel sends later, nor for
+  a message of its own (a mark would be one more relay on every cell's critical path).
 - **Pull.** `inline_pull`, read as a user expression after the cell, answers with the values
   asked for (and the watched ones that changed) as base64 pickles under `VARS_MIME`, up to a
   byte budget; what does not fit is named (``deferred``) for a ``cumulus.vars`` pull.
 
-`install` wraps the running kernel's ``execute_request`` handler and ``finish_metadata``
-(idempotent); a kernel without them answers as any ipykernel would, and the client, seeing no
-mark and no answer, falls back to waiting for ``idle`` and to comm pulls.
+`install` wraps the running kernel's ``execute_request`` handler, ``finish_metadata`` and its
+session's ``send`` (idempotent); a kernel without them answers as any ipykernel would, and the
+client, finding no last output named and no answer, falls back to waiting for ``idle`` and to
+comm pulls.
 """
 
 from __future__ import annotations
 
 import base64
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from cumulus_jupyter.agent import comms
-from cumulus_jupyter.protocol.code import MARK, METADATA_KEY, PUSH_REFUSED, VARS_MIME
+from cumulus_jupyter.protocol.code import (
+    LAST_OUTPUT,
+    METADATA_KEY,
+    NOT_OUTPUTS,
+    PUSH_REFUSED,
+    VARS_MIME,
+)
 
 _INSTALLED = "_cumulus_inline"
 
@@ -37,35 +46,68 @@ def _options(parent: dict[str, Any]) -> dict[str, Any]:
 
 
 def install(kernel: Any) -> None:
-    """Wrap ``kernel``'s execute handler (carried pushes) and ``finish_metadata`` (the mark)."""
+    """Wrap ``kernel``'s execute handler (carried pushes), its session's ``send`` (the last
+    output of each marked execute) and ``finish_metadata`` (which names it in the reply)."""
     if getattr(kernel, _INSTALLED, False):
         return
     execute = kernel.shell_handlers["execute_request"]
     finish_metadata = kernel.finish_metadata
+    last: dict[str, str | None] = {}  # marked executes under way: their last output so far
+    kernel.session.send = _noting_outputs(kernel, kernel.session.send, last)
 
     async def execute_request(stream: Any, ident: Any, parent: dict[str, Any]) -> None:
-        push = _options(parent).get("push")
+        options = _options(parent)
+        push = options.get("push")
         if push:
             try:
                 comms.push(push, list(parent.get("buffers") or []), comms.user_namespace())
             except Exception as exc:
                 _refuse(kernel, stream, ident, parent, exc)
                 return
-        result = execute(stream, ident, parent)
-        if inspect.isawaitable(result):
-            await result
+        msg_id = parent.get("header", {}).get("msg_id")
+        if options.get("mark") and msg_id:
+            last[msg_id] = None
+        try:
+            result = execute(stream, ident, parent)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            last.pop(msg_id, None)
 
-    def finish_with_mark(parent: dict[str, Any], metadata: Any, reply: Any) -> Any:
+    def finish_naming_last(parent: dict[str, Any], metadata: Any, reply: Any) -> Any:
         finished = finish_metadata(parent, metadata, reply)
-        if _options(parent).get("mark"):
-            kernel.session.send(
-                kernel.iopub_socket, MARK, {}, parent=parent, ident=kernel._topic(MARK)
-            )
+        msg_id = parent.get("header", {}).get("msg_id")
+        if msg_id in last and isinstance(finished, dict):
+            finished[METADATA_KEY] = {LAST_OUTPUT: last[msg_id]}
         return finished
 
     kernel.shell_handlers["execute_request"] = execute_request
-    kernel.finish_metadata = finish_with_mark
+    kernel.finish_metadata = finish_naming_last
     setattr(kernel, _INSTALLED, True)
+
+
+def _noting_outputs(
+    kernel: Any, send: Callable[..., Any], last: dict[str, str | None]
+) -> Callable[..., Any]:
+    """``session.send`` that notes, for each marked execute, the id of its latest IOPub output
+    (prints go out from the IOPub thread, displays and comms from the cell's: both pass here)."""
+
+    def noting(stream: Any, msg_or_type: Any, *args: Any, **kwargs: Any) -> Any:
+        msg = send(stream, msg_or_type, *args, **kwargs)
+        if last and isinstance(msg, dict) and _is_iopub(kernel, stream):
+            parent_id = (msg.get("parent_header") or {}).get("msg_id")
+            if parent_id in last and msg["header"]["msg_type"] not in NOT_OUTPUTS:
+                last[parent_id] = msg["header"]["msg_id"]
+        return msg
+
+    return noting
+
+
+def _is_iopub(kernel: Any, stream: Any) -> bool:
+    return stream is not None and (
+        stream is getattr(kernel, "iopub_socket", None)
+        or stream is getattr(kernel, "iopub_thread", None)
+    )
 
 
 def _refuse(kernel: Any, stream: Any, ident: Any, parent: dict[str, Any], exc: Exception) -> None:

@@ -69,10 +69,14 @@ def prelude(resume: str | None, checkpoint: tuple[str, Sequence[str], float] | N
 # -- what rides inside an execute request and its reply (`cumulus_jupyter.agent.inline`) -------
 
 #: the execute request's metadata key the agent reads: ``push`` (a ``cumulus.vars`` push, its
-#: buffers the request's own) and ``mark`` (send `MARK` on IOPub once the cell's outputs are out)
+#: buffers the request's own) and ``mark`` (name the cell's last output in the reply); the
+#: reply's metadata under the same key then has `LAST_OUTPUT`
 METADATA_KEY = "cumulus"
-#: an IOPub message of this type, the execute's child, says every output of it was sent
-MARK = "cumulus_outputs_sent"
+#: the msg_id of the last IOPub message the cell sent (status and execute_input aside), or None
+#: when it sent none: a client holding the reply and that message has every output
+LAST_OUTPUT = "last_output"
+#: IOPub messages of an execute that are not its outputs
+NOT_OUTPUTS = frozenset({"status", "execute_input"})
 #: the ``ename`` of the execute reply when the carried push was refused (the cell did not run)
 PUSH_REFUSED = "CumulusPushRefused"
 #: the mime type of `pull_expression`'s answer

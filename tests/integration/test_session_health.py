@@ -32,3 +32,32 @@ def test_a_dropped_link_to_a_live_kernel_reconnects(gateway: Gateway) -> None:
         assert outputs == ["42\n"]
     finally:
         session.release()
+
+
+def test_a_reply_names_the_cells_last_output_so_the_cell_ends_without_waiting_for_idle(
+    gateway: Gateway,
+) -> None:
+    """The agent names, in the execute reply, the last IOPub output the cell sent: the client
+    ends the cell on the reply and that output (no extra message, no wait for ``idle``)."""
+    from cumulus_jupyter.protocol import code
+
+    session = RemoteSession("last-output", GatewaySettings(gateway.url, gateway.token))
+    session.start("0.2", "10m", lambda line: None)
+    try:
+        quiet = session.execute("pass", lambda m: None)
+        assert quiet["metadata"][code.METADATA_KEY] == {code.LAST_OUTPUT: None}
+
+        outputs: list[dict] = []
+        cell = "from IPython.display import display\nfor i in range(40):\n    print(i)\n"
+        cell += "    display(i) if i % 10 == 0 else None\ni"
+        reply = session.execute(cell, outputs.append)
+        assert reply["content"]["status"] == "ok"
+        kinds = [m["msg_type"] for m in outputs]
+        assert "status" not in kinds and "execute_input" not in kinds
+        assert kinds[-1] == "execute_result"  # the cell's value, its last output
+        named = reply["metadata"][code.METADATA_KEY][code.LAST_OUTPUT]
+        assert named == outputs[-1]["header"]["msg_id"]
+        printed = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+        assert printed.split() == [str(i) for i in range(40)]
+    finally:
+        session.release()
