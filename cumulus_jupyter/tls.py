@@ -50,6 +50,19 @@ def _context(path: str | None) -> ssl.SSLContext:
         ) from exc
 
 
+def pinned_context(certificate: str) -> ssl.SSLContext:
+    """A context that trusts exactly one server certificate (PEM) and nothing else: a kernel's
+    launcher calling back an https:// gateway, which handed it its own certificate
+    (``CUMULUS_CALLBACK_CERT``). The certificate is the only trust anchor (a partial chain),
+    so the host name is not checked: the callback reaches the gateway by an address (a node's
+    IP) that its certificate need not name, and only the holder of that certificate's key
+    can answer."""
+    context = ssl.create_default_context(cadata=certificate)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.check_hostname = False
+    return context
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc

@@ -183,6 +183,7 @@ class CumulusGateway(ServerApp):
         super().initialize(argv, find_extensions, new_httpserver, starter_extension)
         services, manager = self.services, cast(CumulusKernelManager, self.kernel_manager)
         services.settings.port, services.settings.base_url = self.port, self.base_url
+        services.settings.certfile = self.certfile  # HTTPS: kernels call back on https://
         self.io_loop.run_sync(manager.adopt_kernels)
         self.io_loop.run_sync(services.jobs.recover)
         metrics.bind(

@@ -169,7 +169,8 @@ class CumulusProvisioner(LocalProvisioner):
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{settings.port}{(settings.base_url or '/').rstrip('/')}"
+        scheme = "https" if settings.certfile else "http"
+        return f"{scheme}://{host}:{settings.port}{(settings.base_url or '/').rstrip('/')}"
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.partition is not None

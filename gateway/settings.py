@@ -23,6 +23,7 @@ class Settings:
     #: HTTP server has its port: runtimes read it at each launch)
     port: int = 8888
     base_url: str = "/"
+    certfile: str = ""  # the gateway's certificate when it serves HTTPS (--certfile)
     quotas: Quotas = field(default_factory=Quotas)  # per-user limits (gateway.quotas)
     queue_policy: Policy = Policy.FAIR  # how the partition queue is served (gateway.scheduler)
     fair_share_half_life: float = DEFAULT_HALF_LIFE_S  # seconds; decays users' GPU-seconds

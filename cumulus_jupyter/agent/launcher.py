@@ -15,7 +15,9 @@ order:
    cross the network between hosts encrypted, not only signed;
 3. POST the connection info and the data port to ``CUMULUS_CALLBACK_URL`` with the single-use
    per-kernel token from ``CUMULUS_CALLBACK_TOKEN`` (256 bits; the gateway refuses it a second
-   time, after its launch timeout, or for another kernel);
+   time, after its launch timeout, or for another kernel); to an https:// gateway, trusting
+   only the certificate it handed over in ``CUMULUS_CALLBACK_CERT`` (`tls.pinned_context`), so
+   the keys reach the gateway and nobody else;
 4. ``exec`` the kernel command (``KERNEL ARGS`` with ``-f`` pointing at the new connection file;
    ``-m ipykernel_launcher`` when none is given), so signals from the engine reach the kernel.
 
@@ -40,6 +42,7 @@ from typing import Any
 import zmq
 from jupyter_client.connect import write_connection_file
 
+from cumulus_jupyter import tls
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable, error_for_status
 from cumulus_jupyter.protocol import callback, env
 
@@ -103,8 +106,10 @@ def call_back(url: str, token: str, payload: dict[str, Any]) -> None:
         method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"token {token}"},
     )
+    pinned = os.environ.get(env.CALLBACK_CERT)
+    context = tls.pinned_context(pinned) if pinned and url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(request, timeout=CALLBACK_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(request, timeout=CALLBACK_TIMEOUT_S, context=context) as reply:
             reply.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
@@ -126,7 +131,7 @@ def prepare(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     info = write_connection(path, ip)
     data_port = free_port(ip)
     call_back(url, token, callback.payload(info, data_port))
-    secret = (env.CALLBACK_TOKEN, env.CALLBACK_URL)
+    secret = (env.CALLBACK_TOKEN, env.CALLBACK_URL, env.CALLBACK_CERT)
     kernel_env = {k: v for k, v in os.environ.items() if k not in secret}
     kernel_env |= {env.DATA_HOST: ip, env.DATA_PORT: str(data_port)}
     kernel_env.pop(env.DATA_SOCKET, None)  # handed connections need the gateway's host

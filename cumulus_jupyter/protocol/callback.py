@@ -7,6 +7,7 @@ before spending the token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,18 @@ from cumulus_jupyter.errors import InvalidArgument
 
 CONNECTION_KEYS = ("ip", "key", "shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PORTS = CONNECTION_KEYS[2:]
+
+
+_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def leaf_certificate(pem: str) -> str:
+    """The first certificate of a server's certificate file (its own; the file may also hold
+    the chain and the private key, neither of which a kernel gets): what the launcher pins."""
+    found = _CERTIFICATE.search(pem)
+    if found is None:
+        raise InvalidArgument("the gateway's certificate file holds no PEM certificate")
+    return found.group(0) + "\n"
 
 
 def path(kernel_id: str) -> str:

@@ -51,6 +51,8 @@ CHECKPOINT_TOKEN = "CUMULUS_CHECKPOINT_TOKEN"
 CALLBACK_URL = "CUMULUS_CALLBACK_URL"
 CALLBACK_TOKEN = "CUMULUS_CALLBACK_TOKEN"
 KERNEL_IP = "CUMULUS_KERNEL_IP"
+#: an https:// gateway's own certificate (PEM), which the launcher pins for its callback
+CALLBACK_CERT = "CUMULUS_CALLBACK_CERT"
 
 #: the gateway's own L2 settings: a kernel gets neither (`gateway.checkpoints` says instead)
 CHECKPOINT_ENV = (CHECKPOINT_URL, CHECKPOINT_OPTIONS)

@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from traitlets import Float, Int, Unicode
@@ -237,7 +238,7 @@ class DockerRuntime(Runtime):
         "",
         config=True,
         help="The gateway's base URL as a container reaches it (default: http://127.0.0.1:PORT "
-        "on the host network).",
+        "on the host network; https:// when the gateway serves HTTPS).",
     )
     user = Unicode("1000:1000", config=True, help="UID:GID kernels run as (never root).")
     memory = Unicode("4g", config=True, help="Memory limit of a kernel container (cgroup).")
@@ -281,7 +282,8 @@ class DockerRuntime(Runtime):
     def gateway_url(self, host: str) -> str:
         """The gateway's base URL at ``host`` (its port and base URL from the settings)."""
         base = (self.settings.base_url or "/").rstrip("/")
-        return f"http://{host}:{self.settings.port}{base}"
+        scheme = "https" if self.settings.certfile else "http"
+        return f"{scheme}://{host}:{self.settings.port}{base}"
 
     def network_gateway(self) -> str:
         import docker
@@ -304,7 +306,16 @@ class DockerRuntime(Runtime):
             "HOME": "/work",
             "JUPYTER_RUNTIME_DIR": "/work/.runtime",
         }
+        if self.settings.certfile:  # the launcher pins it: the callback carries the kernel's keys
+            env[names.CALLBACK_CERT] = self.own_certificate()
         return env
+
+    def own_certificate(self) -> str:
+        try:
+            pem = Path(self.settings.certfile).read_text()
+        except OSError as exc:
+            raise Unavailable(f"Cannot read the gateway's certificate: {exc}") from exc
+        return callback.leaf_certificate(pem)
 
     def container_options(self, launch: Launch, token: str) -> dict[str, Any]:
         """The engine's create options for one kernel (also what the unit tests check)."""

@@ -13,20 +13,17 @@ import contextlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import trustme
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 from jupyter_client.manager import start_new_kernel
@@ -38,63 +35,15 @@ from cumulus_jupyter.errors import InvalidArgument, Unavailable
 from cumulus_jupyter.protocol import callback
 from cumulus_jupyter.session import RemoteSession
 from tests.support.gateway import Gateway
+from tests.support.tls import HttpsGateway, Pki, make_pki
 
 pytestmark = pytest.mark.integration
 MIB = 2**20
 
 
-@dataclass(frozen=True)
-class Pki:
-    """A CA of the test's own and a certificate it signed for the loopback gateway."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    @property
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    where = tmp_path_factory.mktemp("pki")
-    authority = trustme.CA(organization_name="Cumulus test CA")
-    issued = authority.issue_cert("127.0.0.1", "localhost")
-    pki = Pki(where / "ca.pem", where / "gateway.pem", where / "gateway.key")
-    authority.cert_pem.write_to_path(str(pki.ca))
-    for blob in issued.cert_chain_pems:
-        blob.write_to_path(str(pki.cert), append=True)
-    issued.private_key_pem.write_to_path(str(pki.key))
-    return pki
-
-
-class HttpsGateway(Gateway):
-    """`Gateway` started with ``--certfile``/``--keyfile``: it answers on https:// only."""
-
-    def __init__(self, tmp: Path, pki: Pki) -> None:
-        self.pki = pki
-        super().__init__(
-            tmp / "state" / "chronos.sqlite3",
-            tmp / "gateway.log",
-            f"--certfile={pki.cert}",
-            f"--keyfile={pki.key}",
-        )
-
-    def start(self) -> None:
-        self.url = self.url.replace("http://", "https://", 1)
-        super().start()
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return super().get(path, verify=self.pki.context, **kwargs)
-
-    def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
-        return super().post(path, json, verify=self.pki.context, **kwargs)
-
-    def delete(self, path: str) -> httpx.Response:
-        return httpx.delete(
-            self.url + path, headers=self.headers(), timeout=60, verify=self.pki.context
-        )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +176,23 @@ def test_without_the_ca_clients_refuse_in_one_sentence(
     assert "does not trust" in done.stderr and "CUMULUS_CA_BUNDLE" in done.stderr
     with pytest.raises(InvalidArgument, match="does not exist"):
         tls.client_context("/nonexistent/ca.pem")
+
+
+def test_a_launcher_trusts_exactly_the_certificate_the_gateway_handed_it(
+    https: HttpsGateway,
+) -> None:
+    """What a container's launcher does with ``CUMULUS_CALLBACK_CERT``: its own gateway
+    verifies; another certificate for the same address, even from the same CA, does not; the
+    certificate file's private key never travels."""
+    combined = https.pki.cert.read_text() + https.pki.key.read_text()  # a certfile may hold both
+    handed = callback.leaf_certificate(combined)
+    assert "PRIVATE KEY" not in handed
+    health = https.url + "/api/cumulus/health"
+    answer = httpx.get(health, headers=https.headers(), verify=tls.pinned_context(handed))
+    assert answer.status_code == 200
+    sibling = https.pki.authority.issue_cert("127.0.0.1").cert_chain_pems[0].bytes().decode()
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(health, verify=tls.pinned_context(callback.leaf_certificate(sibling)))
 
 
 def test_plain_http_still_works(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
