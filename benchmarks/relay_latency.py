@@ -4,6 +4,8 @@ All measured side by side in one run on this machine, and printed as ratios:
 
 - direct: jupyter_client to a local ipykernel over ZMQ (the floor);
 - gateway: `cumulus-gateway`'s kernel WebSocket, TCP_NODELAY on (as shipped) and off;
+- the same over HTTPS/WSS (a certificate from a CA the run makes with trustme): the gateway's
+  WebSocket, the proxy kernel and the ``%%cumulus`` cells, each as a row of its own;
 - the Cumulus GPU kernel (the local proxy) driven by jupyter_client, and a ``%%cumulus`` cell
   running ``pass`` on a warm session in an in-process IPython shell;
 - Enterprise Gateway 3.3, when ``--eg-bin`` names the bin directory of a virtualenv that has
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -84,18 +87,20 @@ async def through_proxy(gateway: Server, tmp: Path, n: int) -> tuple[list[float]
     """The Cumulus GPU kernel (local proxy) in front of the gateway, driven by jupyter_client."""
     from cumulus_jupyter import kernelspec
 
-    os.environ |= {"JUPYTER_PATH": str(tmp / "share" / "jupyter"),
-                   "CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}  # fmt: skip
+    os.environ.pop("CUMULUS_CA_BUNDLE", None)
+    os.environ |= {"JUPYTER_PATH": str(tmp / "share" / "jupyter")} | gateway.client_env
     name, _ = kernelspec.install("0.5", "1h", name="cumulus-bench", prefix=str(tmp))
     return await through_jupyter_client(name, n)
 
 
-async def over_websocket(base: str, kernel_id: str, n: int) -> list[float]:
+async def over_websocket(
+    base: str, kernel_id: str, n: int, context: ssl.SSLContext | None = None
+) -> list[float]:
     session = uuid.uuid4().hex
     url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels?session_id={session}"
     samples = []
     async with websockets.connect(
-        url, additional_headers={"Authorization": f"token {TOKEN}"}
+        url, additional_headers={"Authorization": f"token {TOKEN}"}, ssl=context
     ) as ws:
         for i in range(n + 10):
             msg_id, msg = execute_request(session)
@@ -117,7 +122,8 @@ def through_magic(gateway: Server, n: int) -> tuple[list[float], float]:
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
-    os.environ |= {"CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}
+    os.environ.pop("CUMULUS_CA_BUNDLE", None)
+    os.environ |= gateway.client_env
     shell = InteractiveShell.instance()
     shell.run_cell("%load_ext cumulus_jupyter")
     cell = "%%cumulus --gpu 0.5 --session bench\npass\n"
@@ -141,7 +147,8 @@ def through_magic_push(gateway: Server, n: int, kib: int = 100) -> tuple[list[fl
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
-    os.environ |= {"CUMULUS_GATEWAY_URL": gateway.url, "CUMULUS_TOKEN": TOKEN}
+    os.environ.pop("CUMULUS_CA_BUNDLE", None)
+    os.environ |= gateway.client_env
     shell = InteractiveShell.instance()
     shell.run_cell("%load_ext cumulus_jupyter")
     cell = "%%cumulus --gpu 0.5 --session bench-push\nsize = len(blob)\n"
@@ -162,12 +169,37 @@ def through_magic_push(gateway: Server, n: int, kib: int = 100) -> tuple[list[fl
     return samples, cold
 
 
-class Server:
-    """A gateway process on loopback, stopped (with its kernels) when done."""
+class Certificate:
+    """A CA of the run's own (trustme) and a certificate it signed for 127.0.0.1, in files."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, where: Path) -> None:
+        import trustme  # the test extra's; only the HTTPS rows need it
+
+        authority = trustme.CA(organization_name="Cumulus bench CA")
+        issued = authority.issue_cert("127.0.0.1")
+        self.ca, self.cert, self.key = where / "ca.pem", where / "cert.pem", where / "key.pem"
+        authority.cert_pem.write_to_path(str(self.ca))
+        issued.cert_chain_pems[0].write_to_path(str(self.cert))
+        issued.private_key_pem.write_to_path(str(self.key))
+        self.context = ssl.create_default_context(cafile=str(self.ca))
+
+    @property
+    def args(self) -> list[str]:
+        return [f"--certfile={self.cert}", f"--keyfile={self.key}"]
+
+
+class Server:
+    """A gateway process on loopback (HTTPS with ``tls``), stopped (with its kernels) when
+    done."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], tls: Certificate | None = None
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.context = tls.context if tls else None
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        command = [*command, *(tls.args if tls else [])]
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             prefix="bench-gw-", suffix=".log", delete=False
         )
@@ -181,10 +213,10 @@ class Server:
                     f"{command[0]} exited: {Path(self.log.name).read_text()[-2000:]}"
                 )
             try:
-                if (
-                    httpx.get(f"{self.url}/api/kernelspecs", headers=self.headers).status_code
-                    == 200
-                ):
+                answer = httpx.get(
+                    f"{self.url}/api/kernelspecs", headers=self.headers, verify=self.verify
+                )
+                if answer.status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -192,8 +224,21 @@ class Server:
 
     headers: ClassVar[dict[str, str]] = {"Authorization": f"token {TOKEN}"}
 
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return self.context or True
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a client of ours needs in its environment to reach this server."""
+        found = {"CUMULUS_GATEWAY_URL": self.url, "CUMULUS_TOKEN": TOKEN}
+        return found | ({"CUMULUS_CA_BUNDLE": str(self.tls.ca)} if self.tls else {})
+
     def start_kernel(self, body: dict[str, Any]) -> str:
-        r = httpx.post(f"{self.url}/api/kernels", headers=self.headers, json=body, timeout=120)
+        r = httpx.post(
+            f"{self.url}/api/kernels", headers=self.headers, json=body, timeout=120,
+            verify=self.verify,
+        )  # fmt: skip
         r.raise_for_status()
         return str(r.json()["id"])
 
@@ -211,20 +256,23 @@ class Server:
 def measure_gateway(server: Server, body: dict[str, Any], n: int) -> tuple[list[float], float]:
     started = time.perf_counter()
     kernel_id = server.start_kernel(body)
-    first = asyncio.run(over_websocket(server.url, kernel_id, 1))
+    first = asyncio.run(over_websocket(server.url, kernel_id, 1, server.context))
     cold = time.perf_counter() - started
     del first
-    return asyncio.run(over_websocket(server.url, kernel_id, n)), cold
+    return asyncio.run(over_websocket(server.url, kernel_id, n, server.context)), cold
 
 
-def ours(state: Path, nodelay: bool = True, devices: str | None = None) -> Server:
-    """Our gateway on its defaults, its state in ``state`` (and ``CHRONOS_DEVICES=devices``)."""
+def ours(
+    state: Path, nodelay: bool = True, devices: str | None = None, tls: Certificate | None = None
+) -> Server:
+    """Our gateway on its defaults, its state in ``state`` (and ``CHRONOS_DEVICES=devices``;
+    HTTPS with ``tls``)."""
     exe = str(Path(sys.executable).with_name("cumulus-gateway"))
     env = {"CHRONOS_STATE": str(state)} | ({"CHRONOS_DEVICES": devices} if devices else {})
     return Server(
         [exe, "--allow-root", "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
          f"--CumulusGateway.tcp_nodelay={nodelay}"],
-        os.environ | env,
+        os.environ | env, tls,
     )  # fmt: skip
 
 
@@ -284,19 +332,23 @@ def main() -> None:
 
     record("direct jupyter_client", *asyncio.run(through_jupyter_client("python3", args.n)))
     with tempfile.TemporaryDirectory() as tmp:
-        for nodelay, name in (
-            (True, "cumulus gateway"),
-            (False, "cumulus gateway, no TCP_NODELAY"),
+        certificate = Certificate(Path(tmp))
+        for nodelay, tls, suffix in (
+            (True, None, ""),
+            (False, None, ", no TCP_NODELAY"),
+            (True, certificate, ", HTTPS"),
         ):
-            server = ours(Path(tmp) / f"state-{nodelay}.sqlite3", nodelay)
+            server = ours(Path(tmp) / f"state-{nodelay}{suffix}.sqlite3", nodelay, tls=tls)
             try:
-                record(name, *measure_gateway(server, {"name": "cumulus-gpu"}, args.n))
+                gateway = measure_gateway(server, {"name": "cumulus-gpu"}, args.n)
+                record("cumulus gateway" + suffix, *gateway)
                 if nodelay:
                     proxy = asyncio.run(through_proxy(server, Path(tmp), args.n))
-                    record("Cumulus GPU kernel (proxy)", *proxy)
-                    record("%%cumulus cell (warm session)", *through_magic(server, args.n))
+                    record("Cumulus GPU kernel (proxy)" + suffix, *proxy)
+                    magic = through_magic(server, args.n)
+                    record("%%cumulus cell (warm session)" + suffix, *magic)
                     push = through_magic_push(server, args.n)
-                    record("%%cumulus cell pushing 100 KiB", *push)
+                    record("%%cumulus cell pushing 100 KiB" + suffix, *push)
             finally:
                 server.stop()
     if args.docker:
@@ -326,6 +378,12 @@ def main() -> None:
     print(f"%%cumulus cell / direct: {magic_ms / floor:.2f}x (target <= 1.25x)")
     push_ms = results["%%cumulus cell pushing 100 KiB"]["median_ms"]
     print(f"%%cumulus cell pushing 100 KiB / direct: {push_ms / floor:.2f}x (target <= 1.4x)")
+    for row in (
+        "cumulus gateway", "Cumulus GPU kernel (proxy)", "%%cumulus cell (warm session)",
+        "%%cumulus cell pushing 100 KiB",
+    ):  # fmt: skip
+        secure = results[row + ", HTTPS"]["median_ms"]
+        print(f"{row}, HTTPS / HTTP: {secure / results[row]['median_ms']:.2f}x")
     if "Enterprise Gateway 3.3" in results:
         eg = results["Enterprise Gateway 3.3"]["median_ms"]
         print(f"Enterprise Gateway / cumulus gateway: {eg / ours_ms:.1f}x (target >= 5x)")

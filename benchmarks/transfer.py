@@ -3,9 +3,12 @@ zmq + pickle protocol 5 with out-of-band buffers over loopback, measured in the 
 
     python benchmarks/transfer.py [--sizes 1,64,256] [--json out.json]
 
-Start-up: a gateway on loopback (local runtime) with one remote session, and one ipyparallel
-engine (the anchor: ``DirectView.push/pull``); each size is sent both ways three times by each
-and the best time is kept.
+Start-up: a gateway on loopback (local runtime) with one remote session, the same gateway
+serving HTTPS (a certificate from a CA the run makes) with another, and one ipyparallel engine
+(the anchor: ``DirectView.push/pull``); each size is sent both ways three times by each and the
+best time is kept. Over HTTPS the gateway decrypts and relays the data path itself (no
+``splice``, no handover of the client's socket), so the ``https/http`` columns are what
+encryption costs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.relay_latency import TOKEN, ours
+from benchmarks.relay_latency import TOKEN, Certificate, Server, ours
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.session import RemoteSession
 
@@ -79,6 +82,20 @@ def ipyparallel_times(view: Any, array: np.ndarray) -> tuple[float, float]:
     return push, pull
 
 
+def push_pull(session: RemoteSession, array: np.ndarray) -> tuple[float, float]:
+    """The best of three pushes and of three pulls of ``array``, in seconds."""
+    push = min(_timed(lambda: session.push({"x": array}, force=True)) for _ in range(3))
+    pull = min(_timed(lambda: session.pull(["x"])) for _ in range(3))
+    return push, pull
+
+
+def started(name: str, server: Server) -> RemoteSession:
+    ca = str(server.tls.ca) if server.tls else None
+    session = RemoteSession(name, GatewaySettings(server.url, TOKEN, ca))
+    session.start("0.2", "1h", lambda line: None)
+    return session
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,64,256")
@@ -88,17 +105,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         server = ours(Path(tmp) / "state.sqlite3", True)
+        secure = ours(Path(tmp) / "https.sqlite3", True, tls=Certificate(Path(tmp)))
         cluster, view = ipyparallel_engine(tmp) if not args.no_ipyparallel else (None, None)
         try:
-            session = RemoteSession("bench", GatewaySettings(server.url, TOKEN))
-            session.start("0.5", "1h", lambda line: None)
+            session, over_tls = started("bench", server), started("bench-https", secure)
             for size in (int(s) for s in args.sizes.split(",")):
                 array = np.random.default_rng(0).random(size * MIB // 8)
                 raw = raw_zmq(array)
-                push = min(
-                    _timed(lambda a=array: session.push({"x": a}, force=True)) for _ in range(3)
-                )
-                pull = min(_timed(lambda: session.pull(["x"])) for _ in range(3))
+                push, pull = push_pull(session, array)
+                tls_push, tls_pull = push_pull(over_tls, array)
                 ipp_push, ipp_pull = ipyparallel_times(view, array) if view else (0.0, 0.0)
                 rows.append(
                     {
@@ -106,13 +121,17 @@ def main() -> None:
                         "raw_zmq_MiB_s": size / raw,
                         "push_MiB_s": size / push,
                         "pull_MiB_s": size / pull,
+                        "https_push_MiB_s": size / tls_push,
+                        "https_pull_MiB_s": size / tls_pull,
                         "ipyparallel_push_MiB_s": size / ipp_push if ipp_push else None,
                         "ipyparallel_pull_MiB_s": size / ipp_pull if ipp_pull else None,
                     }
                 )
             session.release()
+            over_tls.release()
         finally:
             server.stop()
+            secure.stop()
             if cluster is not None:
                 cluster.stop_cluster_sync()
     print_table(rows)
@@ -134,6 +153,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                  f"{pull / ipull:.1f}x" if ipull else "-"]  # fmt: skip
         print("  ".join(f"{c:>10}" for c in cells))
     print("targets (issue 4), at 256 MiB: ours >= 0.7x raw zmq and >= 3x ipyparallel, each way")
+    print("over HTTPS (the gateway decrypts and relays; MiB/s, and the ratio to plain HTTP):")
+    for r in rows:
+        push, pull = r["https_push_MiB_s"], r["https_pull_MiB_s"]
+        print(
+            f"{r['MiB']:>6} MiB  push {push:.0f} ({push / r['push_MiB_s']:.2f}x)  "
+            f"pull {pull:.0f} ({pull / r['pull_MiB_s']:.2f}x)"
+        )
 
 
 def _timed(action: object) -> float:
