@@ -17,21 +17,23 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cumulus_jupyter import jobs
+from cumulus_jupyter import cli, jobs
 from cumulus_jupyter.errors import InvalidArgument, NotFound, RemoteError
 from cumulus_jupyter.protocol.jobarchive import MAX_ARCHIVE_BYTES
 from tests.integration.test_client_sdk import make_wheel
 from tests.integration.test_gateway_operations import check
 from tests.integration.test_jobs import active_partitions, cumulus, job
 from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +62,24 @@ def shared(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[G
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture
+def here(
+    shared: Gateway, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cumulus ARGS`` run in this process (the same `cumulus_jupyter.cli.main`, without an
+    interpreter's start-up for each call), against the shared gateway."""
+    monkeypatch.setenv("CUMULUS_GATEWAY_URL", shared.url)
+    monkeypatch.setenv("CUMULUS_TOKEN", shared.token)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["cumulus", *args], code, out, err)
+
+    return run
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:
@@ -160,18 +180,20 @@ def test_a_result_that_is_not_json_is_kept_pickled(shared: Gateway, tmp_path: Pa
     assert pickled.headers["Content-Type"] == "application/octet-stream"
 
 
-def test_a_failing_main_gives_the_error_document(shared: Gateway, tmp_path: Path) -> None:
+def test_a_failing_main_gives_the_error_document(
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
     folder = write(tmp_path / "broken", {"main.py": """\
         def main():
             print("starting", flush=True)
             raise ValueError("learning rate too high")
         """})  # fmt: skip
-    done = cumulus(shared, "submit", str(folder), "--gpu", "0.1", "--follow")
+    done = here("submit", str(folder), "--gpu", "0.1", "--follow")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].endswith(": ValueError: learning rate too high")
     assert "starting" in done.stdout and 'raise ValueError("learning' in done.stdout
     job_id = job_id_of(done)
-    printed = cumulus(shared, "result", job_id)
+    printed = here("result", job_id)
     document = json.loads(printed.stdout)
     assert printed.returncode == 1 and document["status"] == "error"
     assert document["error"] == "learning rate too high"
@@ -181,17 +203,51 @@ def test_a_failing_main_gives_the_error_document(shared: Gateway, tmp_path: Path
     check(document, "JobResult")
     with pytest.raises(RemoteError, match="ValueError: learning rate too high"):
         jobs.result(job_id, **as_python(shared))
-    pickled = cumulus(shared, "result", "j-000000000000")
+    pickled = here("result", "j-000000000000")
     assert pickled.returncode == 3 and "No job j-000000000000" in pickled.stderr
 
 
-def test_code_as_the_positional_argument_runs_like_dash_c(shared: Gateway) -> None:
-    done = cumulus(shared, "submit", "import numpy; print(numpy.add(1, 2))", "--follow")
+def test_a_job_whose_main_never_reported_gets_the_gateways_error_document(
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    missing = write(tmp_path / "missing", {
+        "main.py": "def main():\n    return 1\n",
+        "requirements.txt": f"--no-index --find-links {tmp_path} no-such-package-here\n",
+    })  # fmt: skip
+    done = here("submit", str(missing), "--gpu", "0.1", "--follow")
+    assert done.returncode == 1 and "installing the requirements failed" in done.stderr
+    document = jobs.result_document(job_id_of(done), **as_python(shared))
+    assert document["status"] == "error" and document["error_type"] == "RequirementsFailed"
+    assert document["system_info"]["job_id"] == job_id_of(done)
+    check(document, "JobResult")
+
+    sleeper = write(tmp_path / "sleeper", {"main.py": """\
+        import time
+
+        def main():
+            print("up", flush=True)
+            time.sleep(300)
+        """})  # fmt: skip
+    job_id = jobs.submit_directory(sleeper, gpu=0.1, **as_python(shared))
+    early = here("result", job_id)
+    assert early.returncode == 10 and f"Job {job_id} has no result yet" in early.stderr
+    wait_until(lambda: "up" in here("logs", job_id).stdout, what="main() to run")
+    assert here("cancel", job_id).returncode == 130
+    document = jobs.result_document(job_id, **as_python(shared))
+    assert (document["status"], document["error_type"]) == ("error", "Cancelled")
+    assert nothing_running(shared)
+
+
+def test_code_as_the_positional_argument_runs_like_dash_c(
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    done = here("submit", "import numpy; print(numpy.add(1, 2))", "--follow")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "3\n"
     job_id = job_id_of(done)
-    assert job(shared, job_id)["name"] == "-c" and job(shared, job_id)["result"] is None
-    script_result = cumulus(shared, "result", job_id)
+    record = json.loads(here("get", job_id, "--json").stdout)
+    assert record["name"] == "-c" and record["result"] is None
+    script_result = here("result", job_id)
     assert script_result.returncode == 3 and "is a script job" in script_result.stderr
     with pytest.raises(NotFound, match="is a script job"):
         jobs.result(job_id, **as_python(shared))
@@ -224,8 +280,10 @@ def on_a_terminal(gateway: Gateway, *args: str, **env: str) -> str:
     return b"".join(chunks).decode()
 
 
-def test_list_and_get_colour_states_on_a_terminal_only(shared: Gateway) -> None:
-    job_id = job_id_of(cumulus(shared, "submit", "-c", "print('hue')", "--follow"))
+def test_list_and_get_colour_states_on_a_terminal_only(
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    job_id = job_id_of(here("submit", "-c", "print('hue')", "--follow"))
     green = "\x1b[32m"
     listed = on_a_terminal(shared, "list")
     row = next(line for line in listed.splitlines() if line.startswith(job_id))
@@ -233,7 +291,7 @@ def test_list_and_get_colour_states_on_a_terminal_only(shared: Gateway) -> None:
     assert f"{green}completed" in on_a_terminal(shared, "get", job_id)
     assert ANSI not in on_a_terminal(shared, "list", NO_COLOR="1")
     piped = cumulus(shared, "list")
-    assert ANSI not in piped.stdout and ANSI not in cumulus(shared, "get", job_id).stdout
+    assert ANSI not in piped.stdout and ANSI not in here("get", job_id).stdout
     # columns stay aligned with the colour on: the same table once the codes are taken out
     plain = re.sub(r"\x1b\[[0-9;]*m", "", listed).replace("\r\n", "\n")
     assert plain.strip() == piped.stdout.strip()
@@ -290,11 +348,11 @@ def test_a_zip_that_is_unsafe_or_not_a_job_is_refused_by_the_gateway(shared: Gat
 
 @pytest.mark.parametrize("label", list(UNSAFE))
 def test_an_unsafe_zip_is_refused_before_it_is_sent(
-    shared: Gateway, tmp_path: Path, label: str
+    here: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, label: str
 ) -> None:
     data, message = UNSAFE[label]
     (tmp_path / "job.zip").write_bytes(data)
-    done = cumulus(shared, "submit", str(tmp_path / "job.zip"))
+    done = here("submit", str(tmp_path / "job.zip"))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
 
@@ -313,21 +371,25 @@ def test_an_unsafe_zip_is_refused_before_it_is_sent(
     ids=["no main.py", "no main()", "syntax error", "requirements -r"],
 )
 def test_a_directory_that_is_not_a_job_is_refused_with_one_line(
-    shared: Gateway, tmp_path: Path, files: dict[str, str], message: str
+    shared: Gateway,
+    here: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    files: dict[str, str],
+    message: str,
 ) -> None:
     before = shared.get("/api/cumulus/jobs").json()
-    done = cumulus(shared, "submit", str(write(tmp_path / "job", files)))
+    done = here("submit", str(write(tmp_path / "job", files)))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
     assert shared.get("/api/cumulus/jobs").json() == before
 
 
 def test_a_directory_over_the_cap_or_with_a_link_is_refused(
-    shared: Gateway, tmp_path: Path
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
     before = shared.get("/api/cumulus/jobs").json()
     big = over_the_cap(tmp_path / "big")
-    done = cumulus(shared, "submit", str(big))
+    done = here("submit", str(big))
     assert done.returncode == 2 and "a job's archive is capped at 16.0 MiB" in done.stderr
     with zipfile.ZipFile(tmp_path / "big.zip", "w") as zf:  # packed by hand: the gateway's cap
         for path in big.iterdir():
@@ -337,7 +399,7 @@ def test_a_directory_over_the_cap_or_with_a_link_is_refused(
     assert response.status_code in (400, 413) and "MiB" in response.json()["message"]
     linked = write(tmp_path / "linked", {"main.py": "def main():\n    return 1\n"})
     (linked / "data").symlink_to("/etc/passwd")
-    done = cumulus(shared, "submit", str(linked))
+    done = here("submit", str(linked))
     assert done.returncode == 2 and "is a symbolic link" in done.stderr
     with pytest.raises(InvalidArgument, match=r"Unknown option gpuu= .* \(did you mean gpu=\?\)"):
         jobs.submit_directory(linked, gpuu=0.5, **as_python(shared))  # type: ignore[arg-type]
@@ -355,26 +417,32 @@ def samples(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
 
 
-def test_the_seeds_metrics_count_assignments_workers_and_job_durations(gateway: Gateway) -> None:
+def test_the_seeds_metrics_count_assignments_workers_and_job_durations(
+    shared: Gateway, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     def value(name: str, **labels: str) -> float:
-        return samples(gateway)[(name, tuple(sorted(labels.items())))]
+        return samples(shared).get((name, tuple(sorted(labels.items()))), 0.0)
 
-    assignments = "cumulus_worker_assignments_total"
-    assert value(assignments, status="assigned") == 0 and value("cumulus_active_workers") == 0
-    held = gateway.start_kernel(KERNEL_GPU="0.5")
-    assert value(assignments, status="assigned") == 1 and value("cumulus_active_workers") == 1
-    refused = gateway.post("/api/kernels", {"name": "cumulus-gpu",
-                                           "env": {"KERNEL_GPU": "1", "KERNEL_WAIT": "0"}})  # fmt: skip
+    assignments, durations = "cumulus_worker_assignments_total", "cumulus_job_duration_seconds"
+    before = {status: value(assignments, status=status) for status in ("assigned", "refused")} | {
+        state: value(f"{durations}_count", status=state) for state in ("completed", "failed")
+    }
+    assert value("cumulus_active_workers") == 0
+    held = shared.start_kernel(KERNEL_GPU="0.5")
+    assert value(assignments, status="assigned") == before["assigned"] + 1
+    assert value("cumulus_active_workers") == 1
+    refused = shared.post("/api/kernels", {"name": "cumulus-gpu",
+                                          "env": {"KERNEL_GPU": "1", "KERNEL_WAIT": "0"}})  # fmt: skip
     assert refused.status_code == 429
-    assert value(assignments, status="refused") == 1
-    assert gateway.delete(f"/api/kernels/{held['id']}").status_code == 204
+    assert value(assignments, status="refused") == before["refused"] + 1
+    assert shared.delete(f"/api/kernels/{held['id']}").status_code == 204
     assert value("cumulus_active_workers") == 0
 
-    assert cumulus(gateway, "submit", "-c", "print('ok')", "--follow").returncode == 0
-    assert cumulus(gateway, "submit", "-c", "1 / 0", "--follow").returncode == 1
-    durations = "cumulus_job_duration_seconds"
-    assert value(f"{durations}_count", status="completed") == 1
-    assert value(f"{durations}_count", status="failed") == 1
+    assert here("submit", "-c", "print('ok')", "--follow").returncode == 0
+    assert here("submit", "-c", "1 / 0", "--follow").returncode == 1
+    assert value(f"{durations}_count", status="completed") == before["completed"] + 1
+    assert value(f"{durations}_count", status="failed") == before["failed"] + 1
     assert value(f"{durations}_sum", status="completed") > 0
-    assert value(assignments, status="assigned") == 3  # the kernel, then each job's
+    assert value(assignments, status="assigned") == before["assigned"] + 3  # + each job's
     assert value("cumulus_active_workers") == 0
+    assert httpx.get(shared.url + "/metrics", timeout=30).status_code == 401
