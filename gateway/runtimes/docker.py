@@ -16,6 +16,7 @@ launch timeout, fails the start with its last log lines, and is removed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import subprocess
 import time
@@ -73,6 +74,13 @@ def _epoch(stamp: Any) -> int:
         return int(datetime.fromisoformat(str(stamp)[:26].rstrip("Z") + "+00:00").timestamp())
     except ValueError:
         return 0
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _reason(exc: BaseException) -> str:
@@ -377,7 +385,17 @@ class DockerRuntime(Runtime):
             if process is not None:
                 await asyncio.to_thread(process.remove)
             raise
-        return Started(process, payload["connection_info"], payload.get("data_port"))
+        return Started(process, payload["connection_info"], self.data_port(payload))
+
+    def data_port(self, payload: Mapping[str, Any]) -> int | None:
+        """The data port a kernel reported, if the gateway is to use it. That hop is signed per
+        request but not encrypted: behind an HTTPS gateway, a kernel on another host (not on
+        loopback) gets none, and its variables travel in messages over its CurveZMQ link."""
+        port = payload.get("data_port")
+        ip = str(payload["connection_info"].get("ip", ""))
+        if port and self.settings.certfile and not _is_loopback(ip):
+            return None
+        return cast(int | None, port)
 
     def create(self, launch: Launch, token: str) -> EngineProcess:
         """Start the kernel's container (blocking: runs in a thread)."""

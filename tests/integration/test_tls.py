@@ -34,6 +34,8 @@ from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import InvalidArgument, Unavailable
 from cumulus_jupyter.protocol import callback
 from cumulus_jupyter.session import RemoteSession
+from gateway.runtimes.docker import DockerRuntime
+from gateway.settings import Settings
 from tests.support.gateway import Gateway
 from tests.support.tls import HttpsGateway, Pki, make_pki
 
@@ -193,6 +195,17 @@ def test_a_launcher_trusts_exactly_the_certificate_the_gateway_handed_it(
     sibling = https.pki.authority.issue_cert("127.0.0.1").cert_chain_pems[0].bytes().decode()
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(health, verify=tls.pinned_context(callback.leaf_certificate(sibling)))
+
+
+def test_behind_https_a_kernel_on_another_host_gets_its_variables_in_messages(pki: Pki) -> None:
+    """The gateway-to-kernel data port is signed, not encrypted: an HTTPS gateway uses it only
+    on loopback; a Swarm kernel on another node is sent its variables over CurveZMQ."""
+    secure = DockerRuntime(settings=Settings(certfile=str(pki.cert)))
+    elsewhere = {"connection_info": {"ip": "10.1.2.3"}, "data_port": 4000}
+    here = {"connection_info": {"ip": "127.0.0.1"}, "data_port": 4000}
+    assert secure.data_port(elsewhere) is None
+    assert secure.data_port(here) == 4000
+    assert DockerRuntime().data_port(elsewhere) == 4000  # plain HTTP: the client's hop is clear
 
 
 def test_plain_http_still_works(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
