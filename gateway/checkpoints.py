@@ -102,16 +102,18 @@ class CheckpointStore:
             return None
         return owner if hmac.compare_digest(self.token(owner), token.strip()) else None
 
-    def kernel_env(self, owner: str, gateway_url: str) -> dict[str, str]:
+    def kernel_env(self, owner: str, gateway_url: str, certificate: str = "") -> dict[str, str]:
         """What a kernel of ``owner`` is told about L2: where (for messages: the owner's
-        prefix), through what (the gateway), with which token; never the credentials."""
+        prefix), through what (the gateway; ``certificate``, its own when it serves HTTPS, is
+        what the kernel pins), with which token; never the credentials."""
         if self.url is None:
             return {}
-        return {
+        told = {
             names.CHECKPOINT_URL: self.prefix(owner),
             names.CHECKPOINT_GATEWAY: f"{gateway_url.rstrip('/')}/api/cumulus/checkpoints",
             names.CHECKPOINT_TOKEN: self.token(owner),
         }
+        return told | ({names.CHECKPOINT_CERT: certificate} if certificate else {})
 
     # -- L2, one owner at a time (blocking: handlers call these in a thread)
 

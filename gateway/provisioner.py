@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+from pathlib import Path
 from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
@@ -37,7 +38,8 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Unicode
 
 from chronos import Partition, confinement_env
-from cumulus_jupyter.errors import Internal, InvalidArgument, PartitionExpired
+from cumulus_jupyter.errors import Internal, InvalidArgument, PartitionExpired, Unavailable
+from cumulus_jupyter.protocol import callback as callback_protocol
 from cumulus_jupyter.protocol import env as names
 from gateway.broker import PartitionRequest
 from gateway.kernel import CumulusServerKernelManager
@@ -148,7 +150,9 @@ class CumulusProvisioner(LocalProvisioner):
         base |= confinement_env(partition, services.broker.devices)
         base[names.KERNEL_ID] = self.kernel_id
         host = str(getattr(self.parent, "ip", "") or "127.0.0.1")
-        base |= services.checkpoints.kernel_env(partition.owner, self._gateway_url(host))
+        base |= services.checkpoints.kernel_env(
+            partition.owner, self._gateway_url(host), self._own_certificate()
+        )
         if self.data_port is None:  # kept across restarts, like the partition
             self.data_port = _free_port(host)
         base[names.DATA_HOST] = host
@@ -171,6 +175,16 @@ class CumulusProvisioner(LocalProvisioner):
         host = f"[{host}]" if ":" in host else host
         scheme = "https" if settings.certfile else "http"
         return f"{scheme}://{host}:{settings.port}{(settings.base_url or '/').rstrip('/')}"
+
+    def _own_certificate(self) -> str:
+        """The gateway's own certificate when it serves HTTPS (kernels pin it), else ''."""
+        certfile = self.services.settings.certfile
+        if not certfile:
+            return ""
+        try:
+            return callback_protocol.leaf_certificate(Path(certfile).read_text())
+        except OSError as exc:
+            raise Unavailable(f"Cannot read the gateway's certificate: {exc}") from exc
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.partition is not None

@@ -266,6 +266,7 @@ class _GatewayL2:
 
         self.client = httpx.Client(
             base_url=endpoint.rstrip("/") + "/", timeout=300,
+            verify=_verify(),
             headers={"Authorization": f"checkpoint {token}"},
         )  # fmt: skip
 
@@ -289,6 +290,17 @@ class _GatewayL2:
 
     def get(self, name: str, version: int, file: str) -> bytes:
         return bytes(self._call("GET", f"{name}/{version}/{file}").content)
+
+
+def _verify() -> Any:
+    """What an https:// gateway is checked against: its own certificate, pinned (handed to
+    this kernel by the gateway), else the CA bundle setting or the system's."""
+    pinned = os.environ.get(env.CHECKPOINT_CERT)
+    if pinned:
+        from cumulus_jupyter.tls import pinned_context
+
+        return pinned_context(pinned)
+    return os.environ.get(env.CA_BUNDLE) or True
 
 
 _GATEWAYS: dict[tuple[str, str], _GatewayL2] = {}  # one connection pool per endpoint

@@ -47,6 +47,7 @@ CHECKPOINT_DIR = "CUMULUS_CHECKPOINT_DIR"
 # L2 through the gateway: its checkpoint endpoint and the kernel's owner's token for it
 CHECKPOINT_GATEWAY = "CUMULUS_CHECKPOINT_GATEWAY"
 CHECKPOINT_TOKEN = "CUMULUS_CHECKPOINT_TOKEN"
+CHECKPOINT_CERT = "CUMULUS_CHECKPOINT_CERT"  # an https:// gateway's own certificate, pinned
 # a container's launcher: where and with what to call the gateway back
 CALLBACK_URL = "CUMULUS_CALLBACK_URL"
 CALLBACK_TOKEN = "CUMULUS_CALLBACK_TOKEN"

@@ -341,3 +341,48 @@ def test_no_kernel_or_partition_left(setup: tuple[Gateway, Path], kernels: dict[
         assert call(gw, "DELETE", f"/api/kernels/{kernel_id}", TOKENS[user]).status_code == 204
     wait_until(lambda: gw.get("/api/kernels").json() == [], 60, "no kernels")
     wait_until(lambda: gw.get("/api/cumulus/partitions").json() == [], 60, "no partitions")
+
+
+def test_over_https_kernels_pin_the_gateways_certificate_for_l2(
+    tmp_path: Path, s3: dict[str, Any]
+) -> None:
+    """A gateway serving HTTPS: a job's kernel reaches L2 through it over TLS, trusting only
+    the gateway's own certificate (handed to it), and a later job resumes from L2."""
+    from tests.support.tls import HttpsGateway, make_pki
+
+    l1 = tmp_path / "l1"
+    (tmp_path / "pki").mkdir()
+    env = {"CUMULUS_CHECKPOINT_DIR": str(l1), "CUMULUS_CHECKPOINT_URL": "s3://ckpt/tls",
+           "CUMULUS_CHECKPOINT_OPTIONS": json.dumps(s3)}  # fmt: skip
+    gw = HttpsGateway(tmp_path / "gw", make_pki(tmp_path / "pki"), "--LocalRuntime.sandbox=bwrap",
+                      "--CumulusKernelManager.launch_timeout=300", env=env)  # fmt: skip
+    try:
+        saver = "import cumulus_jupyter.checkpoint as c\nc.save('tls', {'n': 7}, variables=True, wait_l2=True)"
+        state, log = https_job(gw, {"code": saver, "owner": "ana"})
+        assert state == "completed", log
+        shutil.rmtree(l1)
+        state, log = https_job(gw, {"code": "print('n is', n)", "resume": "tls", "owner": "ana"})
+        assert state == "completed" and "n is 7" in log, log
+        assert "restored n from checkpoint tls (L2)" in log
+    finally:
+        gw.stop()
+    assert "ckpt/tls/ana/tls/v1/manifest.json" in l2_keys_under(s3, "ckpt/tls")
+
+
+def https_job(gw: Any, body: dict[str, Any]) -> tuple[str, str]:
+    made = gw.post("/api/cumulus/jobs", body | {"gpu": "0.1", "duration": "2m"})
+    assert made.status_code == 201, made.text
+    job_id = made.json()["id"]
+    wait_until(lambda: gw.get(f"/api/cumulus/jobs/{job_id}").json()["state"]
+               in ("completed", "failed", "cancelled"), 240, "the job's end")  # fmt: skip
+    return gw.get(f"/api/cumulus/jobs/{job_id}").json()["state"], gw.get(
+        f"/api/cumulus/jobs/{job_id}/logs"
+    ).text
+
+
+def l2_keys_under(s3: dict[str, Any], prefix: str) -> list[str]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.invalidate_cache()
+    return sorted(fs.find(prefix))
