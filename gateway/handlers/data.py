@@ -245,7 +245,9 @@ class _TlsRelay:
             try:
                 left = total
                 while left:
-                    chunk = await self.stream.read_bytes(min(left, _CHUNK), partial=True)
+                    # whole chunks: tornado then reads TLS records (16 KiB each) in one
+                    # tight loop, not one event-loop turn per record
+                    chunk = await self.stream.read_bytes(min(left, _CHUNK))
                     await self._kernel(self.loop.sock_sendall(self.sock, chunk))
                     left -= len(chunk)
                 answer = await self._read_reply()
@@ -266,12 +268,16 @@ class _TlsRelay:
                 await self.stream.write(
                     _http_head(200, "OK", "application/octet-stream", total, frames)
                 )
-                left = total
+                left, view = total, memoryview(buffer)
                 while left:
-                    got = await self._kernel(self.loop.sock_recv_into(self.sock, buffer))
-                    if not got:
-                        raise DataChannelError(f"the kernel stopped {left} bytes short")
-                    await self.stream.write(bytes(buffer[:got]))
+                    want, got = min(left, len(buffer)), 0
+                    while got < want:  # a whole chunk per write: fewer, fuller TLS writes
+                        receiving = self.loop.sock_recv_into(self.sock, view[got:want])
+                        count = await self._kernel(receiving)
+                        if not count:
+                            raise DataChannelError(f"the kernel stopped {left - got} bytes short")
+                        got += count
+                    await self.stream.write(view[:got])  # flushed before the buffer is reused
                     left -= got
                 metrics.TRANSFERRED.labels(direction="pull").inc(total)
             except (OSError, CumulusError, TimeoutError, iostream.StreamClosedError) as exc:
@@ -288,7 +294,7 @@ class _TlsRelay:
             self.stream.close()
 
 
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 
 
 @dataclass
