@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from tornado.ioloop import IOLoop
 
+from cumulus_jupyter.errors import CumulusError
+
 
 class SteadyClock:
     """Wall-clock seconds (as `time.time`), following `time.monotonic` since it was made."""
@@ -41,7 +43,8 @@ class SteadyClock:
 
 class Ticker:
     """Awaits ``tick()`` every ``interval_s`` seconds on the gateway's event loop, timed by
-    asyncio's monotonic clock; a tick that raises is logged and the next one comes as usual.
+    asyncio's monotonic clock; a tick that raises is logged (a `CumulusError`, such as the
+    state file locked, in one line) and the next one comes as usual.
 
     Not tornado's ``PeriodicCallback``: that schedules on ``IOLoop.time()``, which is
     `time.time`, so a backward step of the system clock by an hour stops it for an hour (the
@@ -52,6 +55,10 @@ class Ticker:
     ) -> None:
         self._tick, self.interval_s, self.log = tick, interval_s, log
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def _name(self) -> str:
+        return str(getattr(self._tick, "__qualname__", self._tick))
 
     def start(self) -> None:
         """Begin ticking once the event loop runs (callable before it does)."""
@@ -70,6 +77,8 @@ class Ticker:
             started = loop.time()
             try:
                 await self._tick()
+            except CumulusError as exc:  # the state file locked or full: said, tried again
+                self.log.warning("%s: %s (next try in %g s)", self._name, exc, self.interval_s)
             except Exception:
-                self.log.exception("%s failed", getattr(self._tick, "__qualname__", self._tick))
+                self.log.exception("%s failed", self._name)
             await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))

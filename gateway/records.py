@@ -3,7 +3,9 @@ partitions (their own table, through `gateway.sqlite`).
 
 A record holds what a restarted gateway needs to talk to a kernel again: the kernelspec name,
 the connection info (ports and HMAC key) and the provisioner's info (partition id, runtime
-handle). It is written when a kernel has started or restarted and deleted when it shuts down.
+handle). It is written when a kernel has started or restarted and deleted when it shuts down;
+a kernel that never got one (its start failed) costs no write, so a start refused because the
+state file is locked or full is answered with that, not with a second failed write.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class KernelRecords:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._table = Table(path, _SCHEMA, "kernel records")
+        self._kept: set[str] = set()  # the ids with a record, as far as this process knows
 
     def save(
         self,
@@ -58,16 +61,23 @@ class KernelRecords:
             json.dumps(provisioner_info, default=str), time.time(),
         )  # fmt: skip
         self._table.execute("INSERT OR REPLACE INTO gateway_kernels VALUES (?,?,?,?,?)", row)
+        self._kept.add(kernel_id)
 
     def delete(self, kernel_id: str) -> None:
+        """Forget a kernel's record; none was saved or read here: nothing to do."""
+        if kernel_id not in self._kept:
+            return
         self._table.execute("DELETE FROM gateway_kernels WHERE kernel_id = ?", (kernel_id,))
+        self._kept.discard(kernel_id)
 
     def all(self) -> list[KernelRecord]:
         rows = self._table.execute(
             "SELECT kernel_id, kernel_name, connection_info, provisioner_info "
             "FROM gateway_kernels ORDER BY saved_at"
         )
-        return [KernelRecord(k, n, json.loads(c), json.loads(p)) for k, n, c, p in rows]
+        records = [KernelRecord(k, n, json.loads(c), json.loads(p)) for k, n, c, p in rows]
+        self._kept.update(r.kernel_id for r in records)
+        return records
 
     def close(self) -> None:
         self._table.close()

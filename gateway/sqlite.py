@@ -27,6 +27,7 @@ class Table:
     def __init__(self, path: Path, schema: str, what: str, timeout: float = TIMEOUT_S) -> None:
         self.path = path
         self.what = what  # "kernel records", "jobs": said in every error
+        self.timeout = timeout
         self._lock = threading.Lock()
         with self._unavailable():
             self._db = sqlite3.connect(
@@ -38,6 +39,13 @@ class Table:
     def _unavailable(self) -> Iterator[None]:
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise Unavailable(
+                    f"State file {self.path} is locked by another process; gave up after "
+                    f"waiting {self.timeout:g} s ({self.what}). Retry"
+                ) from exc
+            raise Unavailable(f"State file {self.path} cannot hold {self.what}: {exc}") from exc
         except sqlite3.Error as exc:
             raise Unavailable(f"State file {self.path} cannot hold {self.what}: {exc}") from exc
 
