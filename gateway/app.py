@@ -87,6 +87,14 @@ class CumulusGateway(ServerApp):
         "~40 ms to every round trip; only the benchmark turns it off, to show that.",
     )
 
+    discovery_interval = Float(
+        30.0,
+        config=True,
+        help="Seconds between device discoveries while the gateway runs: while discovery "
+        "fails (or a device is no longer found) new kernels are refused with 503 and running "
+        "ones are left alone; 0 turns it off.",
+    )
+
     json_logs = Bool(False, config=True, help="Log one JSON object per line.")
 
     max_message_bytes = Int(
@@ -144,6 +152,7 @@ class CumulusGateway(ServerApp):
                 parent=self,
                 max_transfer_bytes=self.max_transfer_bytes,
                 tcp_nodelay=self.tcp_nodelay,
+                discovery_interval=self.discovery_interval,
             )
         except CumulusError as exc:
             self.log.critical("%s", exc)

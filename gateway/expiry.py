@@ -1,6 +1,7 @@
 """`ExpirySupervisor`: warns a kernel's clients before its partition ends, then stops it.
 
-Every tick (one second by default) it moves the partition queue, then for each kernel re-reads
+Every tick (one second by default) it moves the partition queue, starts a device discovery
+when one is due (`gateway.discovery`), then for each kernel re-reads
 its partition from the store (so expiries and releases made by other processes count):
 
 - at T-5 min and T-1 min (for partitions shorter than 10 min: at 1/2 and 1/10 of the duration)
@@ -64,6 +65,7 @@ class ExpirySupervisor:
     async def tick(self) -> None:
         services = self.services
         services.broker.pump()
+        services.discovery.poll()  # in a worker thread, when due
         metrics.update_devices((d.id, free) for d, free in services.broker.free())
         now = self.clock()
         self._note_step()

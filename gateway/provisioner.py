@@ -105,6 +105,7 @@ class CumulusProvisioner(LocalProvisioner):
 
     async def _acquire(self, env: dict[str, str], exempt: bool = False) -> Partition:
         services = self.services
+        services.discovery.check()  # no new partition while the devices cannot be vouched for
         request = PartitionRequest.parse(
             env.get(names.KERNEL_GPU) or self.gpu,
             env.get(names.KERNEL_DURATION) or self.duration,

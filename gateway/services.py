@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.broker import PartitionBroker
 from gateway.callback import Callbacks
 from gateway.checkpoints import CheckpointStore
+from gateway.discovery import DeviceDiscovery
 from gateway.errors import chronos_boundary
 from gateway.jobs.runner import JobRunner
 from gateway.jobs.store import JobStore
@@ -40,6 +41,7 @@ class Services:
     registry: KernelRegistry  # the live kernels' partitions, end reasons, connections
     jobs: JobRunner
     checkpoints: CheckpointStore  # L2 per owner, and kernels' checkpoint tokens
+    discovery: DeviceDiscovery  # the devices, discovered again while the gateway runs
 
     @classmethod
     def build(
@@ -64,6 +66,12 @@ class Services:
             runtime.log.warning("%s runtime: %s", runtime.name, exc)
         with chronos_boundary():
             store = Store(runtime.devices() or discover(), state_path or None)
+        discovery = DeviceDiscovery(
+            lambda: runtime.devices() or discover(),
+            store.devices,
+            runtime.log,
+            settings.discovery_interval,
+        )
         broker = PartitionBroker(
             store,
             on_allocated=metrics.ALLOCATION.observe,
@@ -83,6 +91,7 @@ class Services:
             registry,
             jobs,
             checkpoints,
+            discovery,
         )
 
     def refresh(self) -> dict[str, Partition]:

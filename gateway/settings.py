@@ -27,3 +27,4 @@ class Settings:
     quotas: Quotas = field(default_factory=Quotas)  # per-user limits (gateway.quotas)
     queue_policy: Policy = Policy.FAIR  # how the partition queue is served (gateway.scheduler)
     fair_share_half_life: float = DEFAULT_HALF_LIFE_S  # seconds; decays users' GPU-seconds
+    discovery_interval: float = 30.0  # seconds between device discoveries while running; 0: none
