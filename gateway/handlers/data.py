@@ -7,8 +7,8 @@ then signs a request to the kernel's data port with the kernel's own key, waits 
 to accept it, takes the client's socket from tornado and moves the body kernel-side with
 ``splice(2)``: the bytes never enter this process's memory, and the event loop never sees them.
 Over HTTPS the client's socket carries TLS records, which neither ``splice`` nor a kernel handed
-the socket could read: the gateway then decrypts and relays the body itself (`_TlsRelay`),
-over the kernel's TCP data port.
+the socket could read: the gateway then takes tornado's TLS socket itself and decrypts and
+relays the body in a worker thread (``dataport.copy``), over the kernel's TCP data port.
 
 A kernel with no data port, or whose port is not listening, refuses or fails, is
 `DataChannelError` (502): the client then sends the values in messages. A pull of nothing staged
@@ -134,10 +134,21 @@ class DataHandler(CumulusHandler):
         return await asyncio.to_thread(connect)
 
     def _take_client(self, stream: Any) -> socket.socket:
-        client = socket.socket(fileno=stream.socket.dup().detach())
-        stream.close()
+        """The client's socket, out of tornado's hands, blocking, for the relay's thread. A TLS
+        socket cannot be duplicated: the event loop stops watching it instead (tornado's
+        buffer is empty by now) and the relay closes it."""
+        if self._tls:
+            stream.io_loop.remove_handler(stream.socket)
+            client: socket.socket = stream.socket
+        else:
+            client = socket.socket(fileno=stream.socket.dup().detach())
+            stream.close()
         _stall_timeout(client)
         return client
+
+    def _move(self, src: socket.socket, dst: socket.socket, count: int) -> None:
+        """``splice(2)`` between plain sockets; through this process for a TLS client."""
+        (dataport.copy if self._tls else dataport.pump)(src, dst, count)
 
     # -- the two directions ----------------------------------------------------------------------
 
@@ -150,9 +161,6 @@ class DataHandler(CumulusHandler):
         self._check_cap(total)
         kernel = await self._open_kernel(kernel_id, dataport.request("put", transfer_id, sizes))
         stream = self.detach()
-        if self._tls:
-            await _TlsRelay(stream, kernel.sock, self.log).put(kernel_id, total)
-            return
         try:
             first = await stream.read_bytes(total, partial=True) if total else b""
             client = self._take_client(stream)
@@ -169,7 +177,7 @@ class DataHandler(CumulusHandler):
                         kernel.sock.sendall(dataport.frame(first))
                     else:
                         kernel.sock.sendall(first)
-                        dataport.pump(client, kernel.sock, total - len(first))
+                        self._move(client, kernel.sock, total - len(first))
                     answer = dataport.read_reply(kernel.sock)
                 except (OSError, CumulusError, ValueError) as exc:
                     answer = {"ok": False, "error": f"transfer broke off: {exc}"}
@@ -188,9 +196,6 @@ class DataHandler(CumulusHandler):
         total = sum(sizes)
         try:
             self._check_cap(total)
-            if self._tls:
-                await _TlsRelay(self.detach(), kernel.sock, self.log).get(sizes)
-                return
             client = self._take_client(self.detach())
         except Exception:
             kernel.sock.close()
@@ -204,7 +209,7 @@ class DataHandler(CumulusHandler):
                     dataport.hand_over(kernel.sock, client)
                     dataport.read_reply(kernel.sock)  # the kernel wrote the body itself
                 else:
-                    dataport.pump(kernel.sock, client, total)
+                    self._move(kernel.sock, client, total)
                 metrics.TRANSFERRED.labels(direction="pull").inc(total)
 
         await self._relay(relay)
@@ -222,79 +227,6 @@ class DataHandler(CumulusHandler):
             await asyncio.to_thread(work)
         except (OSError, CumulusError) as exc:  # the response has started: only the log can say
             self.log.warning("data transfer %s broke off: %s", self.request.path, exc)
-
-
-class _TlsRelay:
-    """One transfer for a client on TLS: the body is read from (or written to) tornado's
-    SSL stream in chunks and moved to (or from) the kernel's TCP data port, in the event loop."""
-
-    def __init__(self, stream: iostream.IOStream, sock: socket.socket, log: Any) -> None:
-        self.stream, self.sock, self.log = stream, sock, log
-        sock.setblocking(False)
-        self.loop = asyncio.get_running_loop()
-
-    async def _kernel(self, work: Any) -> Any:
-        return await asyncio.wait_for(work, _STALL_TIMEOUT_S)
-
-    async def _read_reply(self) -> dict[str, Any]:
-        self.sock.setblocking(True)  # dataport reads its reply with blocking receives
-        return await asyncio.to_thread(dataport.read_reply, self.sock)
-
-    async def put(self, kernel_id: str, total: int) -> None:
-        with self.sock:
-            try:
-                left = total
-                while left:
-                    # whole chunks: tornado then reads TLS records (16 KiB each) in one
-                    # tight loop, not one event-loop turn per record
-                    chunk = await self.stream.read_bytes(min(left, _CHUNK))
-                    await self._kernel(self.loop.sock_sendall(self.sock, chunk))
-                    left -= len(chunk)
-                answer = await self._read_reply()
-            except (OSError, CumulusError, ValueError, TimeoutError) as exc:
-                answer = {"ok": False, "error": f"transfer broke off: {exc}"}
-            if answer.get("ok"):
-                metrics.TRANSFERRED.labels(direction="push").inc(total)
-                await self._answer(_http_response(200, "OK", {"bytes": total}))
-            else:
-                self.log.warning("push to kernel %s failed: %s", kernel_id, answer["error"])
-                await self._answer(_http_response(502, "Bad Gateway", {"message": answer["error"]}))
-
-    async def get(self, sizes: list[int]) -> None:
-        total, buffer = sum(sizes), bytearray(min(sum(sizes), _CHUNK) or 1)
-        frames = f"X-Cumulus-Frames: {','.join(map(str, sizes))}\r\n"
-        with self.sock:
-            try:
-                await self.stream.write(
-                    _http_head(200, "OK", "application/octet-stream", total, frames)
-                )
-                left, view = total, memoryview(buffer)
-                while left:
-                    want, got = min(left, len(buffer)), 0
-                    while got < want:  # a whole chunk per write: fewer, fuller TLS writes
-                        receiving = self.loop.sock_recv_into(self.sock, view[got:want])
-                        count = await self._kernel(receiving)
-                        if not count:
-                            raise DataChannelError(f"the kernel stopped {left - got} bytes short")
-                        got += count
-                    await self.stream.write(view[:got])  # flushed before the buffer is reused
-                    left -= got
-                metrics.TRANSFERRED.labels(direction="pull").inc(total)
-            except (OSError, CumulusError, TimeoutError, iostream.StreamClosedError) as exc:
-                self.log.warning("data transfer (pull) broke off: %s", exc)
-            finally:
-                self.stream.close()
-
-    async def _answer(self, response: bytes) -> None:
-        try:
-            await self.stream.write(response)
-        except iostream.StreamClosedError as exc:
-            self.log.warning("data transfer (push) broke off: %s", exc)
-        finally:
-            self.stream.close()
-
-
-_CHUNK = 4 << 20
 
 
 @dataclass
