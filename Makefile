@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint unit bench clean image
+.PHONY: setup system-deps run test lint unit bench clean image soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ unit: setup
 # the job image of the docker and swarm runtimes (needs root for debootstrap, and dockerd)
 image: setup
 	$(BIN)/python -m gateway.container.build
+
+# 1,000 create -> execute -> delete/expire/kill cycles, 8 at a time (the soak tier runs 180)
+soak: setup
+	mkdir -p .bench
+	$(BIN)/python -m benchmarks.soak --cycles 1000 --parallel 8 --json .bench/soak.json
 
 EG_BIN := .bench/eg/bin
 

@@ -56,8 +56,11 @@ class KernelSocket:
 
     @classmethod
     async def open(
-        cls, base_url: str, token: str, kernel_id: str, protocol: str = "legacy"
-    ) -> KernelSocket:
+        cls, base_url: str, token: str, kernel_id: str, protocol: str = "legacy",
+        open_timeout: float = 10,
+    ) -> KernelSocket:  # fmt: skip
+        """``open_timeout``: the handshake's (the gateway answers it once the kernel replied to
+        its first kernel_info request: a loaded host needs longer)."""
         session = uuid.uuid4().hex
         url = (
             base_url.replace("http", "ws", 1)
@@ -68,6 +71,7 @@ class KernelSocket:
             subprotocols=[V1] if protocol == "v1" else None,  # type: ignore[list-item]
             additional_headers={"Authorization": f"token {token}"},
             max_size=None,
+            open_timeout=open_timeout,
         )
         if protocol == "v1":
             assert ws.subprotocol == V1
