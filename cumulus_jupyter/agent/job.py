@@ -1,7 +1,10 @@
 """A directory job inside its kernel: unpack the archive, call ``main()``, publish the result.
 
-The gateway's job runner sends `cumulus_jupyter.protocol.code.directory_job`, which calls
-`run` here after the job's requirements are installed. The result document is the seed's:
+The gateway's job runner, after the job's requirements are installed, executes
+`jobarchive.REGISTER` (`register`: the `JOB_TARGET` comm target), opens a comm to it whose one
+buffer is the zip (binary: no base64, and no multi-MiB cell for IPython to tokenize), and then
+executes `jobarchive.run_code`, which calls `run` here: the kernel handles the two in the order
+sent. The result document is the seed's:
 ``{"status": "success", "result", "execution_time", "timestamp", "system_info"}`` or
 ``{"status": "error", "error", "error_type", "traceback", …}``; it is published as one display
 of type `RESULT_MIME`, which the runner keeps instead of writing it to the log. A result that
@@ -26,9 +29,34 @@ import traceback
 from typing import Any
 
 from cumulus_jupyter.protocol import env
-from cumulus_jupyter.protocol.jobarchive import MAIN, MAX_PICKLE_BYTES, RESULT_MIME, extract
+from cumulus_jupyter.protocol.jobarchive import (
+    JOB_TARGET,
+    MAIN,
+    MAX_PICKLE_BYTES,
+    RESULT_MIME,
+    extract,
+)
 
 _REPR_CHARS = 1000
+#: the zip the comm brought, until `run` takes it
+_received: dict[str, bytes] = {}
+
+
+def register() -> None:
+    """Register `JOB_TARGET` in the running IPython kernel (nothing outside one)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "kernel"):
+        shell.kernel.comm_manager.register_target(JOB_TARGET, _on_open)
+
+
+def _on_open(comm: Any, open_msg: dict[str, Any]) -> None:
+    """`JOB_TARGET`: keep the zip (the open message's one buffer) for `run`."""
+    buffers = open_msg.get("buffers") or []
+    if buffers:
+        _received["archive"] = bytes(buffers[0])
+    comm.close()
 
 
 def _system_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -108,14 +136,18 @@ def _repr(value: Any) -> str:
     return text if len(text) <= _REPR_CHARS else text[:_REPR_CHARS] + "…"
 
 
-def run(archive_b64: str, info: dict[str, Any]) -> None:
-    """Unpack the job, call its ``main()``, publish the result document.
-    ``info``: the ``system_info`` the gateway knows (job id, partition, device)."""
+def run(info: dict[str, Any], archive: bytes | None = None) -> None:
+    """Unpack the job (``archive``, or the zip `JOB_TARGET` received), call its ``main()``,
+    publish the result document. ``info``: the ``system_info`` the gateway knows (job id,
+    partition, device)."""
     directory = str(env.workdir(str(info.get("job_id") or os.getpid())))
     started = time.perf_counter()
     pickled: bytes | None = None
     try:
-        extract(base64.b64decode(archive_b64), directory)
+        data = archive if archive is not None else _received.pop("archive", None)
+        if data is None:
+            raise RuntimeError("the job's archive did not reach the kernel")
+        extract(data, directory)
         os.chdir(directory)
         if directory not in sys.path:
             sys.path.insert(0, directory)

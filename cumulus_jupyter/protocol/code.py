@@ -94,14 +94,3 @@ def pull_expression(
         f"{_AGENT_ALIAS}.inline_pull({list(names)!r}, {dict(watched)!r}, {max_bytes!r}, "
         f"{inline_max!r})"
     )
-
-
-# -- a directory job (`cumulus_jupyter.agent.job`) ----------------------------------------------
-
-JOB = "cumulus_jupyter.agent.job"
-
-
-def directory_job(archive_b64: str, info: dict[str, object]) -> str:
-    """Unpack a job archive (base64 of its zip), call its ``main()`` and publish the result
-    document (``info``: the ``system_info`` the gateway knows)."""
-    return f"import {JOB} as _cumulus_job\n_cumulus_job.run({archive_b64!r}, {info!r})"

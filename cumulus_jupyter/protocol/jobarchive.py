@@ -42,6 +42,19 @@ _DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFEr
             NotImplementedError, RuntimeError, zlib.error, struct.error)  # fmt: skip
 #: the mime type of the display the agent publishes with the job's result document
 RESULT_MIME = "application/vnd.cumulus.job-result+json"
+#: the comm target the agent registers for a job's zip (`cumulus_jupyter.agent.job`)
+JOB_TARGET = "cumulus.job"
+_AGENT = "cumulus_jupyter.agent.job"
+#: executed first: registers `JOB_TARGET`
+REGISTER = f"import {_AGENT} as _cumulus_job\n_cumulus_job.register()"
+
+
+def run_code(info: dict[str, object]) -> str:
+    """Executed once the zip was sent to `JOB_TARGET`: unpack it, call ``main()``, publish the
+    result document (``info``: the ``system_info`` the gateway knows)."""
+    return f"import {_AGENT} as _cumulus_job\n_cumulus_job.run({info!r})"
+
+
 #: a result that is not JSON-serialisable is kept pickled up to this many bytes
 MAX_PICKLE_BYTES = 32 * 2**20
 _FILE_OPTIONS = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable")

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import re
 import time
+import uuid
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -30,6 +31,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from cumulus_jupyter.errors import KernelDied, PartitionExpired
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.protocol import env as names
+from cumulus_jupyter.protocol import jobarchive
 from cumulus_jupyter.protocol.jobarchive import RESULT_MIME
 from gateway import metrics
 from gateway.jobs.model import Job, JobState
@@ -189,9 +191,13 @@ class JobRunner:
         return {"job_id": job.id, "chronos_partition": job.partition_id, "gpu_device": job.device}
 
     async def _run_directory(self, client: Any, job: Job, kernel_id: str) -> None:
-        """The agent unpacks the zip and calls ``main()``; its document says how it went."""
-        encoded = base64.b64encode(self.store.archive(job.id)).decode()
-        code = kernel_code.directory_job(encoded, self._system_info(job))
+        """The agent takes the zip through a comm (one binary buffer), unpacks it and calls
+        ``main()``; its document says how it went."""
+        if not await self._run_code(client, job, jobarchive.REGISTER, kernel_id):
+            self._finish(job, JobState.FAILED, job.error, "AgentError")
+            return
+        await self._send_archive(client, self.store.archive(job.id))
+        code = jobarchive.run_code(self._system_info(job))
         ok = await self._run_code(client, job, code, kernel_id)
         document = self._documents.get(job.id)
         if document is None:
@@ -239,6 +245,16 @@ class JobRunner:
         if kernel_id not in self.kernels:
             return False
         return bool(await ensure_async(self.kernels.get_kernel(kernel_id).is_alive()))
+
+    async def _send_archive(self, client: Any, data: bytes) -> None:
+        """A ``comm_open`` to the agent's `JOB_TARGET` with the zip as its buffer (buffers are
+        not signed: the header, parent, metadata and content are); the kernel takes it before
+        the execute sent after it."""
+        content = {"comm_id": uuid.uuid4().hex, "target_name": jobarchive.JOB_TARGET, "data": {}}
+        message = client.session.msg("comm_open", content)
+        await client.shell_channel.socket.send_multipart(
+            [*client.session.serialize(message), data], copy=False
+        )
 
     def _keep_result(self, job: Job, payload: Any) -> None:
         """The agent's result display: the document, and the result pickled when it is not

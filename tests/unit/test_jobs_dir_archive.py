@@ -6,7 +6,6 @@ outcomes the seed's metric counts."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import os
 import re
@@ -196,7 +195,7 @@ def run_in_agent(
     )
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
     info = {"job_id": "j-0123456789ab", "chronos_partition": "p-1", "gpu_device": "gpu0"}
-    agent_job.run(base64.b64encode(zip_of({"main.py": source})).decode(), info)
+    agent_job.run(info, zip_of({"main.py": source}))
     ((document, pickled),) = published
     return document, pickled
 
@@ -226,6 +225,19 @@ def test_the_agent_pickles_what_json_cannot_hold(
     assert pickled is not None
     value = cloudpickle.loads(pickled)
     assert value[0] == {1, 2} and value[1] != value[1]
+
+
+def test_the_agent_says_when_no_archive_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published: list[dict[str, Any]] = []
+    monkeypatch.setenv("CUMULUS_WORKDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(agent_job, "_publish", lambda doc, pickled: published.append(doc))
+    agent_job.run({"job_id": "j-0123456789ab"})
+    ((document,),) = [published]
+    assert document["status"] == "error"
+    assert document["error"] == "the job's archive did not reach the kernel"
 
 
 def test_the_agent_reports_main_s_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
