@@ -134,6 +134,15 @@ def test_the_magic_runs_a_cell_over_https(https: HttpsGateway) -> None:
         )
         assert printed.strip() == "42"
         kc.execute_interactive("%cumulus release", timeout=120)
+        # the notebook loses its CA: a new session is refused in one line, the kernel lives on
+        kc.execute_interactive("import os; del os.environ['CUMULUS_CA_BUNDLE']", timeout=60)
+        outputs.clear()
+        cell = "%%cumulus --gpu 0.2 --session untrusted\nz = 1"
+        reply = kc.execute_interactive(cell, timeout=120, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        errors = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        assert errors.startswith("Unavailable: ") and "does not trust" in errors, errors
+        assert "Traceback" not in errors
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
