@@ -27,7 +27,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from traitlets import Enum, Float, Int, Unicode, default
 
 from cumulus_jupyter.errors import Internal, InvalidArgument
-from gateway import metrics
+from gateway import activity, metrics
 from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
 from gateway.provisioner import CumulusProvisioner
@@ -187,6 +187,10 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             return create(*args, services=self.services, **kwargs)
 
         return with_services
+
+    def start_watching_activity(self, kernel_id: str) -> None:
+        """jupyter_server's activity watch, reading only the headers (`gateway.activity`)."""
+        activity.watch(self, kernel_id)
 
     async def start_kernel(  # type: ignore[override]
         self, *, kernel_id: str | None = None, path: Any = None, **kwargs: Any

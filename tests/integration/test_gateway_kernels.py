@@ -201,3 +201,30 @@ def test_a_kernel_shut_down_while_it_restarts_is_shut_down(
             await manager.shutdown_all(now=True)
 
     asyncio.run(run())
+
+
+def test_the_kernel_model_follows_what_the_kernel_does(gateway: Gateway) -> None:
+    """``execution_state`` and ``last_activity`` come from the kernel's IOPub (as jupyter_server
+    reads it, `gateway.activity`): busy while a cell runs, idle after, activity moving on."""
+    from tests.support.wait import wait_until
+
+    model = gateway.start_kernel()
+    path = f"/api/kernels/{model['id']}"
+    before = gateway.get(path).json()["last_activity"]  # "starting" until a client's first cell
+
+    async def run() -> None:
+        ws = await KernelSocket.open(gateway.url, gateway.token, model["id"])
+        try:
+            msg_id = await ws.start_execute("import time; print('in', flush=True); time.sleep(120)")
+            await ws.wait_for(lambda m: m["msg_type"] == "stream")
+            busy = await asyncio.to_thread(gateway.get, path)
+            assert busy.json()["execution_state"] == "busy"
+            assert busy.json()["last_activity"] > before
+            await asyncio.to_thread(gateway.post, f"{path}/interrupt")
+            await ws.finish(msg_id)
+        finally:
+            await ws.close()
+
+    asyncio.run(run())
+    wait_until(lambda: gateway.get(path).json()["execution_state"] == "idle", what="idle again")
+    assert gateway.delete(path).status_code == 204
