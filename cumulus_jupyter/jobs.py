@@ -293,5 +293,7 @@ def result_document(job_id: str, *, gateway: str | None = None, token: str | Non
 
 def result(job_id: str, *, gateway: str | None = None, token: str | None = None) -> Any:
     """What the directory job's ``main()`` returned (unpickled when it was not JSON); its
-    failure as `RemoteError`; `Conflict` while it has not ended."""
+    failure as `RemoteError`; `Conflict` while it has not ended. Unpickling runs code the
+    job's own code chose: take results of jobs you trust (your own; the operator's token
+    sees every user's)."""
     return _call(gateway, token, lambda client: value(client, job_id))

@@ -75,6 +75,7 @@ class JobRunner:
                     job, JobState.FAILED, "the gateway restarted while the job ran",
                     "GatewayRestarted",
                 )  # fmt: skip
+                self.store.drop_archive(job.id)
                 if job.kernel_id and job.kernel_id in self.kernels:
                     with contextlib.suppress(Exception):
                         await self.kernels.shutdown_kernel(job.kernel_id, now=True)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,18 @@ def test_jobs_survive_a_gateway_restart_and_are_pruned_after_their_retention(
         running = cumulus(
             gw, "submit", "-c", "import time\nprint('up', flush=True)\ntime.sleep(300)"
         ).stdout.strip()
-        wait_until(lambda: "up" in cumulus(gw, "logs", running).stdout, what="the job to run")
+        folder = tmp_path / "sleeper"
+        folder.mkdir()
+        (folder / "main.py").write_text(
+            "import time\n\ndef main():\n    print('up', flush=True)\n    time.sleep(300)\n"
+        )
+        directory = cumulus(gw, "submit", str(folder), "--gpu", "0.1").stdout.strip()
+
+        def up(job_id: str) -> Callable[[], bool]:
+            return lambda: "up" in cumulus(gw, "logs", job_id).stdout
+
+        for job_id in (running, directory):
+            wait_until(up(job_id), what="the job to run")
         gw.kill()  # SIGKILL mid-job
         gw.start()
         assert job(gw, finished)["state"] == "completed"
@@ -151,6 +163,9 @@ def test_jobs_survive_a_gateway_restart_and_are_pruned_after_their_retention(
         assert (
             lost["state"] == "failed" and lost["error"] == "the gateway restarted while the job ran"
         )
+        document = job(gw, directory)["result"]
+        assert (document["status"], document["error_type"]) == ("error", "GatewayRestarted")
+        assert not list(state.parent.glob("*.jobs/*.zip"))  # the zip is not kept past its run
         wait_until(lambda: active_partitions(gw) == [], what="the lost job's partition released")
     finally:
         gw.stop()
