@@ -14,7 +14,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 
 from cumulus_jupyter import kernelspec
 from tests.support.gateway import Gateway, free_port
+from tests.support.processes import terminate
 from tests.support.wait import wait_until
 
 BIN = Path(sys.executable).parent
@@ -160,13 +160,7 @@ class Hub:
         return str(response.json()["token"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        terminate(self.proc)
         self._log.close()
         for pid in [*self.server_pids, *self._pid_from("proxy.pid"), *self._left_behind()]:
             _kill(pid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ import httpx
 
 from chronos import Store, discover
 from chronos.watchdog import live_process
+from tests.support.processes import terminate
 from tests.support.wait import wait_until
 
 TOKEN = "test-token-" + "0" * 20
@@ -114,13 +114,8 @@ class Gateway:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        if self.proc is not None:
+            terminate(self.proc)
         if not self._log.closed:
             self._log.close()
         self.kill_kernels()
