@@ -98,6 +98,7 @@ def _job_commands(sub: Any) -> None:
     result = sub.add_parser("result", help="a directory job's result document, as JSON")
     result.add_argument("job_id")
     result.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")
+    result.add_argument("--json", action="store_true", help="(it is JSON either way)")
     for p in (submit, get, sub.choices["list"], logs, cancel):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--gateway", help="gateway URL (default $CUMULUS_GATEWAY_URL)")

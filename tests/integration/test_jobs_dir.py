@@ -193,7 +193,7 @@ def test_a_failing_main_gives_the_error_document(
     assert done.stderr.strip().splitlines()[-1].endswith(": ValueError: learning rate too high")
     assert "starting" in done.stdout and 'raise ValueError("learning' in done.stdout
     job_id = job_id_of(done)
-    printed = here("result", job_id)
+    printed = here("result", job_id, "--json")
     document = json.loads(printed.stdout)
     assert printed.returncode == 1 and document["status"] == "error"
     assert document["error"] == "learning rate too high"
