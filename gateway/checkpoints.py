@@ -32,6 +32,7 @@ FILE = re.compile(r"manifest\.json|[0-9]{1,6}\.[a-z0-9]{1,16}")
 MANIFEST = "manifest.json"
 KEY_FILE = "checkpoint.key"
 TOKEN_SCHEME = "checkpoint"  # Authorization: checkpoint <token>
+CHUNK = 8 * 2**20  # bytes read from L2 at a time
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 
 
@@ -155,16 +156,35 @@ class CheckpointStore:
             )  # fmt: skip
 
     def read(self, owner: str, name: str, version: int, file: str) -> bytes:
+        source = self.open_read(owner, name, version, file)
+        try:
+            return b"".join(iter(lambda: self.read_chunk(source), b""))
+        finally:
+            self.close(source)
+
+    def write(self, owner: str, name: str, version: int, file: str, data: bytes) -> None:
+        """One file of a version; `Conflict` once that version is complete (immutable)."""
+        out = self.open_write(owner, name, version, file)
+        self.write_chunk(out, data)
+        self.close(out)
+
+    # the handlers stream files through these, a chunk at a time (a checkpoint may be GBs)
+
+    def open_read(self, owner: str, name: str, version: int, file: str) -> Any:
         fs, root = self._fs(owner)
         path = f"{root}/{checked_name(name)}/v{version}/{checked_file(file)}"
         with _l2(self.url):
             try:
-                return bytes(fs.cat_file(path))
+                return fs.open(path, "rb")
             except FileNotFoundError:
                 raise NotFound(f"No checkpoint {name} v{version} ({file}) on L2") from None
 
-    def write(self, owner: str, name: str, version: int, file: str, data: bytes) -> None:
-        """One file of a version; `Conflict` once that version is complete (immutable)."""
+    def read_chunk(self, source: Any) -> bytes:
+        with _l2(self.url):
+            return bytes(source.read(CHUNK))
+
+    def open_write(self, owner: str, name: str, version: int, file: str) -> Any:
+        """Where one file of a version not yet complete is written (`Conflict` once it is)."""
         fs, root = self._fs(owner)
         target = f"{root}/{checked_name(name)}/v{version}"
         checked_file(file)
@@ -172,7 +192,21 @@ class CheckpointStore:
             if fs.exists(f"{target}/{MANIFEST}"):
                 raise Conflict(f"Checkpoint {name} v{version} is complete; it is never rewritten")
             fs.makedirs(target, exist_ok=True)  # a directory on a file system; nothing on S3
-            fs.pipe_file(f"{target}/{file}", data)
+            return fs.open(f"{target}/{file}", "wb")
+
+    def write_chunk(self, out: Any, data: bytes) -> None:
+        with _l2(self.url):
+            out.write(data)
+
+    def close(self, handle: Any, keep: bool = True) -> None:
+        """Close a file being read or written; ``keep`` False: drop what was written (an
+        upload cut off), where the file system can."""
+        with _l2(self.url):
+            discard = getattr(handle, "discard", None)
+            if not keep and callable(discard):
+                discard()
+            else:
+                handle.close()
 
 
 def _ls(fs: Any, path: str) -> list[str]:

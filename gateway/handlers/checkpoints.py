@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any, cast
 
 from jupyter_server.auth.decorator import allow_unauthenticated
+from tornado import web
 
 from cumulus_jupyter.errors import InvalidArgument, NotFound, Unauthenticated
 from gateway.checkpoints import TOKEN_SCHEME, CheckpointStore
@@ -76,22 +78,63 @@ class CheckpointHandler(_CheckpointHandler):
         self.finish(json.dumps({"name": name, "versions": versions}))
 
 
+@web.stream_request_body  # a file is written to L2 as it arrives, never held whole
 class CheckpointFileHandler(_CheckpointHandler):
+    _out: Any = None  # the L2 file a PUT writes
+    _failed: BaseException | None = None  # why writing it failed, said when the body ends
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        """For a PUT, who and where before the body comes; then it is written as it arrives."""
+        await super().prepare(*args, **kwargs)
+        if self.request.method != "PUT":
+            return
+        limit = self.services.settings.max_transfer_bytes or 2**62
+        cast(Any, self.request.connection).set_max_body_size(limit)
+        where = self.path_kwargs
+        owner, version = self.owner(), _version(where["version"])
+        self._out = await asyncio.to_thread(
+            self.store.open_write, owner, where["name"], version, where["file"]
+        )
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._out is None or self._failed is not None:
+            return
+        try:
+            await asyncio.to_thread(self.store.write_chunk, self._out, chunk)
+        except Exception as exc:  # said once the body has ended, as the answer
+            self._failed = exc
+
     @allow_unauthenticated
     async def get(self, name: str, version: str, file: str) -> None:
         owner = self.owner()
-        data = await asyncio.to_thread(self.store.read, owner, name, _version(version), file)
-        self.set_header("Content-Type", "application/octet-stream")
-        self.finish(data)
+        source = await asyncio.to_thread(self.store.open_read, owner, name, _version(version), file)
+        try:
+            self.set_header("Content-Type", "application/octet-stream")
+            while chunk := await asyncio.to_thread(self.store.read_chunk, source):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            await asyncio.to_thread(self.store.close, source)
+        self.finish()
 
     @allow_unauthenticated
     async def put(self, name: str, version: str, file: str) -> None:
-        owner = self.owner()
-        number = _version(version)
-        body = self.request.body or b""
-        await asyncio.to_thread(self.store.write, owner, name, number, file, body)
+        out, self._out = self._out, None
+        if self._failed is not None:
+            await asyncio.to_thread(self.store.close, out, False)
+            raise self._failed
+        await asyncio.to_thread(self.store.close, out)
         self.set_status(204)
         self.finish()
+
+    def on_finish(self) -> None:
+        """A PUT cut off (or refused) before its body ended: nothing of it is kept."""
+        out, self._out = self._out, None
+        if out is not None:
+            self.store.close(out, keep=False)
+
+    def on_connection_close(self) -> None:
+        self.on_finish()
 
 
 default_handlers = [  # loaded by jupyter_server as an extra service

@@ -37,6 +37,7 @@ if WHY_NOT is not None:  # the sandbox tier says so loudly (and fails in CI); th
 ANA = "ana-token-" + "a" * 24
 BOB = "bob-token-" + "b" * 24
 TOKENS = {"ana": ANA, "bob": BOB}
+BODY_LIMIT = 4 * 2**20  # the gateway's request body limit; a checkpoint file is not held to it
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def setup(
         tmp / "state" / "chronos.sqlite3", tmp / "gateway.log",
         "--LocalRuntime.sandbox=bwrap", "--CumulusKernelManager.launch_timeout=300",
         f"--CumulusIdentityProvider.user_tokens={json.dumps({ANA: 'ana', BOB: 'bob'})}",
+        f"--ServerApp.max_body_size={BODY_LIMIT}",  # checkpoints stream past it
         env=env,
     )  # fmt: skip
     try:
@@ -265,6 +267,23 @@ r = httpx.put(os.environ["CUMULUS_CHECKPOINT_GATEWAY"] + "/run1/1/manifest.json"
               headers={"Authorization": "checkpoint " + os.environ["CUMULUS_CHECKPOINT_TOKEN"]})
 print(json.dumps(r.status_code))""")  # fmt: skip
     assert again == 409
+
+
+def test_a_checkpoint_larger_than_any_request_body_streams_to_l2_and_back(
+    setup: tuple[Gateway, Path], kernels: dict[str, str], s3: dict[str, Any]
+) -> None:
+    gw, _ = setup
+    code = ATTEMPT + f"""
+import hashlib, shutil, numpy as np
+big = np.random.default_rng(1).random({3 * BODY_LIMIT // 8})  # 3x the body limit
+c.save('big', big, wait_l2=True)
+shutil.rmtree(os.path.join(str(c.l1_root()), 'big'))  # only L2 has it now
+back = c.load('big')
+print(json.dumps([hashlib.sha256(big).hexdigest() == hashlib.sha256(back).hexdigest(),
+                  int(back.nbytes)]))"""  # fmt: skip
+    same, size = run(gw, "ana", kernels["ana"], code)
+    assert same and size == 3 * BODY_LIMIT
+    assert "ckpt/runs/ana/big/v1/manifest.json" in l2_keys(s3)
 
 
 def test_through_the_api_each_user_lists_and_reads_only_their_own(
