@@ -66,6 +66,16 @@ def engine(base_url: str) -> docker.DockerClient:
     return client
 
 
+def engine_away() -> tuple[type[Exception], ...]:
+    """What a call to the engine raises when the call fails, the engine being away included:
+    docker-py lets requests' ``ConnectionError`` through (a restarting dockerd has no socket
+    yet), which is no ``DockerException``."""
+    import docker
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.ConnectionError)
+
+
 def _epoch(stamp: Any) -> int:
     """Seconds since the epoch of the engine's RFC 3339 time stamp (0 if it has none)."""
     from datetime import datetime
@@ -163,7 +173,7 @@ class ContainerProcess(EngineProcess):
             if not self.stopping:
                 self.ended_outside = f"its container {self.id[:12]} was removed"
             return self.returncode
-        except docker.errors.DockerException:
+        except engine_away():
             return None  # the engine is away: the container may well run on
         if state.get("Running") or state.get("Restarting"):
             return None
@@ -177,7 +187,6 @@ class ContainerProcess(EngineProcess):
     def _killed_by_engine_client(self, state: Mapping[str, Any]) -> bool:
         """Whether someone asked the engine to kill or stop it (``docker kill``/``stop``/
         ``rm -f``): the engine's events say so; a kernel that crashed has none."""
-        import docker
 
         try:
             events = self._api.events(
@@ -185,7 +194,7 @@ class ContainerProcess(EngineProcess):
                 filters={"container": self.id, "event": ["kill", "stop"]}, decode=True,
             )  # fmt: skip
             return any(True for _ in events)
-        except docker.errors.DockerException:
+        except engine_away():
             return False
 
     def send_signal(self, signum: int) -> None:
@@ -215,11 +224,10 @@ class ContainerProcess(EngineProcess):
                 raise
 
     def logs(self, lines: int = LOG_LINES) -> str:
-        import docker
 
         try:
             raw = self._api.logs(self.id, stdout=True, stderr=True, tail=lines)
-        except docker.errors.DockerException:
+        except engine_away():
             return ""
         return raw.decode(errors="replace").strip()
 
