@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -93,25 +94,52 @@ async def through_proxy(gateway: Server, tmp: Path, n: int) -> tuple[list[float]
     return await through_jupyter_client(name, n)
 
 
+def channels(base: str, kernel_id: str, session: str, context: ssl.SSLContext | None = None) -> Any:
+    """The kernel's WebSocket (``ws://`` or, with ``context``, ``wss://``), to open with
+    ``async with``."""
+    url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels?session_id={session}"
+    return websockets.connect(
+        url, additional_headers={"Authorization": f"token {TOKEN}"}, ssl=context
+    )
+
+
+async def round_trip(ws: Any, session: str) -> float:
+    """Seconds for one ``pass`` execute request to be answered on ``ws``."""
+    msg_id, msg = execute_request(session)
+    t0 = time.perf_counter()
+    await ws.send(json.dumps(msg))
+    while True:
+        reply = json.loads(await ws.recv())
+        if reply["channel"] == "shell" and reply["parent_header"].get("msg_id") == msg_id:
+            return time.perf_counter() - t0
+
+
 async def over_websocket(
     base: str, kernel_id: str, n: int, context: ssl.SSLContext | None = None
 ) -> list[float]:
     session = uuid.uuid4().hex
-    url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels?session_id={session}"
-    samples = []
-    async with websockets.connect(
-        url, additional_headers={"Authorization": f"token {TOKEN}"}, ssl=context
-    ) as ws:
+    async with channels(base, kernel_id, session, context) as ws:
+        samples = [await round_trip(ws, session) for _ in range(n + 10)]
+    return samples[10:]
+
+
+async def taken_in_turns(servers: list[Server], n: int) -> list[list[float]]:
+    """Round trips to a kernel on each server in turn (one each, ``n`` times over), so that on a
+    shared machine all of them see the same load: HTTP against HTTPS, side by side in time."""
+    async with contextlib.AsyncExitStack() as stack:
+        links = []
+        for server in servers:
+            kernel_id, session = server.start_kernel({"name": "cumulus-gpu"}), uuid.uuid4().hex
+            ws = await stack.enter_async_context(
+                channels(server.url, kernel_id, session, server.context)
+            )
+            links.append((ws, session))
+        samples: list[list[float]] = [[] for _ in servers]
         for i in range(n + 10):
-            msg_id, msg = execute_request(session)
-            t0 = time.perf_counter()
-            await ws.send(json.dumps(msg))
-            while True:
-                reply = json.loads(await ws.recv())
-                if reply["channel"] == "shell" and reply["parent_header"].get("msg_id") == msg_id:
-                    break
-            if i >= 10:
-                samples.append(time.perf_counter() - t0)
+            for (ws, session), taken in zip(links, samples, strict=True):
+                seconds = await round_trip(ws, session)
+                if i >= 10:
+                    taken.append(seconds)
     return samples
 
 
@@ -351,6 +379,15 @@ def main() -> None:
                     record("%%cumulus cell pushing 100 KiB" + suffix, *push)
             finally:
                 server.stop()
+        plain = ours(Path(tmp) / "turns-http.sqlite3")
+        secure = ours(Path(tmp) / "turns-https.sqlite3", tls=certificate)
+        try:
+            ws, wss = asyncio.run(taken_in_turns([plain, secure], args.n))
+        finally:
+            plain.stop()
+            secure.stop()
+        record("cumulus gateway, WS in turns with WSS", ws, 0.0)
+        record("cumulus gateway, WSS in turns with WS", wss, 0.0)
     if args.docker:
         with tempfile.TemporaryDirectory() as tmp:
             record("cumulus gateway, docker runtime", *in_containers(Path(tmp), args.n))
@@ -382,8 +419,11 @@ def main() -> None:
         "cumulus gateway", "Cumulus GPU kernel (proxy)", "%%cumulus cell (warm session)",
         "%%cumulus cell pushing 100 KiB",
     ):  # fmt: skip
-        secure = results[row + ", HTTPS"]["median_ms"]
-        print(f"{row}, HTTPS / HTTP: {secure / results[row]['median_ms']:.2f}x")
+        encrypted = results[row + ", HTTPS"]["median_ms"]
+        print(f"{row}, HTTPS / HTTP: {encrypted / results[row]['median_ms']:.2f}x")
+    ws_ms = results["cumulus gateway, WS in turns with WSS"]["median_ms"]
+    wss_ms = results["cumulus gateway, WSS in turns with WS"]["median_ms"]
+    print(f"cumulus gateway, WSS / WS taken in turns: {wss_ms / ws_ms:.2f}x")
     if "Enterprise Gateway 3.3" in results:
         eg = results["Enterprise Gateway 3.3"]["median_ms"]
         print(f"Enterprise Gateway / cumulus gateway: {eg / ours_ms:.1f}x (target >= 5x)")
