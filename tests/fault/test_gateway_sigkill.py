@@ -79,11 +79,17 @@ async def reconnect(gateway: Gateway, kernel_id: str) -> dict[str, Any]:
             output.append(await ws.wait_for(lambda m: m["msg_type"] == "stream"))
         response = await asyncio.to_thread(gateway.post, f"/api/kernels/{kernel_id}/interrupt")
         assert response.status_code == 204, response.text
-        await ws.wait_for(lambda m: m["msg_type"] == "error")  # KeyboardInterrupt, relayed
+        error = await ws.wait_for(lambda m: m["msg_type"] == "error")  # KeyboardInterrupt
+        cell = error["parent_header"]["msg_id"]  # the cell started before the crash
         await ws.wait_for(
-            lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+            lambda m: (
+                m["msg_type"] == "status"
+                and m["parent_header"].get("msg_id") == cell
+                and m["content"]["execution_state"] == "idle"
+            )
         )
         after = await ws.execute("print(count)")
+        assert after.reply["status"] == "ok", after.reply
         return {"first": first, "resumed": printed(output), "count": int(after.stdout)}
     finally:
         await ws.close()
