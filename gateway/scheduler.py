@@ -436,12 +436,22 @@ def estimate(
     profile = _Profile(cluster, holdings, now)
     etas: dict[int, float | None] = {}
     floor = now
+    # what the plan has learnt, by shape: duration -> time, "a request of this shape
+    # lasting at least that long fits nowhere before that time". Reservations only add to
+    # what is held, and a longer window holds at least as much, so a later request of the same
+    # shape starts its search there: the result is the same as a search from the floor,
+    # without walking again the stretch of the plan every earlier request has filled.
+    learnt: dict[tuple[int, tuple[int, ...]], dict[float, float]] = {}
     for ask in ordered:
-        found = profile.earliest(ask, floor)
+        shape = (ask.amount.tenths, ask.candidates)
+        known = learnt.setdefault(shape, {})
+        bound = max((t for d, t in known.items() if d <= ask.duration_s), default=floor)
+        found = profile.earliest(ask, max(floor, bound))
         if found is None:
             etas[ask.id] = None
             continue
         start, devices = found
+        known[ask.duration_s] = max(start, known.get(ask.duration_s, start))
         profile.reserve(start, start + ask.duration_s, devices, ask.amount.tenths_per_device)
         etas[ask.id] = start - now
         floor = start if in_order else now

@@ -21,6 +21,7 @@ from gateway.scheduler import (
     Holding,
     Policy,
     Rules,
+    Timeline,
     estimate,
     order,
     plan,
@@ -256,3 +257,76 @@ def test_a_heavy_user_is_not_starved_by_a_stream_of_new_users() -> None:
     assert outcome.started[2] == 3 * H  # aged at 1 h + 2 s: head at 2 h, on the GPU at 3 h
     unaged = simulate(ONE, asks, Rules(Policy.FAIR, 1800.0, aging_s=1e9), [1.0])
     assert unaged.started[2] == 59 * H  # without aging: after every newcomer
+
+
+# -- estimates: the fast plan is the plain one ---------------------------------------------------
+
+
+def plain_estimate(
+    cluster: Cluster, holdings: list[Holding], ordered: list[Ask], now: float, in_order: bool
+) -> dict[int, float | None]:
+    """The conservative plan searched the plain way: each request at the first moment from the
+    floor (now, or the start of the one ahead under ``in_order``) or any end of what is held or
+    planned, at which it fits for its whole duration."""
+    timeline = Timeline(cluster, holdings, now)
+    ends = [h.until for h in holdings]
+    etas: dict[int, float | None] = {}
+    floor = now
+    for a in ordered:
+        found = None
+        for moment in sorted({floor, *(e for e in ends if e > floor)}):
+            devices = timeline.fits(a, moment)
+            if devices is not None:
+                found = moment, devices
+                break
+        if found is None:
+            etas[a.id] = None
+            continue
+        start, devices = found
+        timeline.reserve(a, start, devices)
+        ends.append(start + a.duration_s)
+        etas[a.id] = start - now
+        floor = start if in_order else now
+    return etas
+
+
+@st.composite
+def queues(draw: st.DrawFn) -> tuple[Cluster, list[Holding], list[Ask]]:
+    size = draw(st.integers(1, 4))
+    hosts = draw(st.sampled_from([None, {d: f"h{d % 2}" for d in range(size)}]))
+    cluster = Cluster(tuple(range(size)), hosts)
+    holdings = []
+    for d in range(size):
+        for _ in range(draw(st.integers(0, 2))):
+            tenths = draw(st.sampled_from([1, 3, 5]))
+            holdings.append(Holding((d,), tenths, draw(st.sampled_from([600.0, 1800.0, H]))))
+    asks = []
+    for i in range(1, draw(st.integers(1, 60)) + 1):
+        amount = draw(st.sampled_from(AMOUNTS))
+        duration = draw(st.sampled_from([300.0, 600.0, 900.0, 3600.0, 2 * H]))
+        on = draw(st.integers(1, size))
+        asks.append(ask(i, amount, duration, at=float(i), on=on))
+    return cluster, holdings, asks
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(queue=queues(), in_order=st.booleans())
+def test_estimate_plans_each_request_where_the_plain_search_does(
+    queue: tuple[Cluster, list[Holding], list[Ask]], in_order: bool
+) -> None:
+    # estimate() skips, for each shape, the stretch where an earlier request of that shape and
+    # no longer duration found no room; that must never change an answer
+    cluster, holdings, asks = queue
+    fast = estimate(cluster, holdings, asks, 0.0, in_order=in_order)
+    assert fast == plain_estimate(cluster, holdings, asks, 0.0, in_order)
+
+
+def test_estimate_skips_what_an_earlier_request_of_its_shape_searched() -> None:
+    # one GPU held for an hour, then 0.5-GPU requests: the second of an hour beside the first,
+    # one of two hours after both, a half-hour one beside that; a 0.1 GPU (another shape) is
+    # searched from the start and fits when the half hour ends
+    holding = [held((0,), 10, H)]
+    queue = [ask(1, "0.5", H), ask(2, "0.5", H), ask(3, "0.5", 2 * H), ask(4, "0.5", H / 2)]
+    assert estimate(ONE, holding, queue, 0.0) == {1: H, 2: H, 3: 2 * H, 4: 2 * H}
+    queue.append(ask(5, "0.1", H / 2))
+    assert estimate(ONE, holding, queue, 0.0)[5] == 2.5 * H
