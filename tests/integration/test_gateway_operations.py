@@ -44,6 +44,8 @@ def test_every_gateway_route_is_documented() -> None:
         path = path.replace("(?P<transfer_id>[^/]+)", "{transfer_id}")
         path = path.replace("(?P<job_id>j-[0-9a-f]{12})", "{job_id}")
         path = path.replace("(?P<partition_id>[^/]+)", "{partition_id}")
+        for name in ("name", "version", "file"):  # a checkpoint's
+            path = path.replace(f"(?P<{name}>[^/]+)", f"{{{name}}}")
         if "(?P<action>" in path:
             assert {
                 path.split("/(?P<action>")[0] + s for s in ("/interrupt", "/restart")
