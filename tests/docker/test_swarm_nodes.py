@@ -1,26 +1,33 @@
 """Two hosts on one machine: the gateway's engine is the Swarm manager, a second dockerd in a
 network namespace of the test's own (behind a veth pair) is a worker holding the only labelled
-device. Kernels land on the worker, clients still talk only to the gateway, and a worker that
-leaves the Swarm mid-kernel ends its kernel and frees its partition."""
+device. Kernels land on the worker, clients still talk only to the gateway, behind HTTPS nothing
+crosses to the worker in clear, and a worker that leaves the Swarm mid-kernel ends its kernel
+and frees its partition."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from cumulus_jupyter.connection import GatewaySettings
+from cumulus_jupyter.session import RemoteSession
 from tests.docker.conftest import label_node, runtime_gateway
 from tests.docker.test_docker_runtime import execute, partition_state
 from tests.support.engine import Engine
 from tests.support.gateway import Gateway, remote_session
+from tests.support.tls import HttpsGateway, make_pki
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
@@ -124,6 +131,83 @@ def test_a_kernel_on_the_worker_is_reached_only_through_the_gateway(
         assert session.kernel is not None
         model = gateway.get(f"/api/kernels/{session.kernel.id}").json()
         assert model["cumulus"]["device"] == "gpu0"
+
+
+ETH_P_ALL = 0x0003
+PROBE = b"cumulus-wire-probe-"
+
+
+class Capture:
+    """Every frame that crosses ``interface``, kept while the block runs."""
+
+    def __init__(self, interface: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((interface, 0))
+        self.sock.settimeout(0.2)
+        self.frames = bytearray()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.frames += self.sock.recv(65536)
+            except TimeoutError:
+                continue
+
+    def __enter__(self) -> Capture:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture
+def https_swarm(
+    tmp_path: Path,
+    engine: Engine,
+    worker: dict[str, Any],
+) -> Iterator[HttpsGateway]:
+    pki = make_pki(tmp_path, MANAGER_IP)
+    gw = HttpsGateway(
+        tmp_path, pki, "--runtime=swarm", env={"DOCKER_HOST": engine.url}, host=MANAGER_IP
+    )
+    try:
+        yield gw
+    finally:
+        gw.stop()
+    assert engine.client.services.list(filters={"label": "cumulus.kernel"}) == []
+
+
+def test_nothing_crosses_to_a_worker_in_clear(
+    https_swarm: HttpsGateway, worker: dict[str, Any]
+) -> None:
+    """Behind HTTPS, every frame on the link to the worker captured (an AF_PACKET socket on the
+    manager's end of the veth, as tcpdump would): the kernel's ZMQ link is CurveZMQ, its
+    callback HTTPS, a variable pushed to it rides the Curve link (no plaintext data port to
+    another host); the code and the variable's bytes never appear on the wire."""
+    settings = GatewaySettings(https_swarm.url, https_swarm.token, str(https_swarm.pki.ca))
+    secret = PROBE * 60_000  # 1.1 MiB: above the data path's threshold
+    with Capture("cw-host") as wire:
+        session = RemoteSession("wire", settings)
+        session.start("0.5", "10m", lambda line: None)
+        try:
+            session.push({"secret": secret})
+            code = "marker = 'cumulus-code-probe'; n = len(secret); back = secret[::-1]"
+            assert session.execute(code, lambda message: None)["content"]["status"] == "ok"
+            values, _ = session.pull(["n", "back"])
+        finally:
+            session.release()
+    assert values["n"] == len(secret) and values["back"] == secret[::-1]
+    assert session.data_bytes == 0  # no plaintext data port to another host behind HTTPS
+    captured = bytes(wire.frames)
+    assert b"CURVE" + bytes(15) in captured  # the kernel's ZMTP greetings name their mechanism
+    assert b"NULL" + bytes(16) not in captured  # and none is a plaintext ZMTP link
+    assert PROBE not in captured and PROBE[::-1] not in captured
+    assert b"cumulus-code-probe" not in captured
 
 
 def test_a_worker_leaving_mid_kernel_ends_the_kernel_and_frees_the_partition(

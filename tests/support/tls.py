@@ -29,9 +29,10 @@ class Pki:
         return ssl.create_default_context(cafile=str(self.ca))
 
 
-def make_pki(where: Path) -> Pki:
+def make_pki(where: Path, *addresses: str) -> Pki:
+    """A CA and a certificate it signed for loopback (and ``addresses``), in ``where``."""
     authority = trustme.CA(organization_name="Cumulus test CA")
-    issued = authority.issue_cert("127.0.0.1", "localhost")
+    issued = authority.issue_cert("127.0.0.1", "localhost", *addresses)
     pki = Pki(where / "ca.pem", where / "gateway.pem", where / "gateway.key", authority)
     authority.cert_pem.write_to_path(str(pki.ca))
     for blob in issued.cert_chain_pems:
@@ -43,7 +44,14 @@ def make_pki(where: Path) -> Pki:
 class HttpsGateway(Gateway):
     """`Gateway` started with ``--certfile``/``--keyfile``: it answers on https:// only."""
 
-    def __init__(self, tmp: Path, pki: Pki, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        pki: Pki,
+        *args: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.pki = pki
         super().__init__(
             tmp / "state" / "chronos.sqlite3",
@@ -52,6 +60,7 @@ class HttpsGateway(Gateway):
             f"--keyfile={pki.key}",
             *args,
             env=env,
+            host=host,
         )
 
     def start(self) -> None:
