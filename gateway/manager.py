@@ -124,6 +124,13 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         config=True,
         help="Seconds after which a user's past GPU use counts half, for queue_policy=fair.",
     )
+    fair_share_aging = Float(
+        0.0,
+        config=True,
+        help="Seconds a request waits under queue_policy=fair before it is aged: aged requests "
+        "go ahead of all others, oldest first, which bounds every wait; 0: twice "
+        "fair_share_half_life.",
+    )
 
     _services: Services | None = None
     _starting: dict[str, Any]  # kernel id -> its manager, while its start is under way
@@ -155,6 +162,11 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                 "--CumulusKernelManager.fair_share_half_life must be a positive number of "
                 f"seconds (e.g. 3600), not {self.fair_share_half_life:g}"
             )
+        if not (math.isfinite(self.fair_share_aging) and self.fair_share_aging >= 0):
+            raise InvalidArgument(
+                "--CumulusKernelManager.fair_share_aging must be seconds (e.g. 7200; 0: twice "
+                f"the half-life), not {self.fair_share_aging:g}"
+            )
         return Settings(
             launch_timeout=self.launch_timeout,
             disconnected_timeout=self.disconnected_timeout,
@@ -166,6 +178,7 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
             ),
             queue_policy=Policy(self.queue_policy),
             fair_share_half_life=self.fair_share_half_life,
+            fair_share_aging=self.fair_share_aging,
             **app,
         )
 

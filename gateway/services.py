@@ -75,7 +75,11 @@ class Services:
         broker = PartitionBroker(
             store,
             on_allocated=metrics.ALLOCATION.observe,
-            rules=Rules(settings.queue_policy, settings.fair_share_half_life),
+            rules=Rules(
+                settings.queue_policy,
+                settings.fair_share_half_life,
+                settings.fair_share_aging or None,
+            ),
             on_waited=metrics.QUEUE_WAIT.observe,
             on_holdings=metrics.update_holders,
         )

@@ -27,4 +27,5 @@ class Settings:
     quotas: Quotas = field(default_factory=Quotas)  # per-user limits (gateway.quotas)
     queue_policy: Policy = Policy.FAIR  # how the partition queue is served (gateway.scheduler)
     fair_share_half_life: float = DEFAULT_HALF_LIFE_S  # seconds; decays users' GPU-seconds
+    fair_share_aging: float = 0.0  # seconds a request waits before it is aged; 0: 2 half-lives
     discovery_interval: float = 30.0  # seconds between device discoveries while running; 0: none

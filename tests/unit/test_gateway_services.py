@@ -109,3 +109,20 @@ def test_a_half_life_that_is_not_positive_is_one_clear_line(
     with pytest.raises(InvalidArgument, match="fair_share_half_life must be a positive") as no:
         build_services(manager)
     assert no.value.exit_code == 2 and "\n" not in str(no.value)
+
+
+def test_the_aging_bound_is_a_setting(manager: CumulusKernelManager) -> None:
+    manager.fair_share_half_life = 600.0
+    assert build_services(manager).broker.rules.aged_after_s == 1200.0  # 0: twice the half-life
+    manager.fair_share_aging = 5400.0
+    assert build_services(manager).broker.rules.aged_after_s == 5400.0
+
+
+@pytest.mark.parametrize("aging", [-1.0, float("nan"), float("inf")])
+def test_an_aging_bound_that_is_not_seconds_is_one_clear_line(
+    manager: CumulusKernelManager, aging: float
+) -> None:
+    manager.fair_share_aging = aging
+    with pytest.raises(InvalidArgument, match="fair_share_aging must be seconds") as no:
+        build_services(manager)
+    assert no.value.exit_code == 2 and "\n" not in str(no.value)
