@@ -23,11 +23,16 @@ Three policies (`Policy`):
     (`FairShare`, half-life configurable) plus what their held partitions have used so far,
     lowest first, arrival order among equals. Two rules keep it from starving anyone: the head,
     once chosen, keeps its place until it starts or leaves (its reservation is honoured like
-    under ``backfill``); and a request that has waited ``aging_s`` (by default twice the
-    half-life) is *aged*: aged requests come before all others, in arrival order. A request's
-    wait is then bounded: once aged, only the requests that arrived before it and the current
-    head can be served ahead of it, and each head starts within the longest partition duration
-    of becoming head.
+    under ``backfill``); and a request is *aged* once its slowdown so far, (wait + duration) /
+    duration, reaches `AGED_SLOWDOWN` (it has waited four times its duration) or once it has
+    waited ``aging_s`` (by default twice the half-life), whichever comes first: aged requests
+    come before all others, in the order they were aged. Usage alone evens GPU-seconds, not
+    waits: a user of five-minute requests who waits as long as a user of two-hour ones is far
+    worse off; aging by slowdown serves short requests before they have waited out of all
+    proportion to their length, and the plain bound keeps long ones moving. A request's wait is
+    then bounded: once aged (at most ``aging_s`` after it arrived), only the requests aged
+    before it and the current head can be served ahead of it, and each head starts within the
+    longest partition duration of becoming head.
 
 Estimated starts (`estimate`) come from a conservative plan of the whole queue in policy order:
 each request at the earliest time it fits, throughout its duration, around what is held and
@@ -47,6 +52,7 @@ from chronos.amount import TENTHS_PER_DEVICE, GpuAmount
 from chronos.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_HALF_LIFE_S = 3_600.0
+AGED_SLOWDOWN = 5.0  # under fair, a request that has waited 4x its duration is aged
 
 
 class Policy(StrEnum):
@@ -115,10 +121,18 @@ class Rules:
     policy: Policy = Policy.FAIR
     half_life_s: float = DEFAULT_HALF_LIFE_S
     aging_s: float | None = None  # None: twice the half-life
+    aged_slowdown: float = AGED_SLOWDOWN
 
     @property
     def aged_after_s(self) -> float:
         return 2 * self.half_life_s if self.aging_s is None else self.aging_s
+
+    def aged_at(self, ask: Ask) -> float:
+        """When ``ask`` is aged under ``fair``: once its slowdown so far, (wait + duration) /
+        duration, reaches `aged_slowdown`, or once it has waited `aged_after_s`, whichever
+        comes first."""
+        by_slowdown = (self.aged_slowdown - 1) * ask.duration_s
+        return ask.queued_at + min(self.aged_after_s, by_slowdown)
 
 
 class FairShare:
@@ -260,8 +274,9 @@ def order(
     rest = [a for a in arrival if a.id != head]
     if rules.policy is Policy.FAIR:
         used = usage or {}
-        aged = [a for a in rest if now - a.queued_at >= rules.aged_after_s]
-        young = [a for a in rest if now - a.queued_at < rules.aged_after_s]
+        aged = [a for a in rest if now >= rules.aged_at(a)]
+        aged.sort(key=lambda a: (rules.aged_at(a), a.queued_at, a.id))
+        young = [a for a in rest if now < rules.aged_at(a)]
         young.sort(key=lambda a: (used.get(a.owner, 0.0), a.queued_at, a.id))
         rest = aged + young
     return kept + rest

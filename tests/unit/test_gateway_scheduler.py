@@ -6,6 +6,7 @@ devices planned are the ones Chronos's allocator would choose, and nothing is ov
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -144,6 +145,19 @@ def test_fair_serves_aged_requests_first_in_arrival_order() -> None:
     assert [a.id for a in order(queue, rules, 200.0, usage=usage)] == [1, 2]
 
 
+def test_fair_ages_a_request_once_it_has_waited_four_times_its_duration() -> None:
+    # heavy's two-hour request came first; light's five-minute one, from a user with more
+    # recent use, is aged after 20 min of waiting (slowdown 5) and goes first; heavy's, aged
+    # only after two half-lives, goes first among the young but after every aged one
+    rules = Rules(Policy.FAIR, half_life_s=3600.0)
+    queue = [ask(1, "1", 2 * H, owner="heavy", at=0), ask(2, "1", 300, owner="light", at=60)]
+    usage = {"heavy": 10.0, "light": 1e6}
+    assert rules.aged_at(queue[0]) == 2 * H and rules.aged_at(queue[1]) == 60 + 1200
+    assert [a.id for a in order(queue, rules, 1259.0, usage=usage)] == [1, 2]
+    assert [a.id for a in order(queue, rules, 1260.0, usage=usage)] == [2, 1]
+    assert [a.id for a in order(queue, rules, 2 * H, usage=usage)] == [2, 1]  # aged earlier
+
+
 def test_fair_counts_what_held_partitions_have_used_so_far() -> None:
     holding = [Holding((0,), 10, 2 * H, "hog", since=0.0)]
     queue = [ask(1, "0.5", owner="hog", at=1), ask(2, "0.5", owner="new", at=2)]
@@ -241,7 +255,10 @@ def test_every_request_starts_by_its_reservation_and_waits_a_bounded_time(
         reserved = outcome.reserved.get(a.id)
         if reserved is not None:
             assert outcome.started[a.id] <= reserved + 1e-9, f"request {a.id} started late"
-        ahead = sum(1 for b in asks if (b.queued_at, b.id) < (a.queued_at, a.id))
+        if policy is Policy.FAIR:  # once aged, only those aged before it go first
+            ahead = sum(1 for b in asks if b.id != a.id and rules.aged_at(b) <= rules.aged_at(a))
+        else:
+            ahead = sum(1 for b in asks if (b.queued_at, b.id) < (a.queued_at, a.id))
         waited = outcome.started[a.id] - a.queued_at
         assert waited <= aging + (ahead + 2) * longest, f"request {a.id} waited {waited}"
 
@@ -255,7 +272,8 @@ def test_a_heavy_user_is_not_starved_by_a_stream_of_new_users() -> None:
     rules = Rules(Policy.FAIR, half_life_s=1800.0)  # aged after an hour
     outcome = simulate(ONE, asks, rules, [1.0])
     assert outcome.started[2] == 3 * H  # aged at 1 h + 2 s: head at 2 h, on the GPU at 3 h
-    unaged = simulate(ONE, asks, Rules(Policy.FAIR, 1800.0, aging_s=1e9), [1.0])
+    never = Rules(Policy.FAIR, 1800.0, aging_s=1e9, aged_slowdown=math.inf)
+    unaged = simulate(ONE, asks, never, [1.0])
     assert unaged.started[2] == 59 * H  # without aging: after every newcomer
 
 
