@@ -1,7 +1,10 @@
 """Scheduling policies side by side: a seeded synthetic lab day replayed through the real
 `PartitionBroker` and the real Chronos `Store` (a temporary SQLite file) on a simulated clock.
 
-    python benchmarks/scheduling.py [--seed 15] [--json out.json]
+    python benchmarks/scheduling.py [--seed 15] [--seeds 1-5] [--json out.json]
+
+``--seeds``: the same day drawn from other seeds too (``1-5`` or ``1,3,7``), each replayed under
+the three policies, then a summary with a row per seed and the targets met on each.
 
 The trace: 2,000 requests from 48 users over a 12-hour working day on 8 devices, about 1.5x
 what the devices can serve in the day (the backlog drains in the evening). 44 light users ask
@@ -313,12 +316,10 @@ def targets(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=15)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args()
-    jobs = trace(args.seed)
+def run_seed(seed: int) -> tuple[list[Job], dict[str, dict[str, Any]], dict[str, float]]:
+    """The day drawn from ``seed``, replayed under each policy: its jobs, what was measured
+    per policy, and each replay's seconds."""
+    jobs = trace(seed)
     results: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +328,47 @@ def main() -> None:
             served = asyncio.run(replay(jobs, policy, Path(tmp) / f"{policy.value}.sqlite3"))
             seconds[policy.value] = time.perf_counter() - began
             results[policy.value] = measure(served)
+    return jobs, results, seconds
+
+
+def _seeds(text: str) -> list[int]:
+    """``1-5`` or ``1,3,7`` (or both: ``1-3,9``)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        seeds += range(int(low), int(high or low) + 1)
+    return seeds
+
+
+def print_summary(by_seed: dict[int, dict[str, dict[str, Any]]]) -> None:
+    """A row per seed: the utilization ratio, fair's and fifo's Jain, late starts, targets."""
+    head = ("seed", "util fifo", "util backfill", "ratio", "backfill while waiting",
+            "Jain fifo", "Jain backfill", "Jain fair", "late", "targets")  # fmt: skip
+    rows: list[tuple[str, ...]] = [head]
+    for seed, results in by_seed.items():
+        fifo, backfill, fair = (results[p.value] for p in Policy)
+        met = targets(results)
+        rows.append((
+            str(seed), f"{fifo['utilization']:.1%}", f"{backfill['utilization']:.1%}",
+            f"{backfill['utilization'] / fifo['utilization']:.3f}x",
+            f"{backfill['utilization_contended']:.1%}",
+            f"{fifo['jain_slowdown']:.3f}", f"{backfill['jain_slowdown']:.3f}",
+            f"{fair['jain_slowdown']:.3f}",
+            str(sum(r["late_at_head"] for r in results.values())),
+            f"{sum(met.values())}/{len(met)}",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.rjust(widths[i]) for i, c in enumerate(r)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--seeds", type=_seeds, default=[], help="more seeds: 1-5 or 1,3,7")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args()
+    jobs, results, seconds = run_seed(args.seed)
     offered = sum(GpuAmount.parse(j.amount).value * j.runs_s for j in jobs)
     print(
         f"{len(jobs)} requests from {len({j.owner for j in jobs})} users ({HEAVY} heavy) over "
@@ -338,9 +380,18 @@ def main() -> None:
     print()
     for name, ok in met.items():
         print(f"{'ok    ' if ok else 'MISSED'}  {name}")
+    by_seed = {args.seed: results}
+    others = [seed for seed in args.seeds if seed != args.seed]
+    for seed in others:
+        by_seed[seed] = run_seed(seed)[1]
+    if others:
+        print()
+        print_summary(by_seed)
     if args.json:
         out = {"seed": args.seed, "requests": len(jobs), "devices": DEVICES, "results": results,
-               "targets": met, "replay_s": seconds}  # fmt: skip
+               "targets": met, "replay_s": seconds,
+               "seeds": {str(seed): {"results": r, "targets": targets(r)}
+                         for seed, r in by_seed.items()}}  # fmt: skip
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 

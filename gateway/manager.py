@@ -127,8 +127,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     fair_share_aging = Float(
         0.0,
         config=True,
-        help="Seconds a request waits under queue_policy=fair before it is aged: aged requests "
-        "go ahead of all others, oldest first, which bounds every wait; 0: twice "
+        help="Longest a request waits under queue_policy=fair before it is aged (it is aged "
+        "sooner once it has waited four times its duration): aged requests go ahead of all "
+        "others, in the order they were aged, which bounds every wait; 0: twice "
         "fair_share_half_life.",
     )
 
