@@ -38,7 +38,7 @@ unit: setup
 image: setup
 	$(BIN)/python -m gateway.container.build
 
-# 1,000 create -> execute -> delete/expire/kill cycles, 8 at a time (the soak tier runs 180)
+# 1,000 create -> execute -> delete/expire/kill cycles, 8 at a time (the soak tier runs 200)
 soak: setup
 	mkdir -p .bench
 	$(BIN)/python -m benchmarks.soak --cycles 1000 --parallel 8 --json .bench/soak.json

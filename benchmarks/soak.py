@@ -222,7 +222,9 @@ async def cycle(gw: Gateway, client: httpx.AsyncClient, index: int, seen: set[st
 
 
 async def _execute(gw: Gateway, kernel_id: str, index: int) -> None:
-    ws = await KernelSocket.open(gw.url, gw.token, kernel_id, "v1", open_timeout=END_TIMEOUT_S)
+    ws = await KernelSocket.open(
+        gw.url, gw.token, kernel_id, "v1", open_timeout=END_TIMEOUT_S, ping_timeout=END_TIMEOUT_S
+    )
     try:
         reply = await ws.execute(f"print({index} * 2)", timeout=120)
     finally:

@@ -57,10 +57,12 @@ class KernelSocket:
     @classmethod
     async def open(
         cls, base_url: str, token: str, kernel_id: str, protocol: str = "legacy",
-        open_timeout: float = 10,
+        open_timeout: float = 10, ping_timeout: float = 20,
     ) -> KernelSocket:  # fmt: skip
         """``open_timeout``: the handshake's (the gateway answers it once the kernel replied to
-        its first kernel_info request: a loaded host needs longer)."""
+        its first kernel_info request: a loaded host needs longer); ``ping_timeout``: how long
+        a keepalive ping may go unanswered (jupyter_server reads no frame, pings included,
+        while it is still nudging a slow kernel)."""
         session = uuid.uuid4().hex
         url = (
             base_url.replace("http", "ws", 1)
@@ -72,6 +74,7 @@ class KernelSocket:
             additional_headers={"Authorization": f"token {token}"},
             max_size=None,
             open_timeout=open_timeout,
+            ping_timeout=ping_timeout,
         )
         if protocol == "v1":
             assert ws.subprotocol == V1
