@@ -142,6 +142,11 @@ class RemoteKernel:
                 additional_headers=self.client.settings.headers,
                 max_size=None,
                 ping_interval=20,
+                # jupyter_server reads no frame (a ping neither) until the kernel answered its
+                # kernel_info, up to its kernel_info_timeout (60 s): a slow kernel on a loaded
+                # host is not a dead link
+                open_timeout=120,
+                ping_timeout=120,
                 compression=None,
                 ssl=self.client.settings.ssl_context,
             )
