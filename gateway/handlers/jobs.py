@@ -9,11 +9,13 @@ from typing import Any
 
 from tornado import web
 
+from chronos import GpuAmount
 from cumulus_jupyter.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, TooLarge
 from cumulus_jupyter.protocol.jobarchive import MAX_ARCHIVE_BYTES
 from gateway.handlers.base import CumulusHandler, check_amount_text, check_username
 from gateway.jobs.model import MAX_CODE_BYTES, Job, JobState, new_job
 from gateway.jobs.runner import JobRunner
+from gateway.quotas import Holdings, check_request
 
 #: a script's code, or a directory job's zip in base64 (4 characters for each 3 bytes)
 MAX_BODY_BYTES = max(MAX_CODE_BYTES, -(-MAX_ARCHIVE_BYTES // 3) * 4) + 65536
@@ -75,9 +77,24 @@ class JobsHandler(_JobHandler):
         user = self.scoped_name()
         owner = user or check_username(str(body.get("owner") or "anonymous"), "owner")
         job, archive = new_job(body, owner)
+        if user is not None:  # over a quota: refused now (and checked again when it starts)
+            self._check_quotas(job)
         job = self.runner.submit(job, archive, exempt=user is None)
         self.set_status(201)
         self.finish(json.dumps(self.describe(job)))
+
+    def _check_quotas(self, job: Job) -> None:
+        """`ResourceExhausted` (429) for a job its owner's quotas would refuse at its start: the
+        GPU and partitions they hold and have queued, and the longest duration allowed."""
+        services = self.services
+        broker = services.broker
+        holdings = Holdings.of(
+            job.owner, broker.partitions(), services.registry.partitions.values(), broker.queue()
+        )
+        quotas = services.settings.quotas
+        check_request(
+            quotas, holdings, GpuAmount.parse(job.gpu), job.duration_s, quotas.duration_limit()
+        )
 
 
 class JobHandler(_JobHandler):

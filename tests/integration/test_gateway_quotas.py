@@ -113,6 +113,23 @@ def test_over_max_gpu_per_user_is_429_naming_the_limit_and_what_the_user_holds(
     assert start(gateway, BOB, KERNEL_GPU="0.2", KERNEL_DURATION="10m").status_code == 201
 
 
+def test_a_job_over_a_quota_is_refused_when_submitted_and_not_stored(gateway: Gateway) -> None:
+    started(gateway, ALICE, KERNEL_GPU="0.4", KERNEL_DURATION="10m")
+    job = {"code": "print(1)", "gpu": "0.2", "duration": "10m"}
+    refused = call(gateway, "POST", "/api/cumulus/jobs", ALICE, json=job)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["message"].startswith("max_gpu_per_user is 0.5 GPU; alice holds 0.4")
+    too_long = call(gateway, "POST", "/api/cumulus/jobs", ALICE, json=job | {"gpu": "0.1",
+                    "duration": "3h"})  # fmt: skip
+    assert too_long.status_code == 429, too_long.text
+    assert too_long.json()["message"].startswith("max_duration is 2h")
+    assert call(gateway, "GET", "/api/cumulus/jobs", ALICE).json() == []
+    # the operator's token is exempt, as for kernels
+    exempt = gateway.post("/api/cumulus/jobs", job | {"owner": "alice", "duration": "3h"})
+    assert exempt.status_code == 201, exempt.text
+    gateway.delete(f"/api/cumulus/jobs/{exempt.json()['id']}")
+
+
 def test_the_operator_token_is_exempt_from_quotas(gateway: Gateway) -> None:
     started(gateway, ALICE, KERNEL_GPU="0.4", KERNEL_DURATION="10m")
     for_alice = gateway.start_kernel(
