@@ -210,6 +210,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, hub_api_port: int) -> Iter
         f"--CumulusIdentityProvider.hub_api_url=http://127.0.0.1:{hub_api_port}/hub/api",
         f"--CumulusIdentityProvider.hub_service_name={SERVICE}",
         f"--CumulusKernelManager.max_kernels_per_user={MAX_KERNELS}",
+        env={"CUMULUS_CHECKPOINT_URL": (tmp / "l2").as_uri()},  # L2: a directory, per user
     )  # fmt: skip
     try:
         yield gw

@@ -3,7 +3,8 @@
 Each runs a Cumulus GPU kernel and a ``%%cumulus`` cell in their server (the clients find the
 gateway through the spawner's ``CUMULUS_GATEWAY_URL`` and authenticate with the server's own
 ``JUPYTERHUB_API_TOKEN``), then, with that token, sees and touches only their own kernels,
-partitions, jobs, logs and transfers; quotas count per hub user; the operator sees everything.
+partitions, jobs, logs, transfers and checkpoints; quotas count per hub user; the operator sees
+everything.
 """
 
 from __future__ import annotations
@@ -213,6 +214,39 @@ def test_jobs_and_their_logs_belong_to_their_user(
     assert wait_until(final_state, 90, "alice's job to finish") == "completed"
     log = call(gateway, alice, "GET", f"/api/cumulus/jobs/{job['id']}/logs")
     assert "hi from the hub" in log.text
+
+
+def test_checkpoints_belong_to_their_user(
+    gateway: Gateway, hub: Hub, seats: dict[str, Seat]
+) -> None:
+    """alice saves a checkpoint from a ``%%cumulus`` cell in her server; bob, from his own
+    server's cell and with his token, can neither list, read nor resume it; alice can."""
+    save = (
+        "%%cumulus --gpu 0.1 --duration 10m\nfrom cumulus_jupyter import checkpoint\n"
+        "saved = checkpoint.save('hub-run', {'w': 41}, wait_l2=True)['version']"
+    )
+    alice, bob = seats["alice"], seats["bob"]
+    resume = (
+        "%%cumulus --gpu 0.1 --duration 10m\nfrom cumulus_jupyter import checkpoint\n"
+        "try:\n    got = checkpoint.load('hub-run')['w']\nexcept Exception as exc:\n"
+        "    got = type(exc).__name__\n"
+    )
+    alices = asyncio.run(  # saved, then resumed in a new remote kernel (a new session)
+        in_server(hub, "alice", "python3", "%load_ext cumulus_jupyter", save,
+                  "%cumulus release", resume, "print(got)", "%cumulus release")
+    )  # fmt: skip
+    assert alices[4].strip() == "41", alices
+    listed = call(gateway, alice, "GET", "/api/cumulus/checkpoints")
+    assert listed.status_code == 200, listed.text
+    assert "hub-run" in json.dumps(listed.json())
+    assert "hub-run" not in json.dumps(call(gateway, bob, "GET", "/api/cumulus/checkpoints").json())
+    assert call(gateway, bob, "GET", "/api/cumulus/checkpoints/hub-run").status_code == 404
+    assert call(gateway, alice, "GET", "/api/cumulus/checkpoints/hub-run").status_code == 200
+    bobs = asyncio.run(
+        in_server(hub, "bob", "python3", "%load_ext cumulus_jupyter", resume, "print(got)",
+                  "%cumulus release")
+    )  # fmt: skip
+    assert bobs[2].strip() not in ("41", ""), bobs  # an error: bob has no such checkpoint
 
 
 @pytest.fixture(autouse=True)
