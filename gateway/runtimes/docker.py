@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import subprocess
 import time
@@ -39,6 +40,7 @@ from cumulus_jupyter.errors import (
 from cumulus_jupyter.protocol import callback
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.protocol import env as names
+from gateway.checkpoints import l1_dir
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 
 if TYPE_CHECKING:
@@ -363,8 +365,9 @@ class DockerRuntime(Runtime):
             "detach": True,
         }
         options |= gpu_options(launch.devices)
-        if self.checkpoint_dir:
-            options["volumes"] = {self.checkpoint_dir: {"bind": "/checkpoints", "mode": "rw"}}
+        if self.checkpoint_dir:  # the owner's own directory: no other owner's is mounted
+            options["volumes"] = {self.owner_checkpoints(launch): {"bind": "/checkpoints",
+                                                                   "mode": "rw"}}  # fmt: skip
             options["environment"][names.CHECKPOINT_DIR] = "/checkpoints"
         else:
             options["environment"][names.CHECKPOINT_DIR] = "/work/.checkpoints"
@@ -405,8 +408,25 @@ class DockerRuntime(Runtime):
             return None
         return cast(int | None, port)
 
+    def owner_checkpoints(self, launch: Launch) -> str:
+        """The host directory of the kernel owner's L1 checkpoints under ``checkpoint_dir``."""
+        owner = launch.env.get(names.KERNEL_USERNAME) or "anonymous"
+        return str(l1_dir(Path(self.checkpoint_dir), owner))
+
+    def _make_owner_checkpoints(self, launch: Launch) -> None:
+        """Create the owner's L1 directory, 0700 and owned by the kernels' user (the engine
+        would make a missing one root's, which the kernel could not write)."""
+        folder = Path(self.owner_checkpoints(launch))
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        uid, _, gid = self.user.partition(":")
+        if os.getuid() == 0 and uid.isdigit():
+            os.chown(folder, int(uid), int(gid) if gid.isdigit() else int(uid))
+        folder.chmod(0o700)
+
     def create(self, launch: Launch, token: str) -> EngineProcess:
         """Start the kernel's container (blocking: runs in a thread)."""
+        if self.checkpoint_dir:
+            self._make_owner_checkpoints(launch)
         options = self.container_options(launch, token)
         self.client.images.get(self.image)  # never a pull: there is no registry to ask
         container = self.client.containers.run(**options)

@@ -82,8 +82,14 @@ def test_unknown_runtimes_name_the_choices() -> None:
 
 def test_checkpoints_go_to_a_mounted_host_directory_when_one_is_configured() -> None:
     mounted = DockerRuntime(checkpoint_dir="/srv/ckpt", callback_url="http://127.0.0.1:9")
-    options = mounted.container_options(launch(), "tok")
-    assert options["volumes"] == {"/srv/ckpt": {"bind": "/checkpoints", "mode": "rw"}}
+    options = mounted.container_options(launch(), "tok")  # the owner's own directory only
+    assert options["volumes"] == {"/srv/ckpt/anonymous": {"bind": "/checkpoints", "mode": "rw"}}
+    plain_launch = launch()
+    owned = Launch(
+        plain_launch.argv, {**plain_launch.env, "KERNEL_USERNAME": "../bob"}, None, "k-2"
+    )
+    mounted_for_bob = mounted.container_options(owned, "tok")["volumes"]
+    assert list(mounted_for_bob) == ["/srv/ckpt/%2E%2E%2Fbob"]  # one path component
     assert options["environment"]["CUMULUS_CHECKPOINT_DIR"] == "/checkpoints"
     plain = DockerRuntime(callback_url="http://127.0.0.1:9").container_options(launch(), "tok")
     assert "volumes" not in plain
