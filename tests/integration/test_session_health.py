@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from cumulus_jupyter import loop
 from cumulus_jupyter.connection import GatewaySettings
 from cumulus_jupyter.session import RemoteSession
 from tests.support.gateway import Gateway
+from tests.support.kernel_ws import KernelSocket
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,7 +51,7 @@ def test_a_reply_names_the_cells_last_output_so_the_cell_ends_without_waiting_fo
         quiet = session.execute("pass", lambda m: None)
         assert quiet["metadata"][code.METADATA_KEY] == {code.LAST_OUTPUT: None}
 
-        outputs: list[dict] = []
+        outputs: list[dict[str, Any]] = []
         cell = "from IPython.display import display\nfor i in range(40):\n    print(i)\n"
         cell += "    display(i) if i % 10 == 0 else None\ni"
         reply = session.execute(cell, outputs.append)
@@ -59,5 +63,32 @@ def test_a_reply_names_the_cells_last_output_so_the_cell_ends_without_waiting_fo
         assert named == outputs[-1]["header"]["msg_id"]
         printed = "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
         assert printed.split() == [str(i) for i in range(40)]
+    finally:
+        session.release()
+
+
+def test_only_the_sessions_own_executes_skip_ipykernels_pre_reply_sleep(gateway: Gateway) -> None:
+    """ipykernel sleeps 0.5 ms before each execute reply; the agent lifts that for the
+    executes whose reply names their last output, and keeps it for every other client's."""
+    session = RemoteSession("no-sleep", GatewaySettings(gateway.url, gateway.token))
+    session.start("0.2", "10m", lambda line: None)
+    try:
+        outputs: list[str] = []
+        reply = session.execute(
+            "print(get_ipython().kernel._execute_sleep)",
+            lambda m: outputs.append(m["content"].get("text", "")),
+        )
+        assert reply["content"]["status"] == "ok"
+        assert outputs == ["0.0\n"]
+        assert session.kernel is not None
+
+        async def other_client() -> str:  # a front end of its own on the same kernel
+            ws = await KernelSocket.open(gateway.url, gateway.token, session.kernel.id)  # type: ignore[union-attr]
+            try:
+                return (await ws.execute("print(get_ipython().kernel._execute_sleep)")).stdout
+            finally:
+                await ws.close()
+
+        assert asyncio.run(other_client()) == "0.0005\n"
     finally:
         session.release()
