@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chronos import Device, Store, discover, nvml
+from tests.support.gateway import Gateway
 
 PYTHON = sys.executable
 _skipped_gpu: list[str] = []
@@ -23,6 +24,17 @@ def state_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CHRONOS_STATE", str(path))
     monkeypatch.delenv("CHRONOS_DEVICES", raising=False)
     return path
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway on loopback on its defaults, its state in the test's directory (a tier may
+    have a gateway fixture of its own)."""
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture(scope="session")

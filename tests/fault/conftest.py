@@ -4,11 +4,9 @@ file whole, nothing logged as unhandled, no kernel left)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.support.gateway import Gateway
 from tests.support.wait import wait_until
@@ -23,15 +21,6 @@ UNHANDLED = (
     "Exception in callback",
     "    Traceback (most recent call last)",
 )
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
-    try:
-        yield gw
-    finally:
-        gw.stop()
 
 
 def integrity(state: Path) -> str:

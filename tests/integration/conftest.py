@@ -1,17 +1,17 @@
+"""The integration tier's fixtures (the gateway fixture is the root conftest's)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.s3 import moto_s3
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log")
-    try:
-        yield gw
-    finally:
-        gw.stop()
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """moto's S3 server on loopback with a bucket ``ckpt``; the fsspec options to reach it."""
+    with moto_s3(tmp_path_factory.mktemp("s3")) as options:
+        yield options

@@ -20,17 +20,9 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from tests.integration.test_jobs import cumulus
 from tests.integration.test_magic import notebook_kernel, run
 from tests.support.gateway import Gateway
-from tests.support.s3 import moto_s3
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """moto's S3 server on loopback with a bucket ``ckpt``; the fsspec options to reach it."""
-    with moto_s3(tmp_path_factory.mktemp("s3")) as options:
-        yield options
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ another kernel, in a job, and from L2 once her L1 is gone.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import stat
@@ -24,8 +23,7 @@ import pytest
 
 from gateway.sandbox import probe
 from tests.support.gateway import Gateway
-from tests.support.kernel_ws import KernelSocket
-from tests.support.s3 import moto_s3
+from tests.support.kernel_ws import printed_json
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -38,12 +36,6 @@ ANA = "ana-token-" + "a" * 24
 BOB = "bob-token-" + "b" * 24
 TOKENS = {"ana": ANA, "bob": BOB}
 BODY_LIMIT = 4 * 2**20  # the gateway's request body limit; a checkpoint file is not held to it
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with moto_s3(tmp_path_factory.mktemp("s3")) as options:
-        yield options
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +85,7 @@ def kernels(setup: tuple[Gateway, Path]) -> Iterator[dict[str, str]]:
 
 def run(gw: Gateway, user: str, kernel_id: str, code: str) -> Any:
     """What ``code`` printed last (one JSON value), run in ``user``'s kernel."""
-
-    async def go() -> Any:
-        ws = await KernelSocket.open(gw.url, TOKENS[user], kernel_id, "v1")
-        try:
-            reply = await ws.execute(code, timeout=120)
-            assert reply.reply["status"] == "ok", (reply.reply, reply.stderr)
-            return json.loads(reply.stdout.strip().splitlines()[-1])
-        finally:
-            await ws.close()
-
-    return asyncio.run(go())
+    return printed_json(gw.url, TOKENS[user], kernel_id, code)
 
 
 ATTEMPT = """

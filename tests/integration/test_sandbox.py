@@ -8,7 +8,6 @@ asserts that it got nothing. Skipped, loudly, only where bubblewrap cannot run h
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from gateway.sandbox import probe
 from tests.integration.test_magic import make_wheel, notebook_kernel
 from tests.integration.test_magic import run as run_cell
 from tests.support.gateway import TOKEN, Gateway
-from tests.support.kernel_ws import KernelSocket
+from tests.support.kernel_ws import KernelSocket, printed_json
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -76,17 +75,7 @@ def kernels(gateway: Gateway) -> Iterator[dict[str, dict[str, Any]]]:
 
 def run(gateway: Gateway, kernel_id: str, code: str, timeout: float = 120) -> Any:
     """What ``code`` (which prints one JSON value last) printed, run in the kernel."""
-
-    async def go() -> Any:
-        ws = await KernelSocket.open(gateway.url, gateway.token, kernel_id, "v1")
-        try:
-            reply = await ws.execute(code, timeout=timeout)
-            assert reply.reply["status"] == "ok", reply.reply
-            return json.loads(reply.stdout.strip().splitlines()[-1])
-        finally:
-            await ws.close()
-
-    return asyncio.run(go())
+    return printed_json(gateway.url, gateway.token, kernel_id, code, timeout)
 
 
 ATTEMPT = """

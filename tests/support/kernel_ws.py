@@ -184,3 +184,18 @@ class KernelSocket:
 
     async def execute(self, code: str, timeout: float = 60) -> Reply:
         return await self.finish(await self.start_execute(code), timeout)
+
+
+def printed_json(url: str, token: str, kernel_id: str, code: str, timeout: float = 120) -> Any:
+    """Run ``code`` in the kernel (it prints one JSON value last) and return that value."""
+
+    async def go() -> Any:
+        ws = await KernelSocket.open(url, token, kernel_id, "v1")
+        try:
+            reply = await ws.execute(code, timeout=timeout)
+            assert reply.reply["status"] == "ok", (reply.reply, reply.stderr)
+            return json.loads(reply.stdout.strip().splitlines()[-1])
+        finally:
+            await ws.close()
+
+    return asyncio.run(go())
