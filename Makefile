@@ -55,6 +55,7 @@ bench: setup $(EG_BIN)/jupyter-enterprisegateway
 	$(BIN)/python benchmarks/chronos_throughput.py --json .bench/chronos.json
 	$(BIN)/python benchmarks/relay_latency.py --eg-bin $(EG_BIN) --json .bench/relay.json \
 	  $$( [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && echo --docker )
+	$(BIN)/python benchmarks/relay_in_turns.py --json .bench/relay_in_turns.json
 	$(BIN)/python benchmarks/transfer.py --json .bench/transfer.json
 	$(BIN)/python benchmarks/concurrency.py --json .bench/concurrency.json
 	$(BIN)/python benchmarks/scheduling.py --seeds 1-5 --json .bench/scheduling.json
