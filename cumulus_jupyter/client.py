@@ -46,6 +46,7 @@ from cumulus_jupyter.connection import GatewayClient, GatewaySettings
 from cumulus_jupyter.errors import (
     CumulusError,
     DeadlineExceeded,
+    Internal,
     InvalidArgument,
     RemoteError,
     ResourceExhausted,
@@ -329,10 +330,14 @@ def call_in(
         carry = None
     expression = kernel_code.pull_expression([_RESULT], {}, None, kernel_code.INLINE_MAX_BYTES)
     reply = session.execute(
-        CALL, _forward_output, carry=carry, expressions={_RESULT_KEY: expression}
-    )
-    if reply["content"].get("status") == "error":
+        CALL, _forward_output, carry=carry, expressions={_RESULT_KEY: expression},
+        stop_on_error=False,  # each call stands alone: one that failed aborts none after it
+    )  # fmt: skip
+    status = reply["content"].get("status")
+    if status == "error":
         raise RemoteError.from_reply(reply["content"])
+    if status != "ok":  # "aborted": it never ran
+        raise Internal(f"The remote kernel did not run {_name(fn)}(): its reply was {status!r}")
     inline = session.inline_pulled(reply, _RESULT_KEY)
     if inline is not None and _RESULT in inline.values:
         result = inline.values[_RESULT]

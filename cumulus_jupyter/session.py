@@ -423,11 +423,12 @@ class RemoteSession:
         silent: bool = False,
         expressions: dict[str, str] | None = None,
         allow_stdin: bool = False,
+        stop_on_error: bool = True,
     ) -> dict[str, Any]:
         return {
             "code": code, "silent": silent, "store_history": not silent,
             "user_expressions": expressions or {}, "allow_stdin": allow_stdin,
-            "stop_on_error": True,
+            "stop_on_error": stop_on_error,
         }  # fmt: skip
 
     async def _execute_async(
@@ -458,6 +459,7 @@ class RemoteSession:
         *,
         carry: Push | None = None,
         expressions: dict[str, str] | None = None,
+        stop_on_error: bool = True,
     ) -> Message:
         """Run ``code``; ``on_output`` gets every output message in this thread, as it comes.
         ``carry`` (from `prepare_push`) rides inside the request and is applied before the
@@ -470,7 +472,7 @@ class RemoteSession:
         if self.lost is not None:
             raise self.lost
         execution = _Execution()
-        msg_id = self._send_execute(code, execution, carry, expressions)
+        msg_id = self._send_execute(code, execution, carry, expressions, stop_on_error)
         try:
             while True:
                 message = execution.inbox.get()
@@ -499,6 +501,7 @@ class RemoteSession:
         execution: _Execution,
         carry: Push | None,
         expressions: dict[str, str] | None,
+        stop_on_error: bool = True,
     ) -> str:
         assert self.kernel is not None
         kernel = self.kernel
@@ -507,7 +510,12 @@ class RemoteSession:
             options["push"] = carry.request
         msg_id, parts = self._request(
             "execute_request",
-            self._execute_content(code, expressions=expressions, allow_stdin=self.allow_stdin),
+            self._execute_content(
+                code,
+                expressions=expressions,
+                allow_stdin=self.allow_stdin,
+                stop_on_error=stop_on_error,
+            ),
             metadata={kernel_code.METADATA_KEY: options},
         )
         self._routes[msg_id] = execution

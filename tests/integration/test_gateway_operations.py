@@ -15,6 +15,7 @@ import yaml
 from gateway.handlers import SERVICES
 from gateway.handlers.server import NoSuchEndpoint
 from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,11 @@ def test_metrics_report_kernels_partitions_queue_and_allocation(gateway: Gateway
     assert "cumulus_partitions_active 1.0" in text
     assert "cumulus_queue_length 0.0" in text
     assert "cumulus_partition_allocation_seconds_count 1.0" in text
-    assert 'cumulus_device_free{device="gpu0"} 0.5' in text
+    # device shares are read on the expiry supervisor's tick: the next one shows this kernel's
+    wait_until(
+        lambda: 'cumulus_device_free{device="gpu0"} 0.5' in gateway.get("/metrics").text,
+        what="the device's free share after the next tick",
+    )
 
 
 def test_idle_kernels_are_culled_and_their_partitions_released(tmp_path: Path) -> None:
