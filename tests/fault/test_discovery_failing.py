@@ -10,7 +10,6 @@ once discovery finds every device again, new kernels start."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from tests.fault.conftest import assert_recovered
 from tests.support.gateway import Gateway
-from tests.support.kernel_ws import KernelSocket
+from tests.support.kernel_ws import printed
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
@@ -49,14 +48,7 @@ def gateway(tmp_path: Path, device_list: Path) -> Iterator[Gateway]:
 
 
 def run(gateway: Gateway, kernel_id: str, code: str) -> str:
-    async def go() -> str:
-        ws = await KernelSocket.open(gateway.url, gateway.token, kernel_id)
-        try:
-            return (await ws.execute(code)).stdout
-        finally:
-            await ws.close()
-
-    return asyncio.run(go())
+    return printed(gateway.url, gateway.token, kernel_id, code)
 
 
 def new_kernel(gateway: Gateway) -> httpx.Response:

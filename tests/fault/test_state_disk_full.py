@@ -6,7 +6,6 @@ space is freed the gateway starts kernels again; SQLite's integrity check passes
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from tests.fault.conftest import assert_recovered, integrity
 from tests.support.gateway import Gateway
-from tests.support.kernel_ws import KernelSocket
+from tests.support.kernel_ws import printed
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
@@ -63,14 +62,7 @@ def fill(disk: Path) -> Path:
 
 
 def run(gateway: Gateway, kernel_id: str, code: str) -> str:
-    async def go() -> str:
-        ws = await KernelSocket.open(gateway.url, gateway.token, kernel_id)
-        try:
-            return (await ws.execute(code)).stdout
-        finally:
-            await ws.close()
-
-    return asyncio.run(go())
+    return printed(gateway.url, gateway.token, kernel_id, code)
 
 
 def test_a_full_state_disk_refuses_new_kernels_clearly_and_recovers(

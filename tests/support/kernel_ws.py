@@ -199,3 +199,16 @@ def printed_json(url: str, token: str, kernel_id: str, code: str, timeout: float
             await ws.close()
 
     return asyncio.run(go())
+
+
+def printed(url: str, token: str, kernel_id: str, code: str, timeout: float = 60) -> str:
+    """Run ``code`` in the kernel and return what it printed on stdout."""
+
+    async def go() -> str:
+        ws = await KernelSocket.open(url, token, kernel_id)
+        try:
+            return (await ws.execute(code, timeout=timeout)).stdout
+        finally:
+            await ws.close()
+
+    return asyncio.run(go())
