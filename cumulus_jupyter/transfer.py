@@ -15,6 +15,7 @@ import importlib.metadata
 import io
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +27,9 @@ from cumulus_jupyter.errors import InvalidArgument
 
 _by_value: set[str] = set()
 _scanned = {"modules": 0}
+# `map` pickles its calls in several threads at once: one scan at a time, and the count noted
+# only once the scan is done, so no thread pickles a local module by reference meanwhile
+_scan_lock = threading.Lock()
 # ours are installed wherever a remote kernel runs, editable installs included
 _OURS = {"cumulus_jupyter", "chronos", "gateway"}
 
@@ -39,9 +43,15 @@ def register_local_modules() -> list[str]:
     """Have cloudpickle send local modules by value: those imported here from files that no
     installed distribution provides (a ``helpers.py`` beside the notebook), which the remote
     kernel cannot import. Installed packages and the standard library still go by reference."""
-    if len(sys.modules) == _scanned["modules"]:
-        return []  # nothing imported since the last look
-    _scanned["modules"] = len(sys.modules)
+    with _scan_lock:
+        if len(sys.modules) == _scanned["modules"]:
+            return []  # nothing imported since the last look
+        added = _register_new_local_modules()
+        _scanned["modules"] = len(sys.modules)
+    return added
+
+
+def _register_new_local_modules() -> list[str]:
     installed = _installed_top_levels() | _OURS
     added = []
     for name, module in list(sys.modules.items()):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 import types
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,3 +138,38 @@ def test_a_description_carries_the_fingerprint() -> None:
     assert transfer.describe(value)["fingerprint"] == transfer.fingerprint(
         *transfer.dumps("v", value)
     )
+
+
+def test_a_scan_under_way_holds_back_every_other_thread_until_it_is_done(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`map` pickles calls in several threads: one that asks while another thread scans must
+    not pickle before the new local module is registered by value (it went by reference, and
+    the remote kernel could not import it)."""
+    (tmp_path / "scanned_helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("scanned_helpers")
+    seen_at_return: list[bool] = []
+    real_register = transfer.cloudpickle.register_pickle_by_value
+    other: list[threading.Thread] = []
+
+    def register_slowly(module: types.ModuleType) -> None:
+        if not other:  # the first registration: another thread asks meanwhile
+            other.append(threading.Thread(target=ask))
+            other[0].start()
+            other[0].join(timeout=0.2)  # an early return would happen now
+        real_register(module)
+
+    def ask() -> None:
+        transfer.register_local_modules()
+        seen_at_return.append("scanned_helpers" in transfer._by_value)
+
+    monkeypatch.setattr(transfer.cloudpickle, "register_pickle_by_value", register_slowly)
+    monkeypatch.setitem(transfer._scanned, "modules", 0)
+    try:
+        transfer.register_local_modules()
+        other[0].join()
+        assert seen_at_return == [True]
+    finally:
+        transfer.cloudpickle.unregister_pickle_by_value(sys.modules.pop("scanned_helpers"))
+        transfer._by_value.discard("scanned_helpers")
