@@ -266,12 +266,12 @@ class CumulusMagics(Magics):
         else:
             carried = None
         limit = int(self.ref_threshold_mb * 2**20)
-        expressions = (
-            {}
+        pull = (
+            None
             if opts["no_pull"]
-            else variables.expressions(session, found, limit, opts["pull"], carried)
+            else variables.inline_pull(session, found, limit, opts["pull"], carried)
         )
-        reply = session.execute(cell, self._show, carry=carried, expressions=expressions)
+        reply = session.execute(cell, self._show, carry=carried, pull=pull)
         content = reply["content"]
         failed = content.get("status") == "error"
         if not opts["no_pull"]:  # after an error too: what ran before it stays, as it would here

@@ -458,12 +458,15 @@ class RemoteSession:
         on_output: Callable[[Message], None],
         *,
         carry: Push | None = None,
+        pull: dict[str, Any] | None = None,
         expressions: dict[str, str] | None = None,
         stop_on_error: bool = True,
     ) -> Message:
         """Run ``code``; ``on_output`` gets every output message in this thread, as it comes.
         ``carry`` (from `prepare_push`) rides inside the request and is applied before the
         cell runs: if the remote refuses it, the cell does not run and this raises `Internal`.
+        ``pull`` (`kernel_code.PULL`) asks for values to come back inside the reply
+        (`inline_pulled`).
 
         The request is sent without waiting for the send to finish, and the reader wakes this
         thread only for outputs and once at the end (the reply and the agent's mark that every
@@ -472,7 +475,7 @@ class RemoteSession:
         if self.lost is not None:
             raise self.lost
         execution = _Execution()
-        msg_id = self._send_execute(code, execution, carry, expressions, stop_on_error)
+        msg_id = self._send_execute(code, execution, carry, pull, expressions, stop_on_error)
         try:
             while True:
                 message = execution.inbox.get()
@@ -500,6 +503,7 @@ class RemoteSession:
         code: str,
         execution: _Execution,
         carry: Push | None,
+        pull: dict[str, Any] | None,
         expressions: dict[str, str] | None,
         stop_on_error: bool = True,
     ) -> str:
@@ -508,6 +512,8 @@ class RemoteSession:
         options: dict[str, Any] = {"mark": True}
         if carry is not None:
             options["push"] = carry.request
+        if pull is not None:
+            options[kernel_code.PULL] = pull
         msg_id, parts = self._request(
             "execute_request",
             self._execute_content(
@@ -705,15 +711,28 @@ class RemoteSession:
             self.ledger.handed.add(name)
         return values
 
-    def inline_pulled(self, reply: Message, key: str) -> Pulled | None:
-        """What the user expression ``key`` (`kernel_code.pull_expression`) of an execute
-        brought back, or None when it did not (the cell failed, an agent without it, a value
-        that would not pickle there): then the caller pulls over comms as usual."""
+    def inline_pulled(self, reply: Message, key: str | None = None) -> Pulled | None:
+        """What the execute's ``pull`` brought back inside its reply (with ``key``: what the
+        user expression ``key``, `kernel_code.pull_expression`, did), or None when nothing
+        came (the cell failed, an agent without it, values that could not be gathered there):
+        then the caller pulls over comms as usual."""
+        if key is not None:
+            return self._expression_pulled(reply, key)
+        named = (reply.get("metadata") or {}).get(kernel_code.METADATA_KEY)
+        answer = named.get(kernel_code.PULLED) if isinstance(named, dict) else None
+        buffers = list(reply.get("buffers") or [])
+        if not isinstance(answer, dict) or answer.get("frames") != len(buffers):
+            return None
+        return self._pulled(answer, buffers)
+
+    def _expression_pulled(self, reply: Message, key: str) -> Pulled | None:
         found = reply["content"].get("user_expressions", {}).get(key, {})
         answer = found.get("data", {}).get(kernel_code.VARS_MIME) if found else None
         if found.get("status") != "ok" or not isinstance(answer, dict):
             return None
-        frames = [base64.b64decode(f) for f in answer["frames"]]
+        return self._pulled(answer, [base64.b64decode(f) for f in answer["frames"]])
+
+    def _pulled(self, answer: dict[str, Any], frames: list[Any]) -> Pulled:
         values = self._received(answer, frames)
         return Pulled(values, list(answer.get("missing", [])), list(answer.get("deferred", [])))
 

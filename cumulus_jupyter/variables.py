@@ -21,9 +21,10 @@ cell reads, binds and deletes; this decides what that means for values).
   cell runs (so it raises ``NameError`` there as it would here).
 
 Under `kernel_code.INLINE_MAX_BYTES` the push rides inside the cell's own execute request, and
-what comes back (bound values, watched values that changed) inside its reply, as a user
-expression (`cumulus_jupyter.agent.inline`): a cell costs one round trip. What does not fit, or
-a cell that failed, takes the ``cumulus.vars`` comm (and the data path) as before.
+what comes back (bound values, watched values that changed) inside its reply, described in its
+metadata, the pickles its buffers (`cumulus_jupyter.agent.inline`): a cell costs one round
+trip. What does not fit, or a cell that failed, takes the ``cumulus.vars`` comm (and the data
+path) as before.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ from cumulus_jupyter import transfer
 from cumulus_jupyter.cells import CellNames
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.session import Push, RemoteRef, RemoteSession
-
-#: the user expression the pull rides in
-PULL_KEY = "cumulus"
 
 # IPython's history and helpers; they describe this kernel, never the cell's data
 _IPYTHON = re.compile(r"_|__|___|_i|_ii|_iii|_i?\d+|_ih|_oh|_dh|In|Out|get_ipython|exit|quit")
@@ -138,19 +136,19 @@ def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> Push
     return None
 
 
-def expressions(
+def inline_pull(
     session: RemoteSession, found: Plan, limit: int, skip: list[str], carried: Push | None
-) -> dict[str, str]:
-    """The user expression that brings back, inside the reply, what `bring_back` would pull:
-    the names bound and the watched values whose fingerprint changed (those the carried push
-    sends count as held)."""
+) -> dict[str, Any] | None:
+    """The execute's `kernel_code.PULL`, which brings back inside the reply what `bring_back`
+    would pull: the names bound and the watched values whose fingerprint changed (those the
+    carried push sends count as held); None when there is nothing to ask for."""
     held = session.ledger.held | (carried.prints if carried is not None else {})
     pull = [n for n in found.pull if n not in skip]
     watched = {n: held[n] for n in found.watch if n not in skip and n in held}
     if not pull and not watched:
-        return {}
-    expression = kernel_code.pull_expression(pull, watched, limit, kernel_code.INLINE_MAX_BYTES)
-    return {PULL_KEY: expression}
+        return None
+    return {"names": pull, "watched": watched, "max_bytes": limit,
+            "inline_max": kernel_code.INLINE_MAX_BYTES}  # fmt: skip
 
 
 def changed_remotely(session: RemoteSession, names: list[str]) -> list[str]:
@@ -180,8 +178,8 @@ def bring_back(
 ) -> None:
     """After the cell ran: pull what it bound and what it changed in place (values over
     ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there.
-    What the ``reply`` already brought (`expressions`) is taken from it."""
-    inline = session.inline_pulled(reply, PULL_KEY) if reply is not None else None
+    What the ``reply`` already brought (`inline_pull`) is taken from it."""
+    inline = session.inline_pulled(reply) if reply is not None else None
     if inline is not None:
         assigned, missing = inline.values, inline.missing
         unpicklable(assigned)

@@ -69,9 +69,15 @@ def prelude(resume: str | None, checkpoint: tuple[str, Sequence[str], float] | N
 # -- what rides inside an execute request and its reply (`cumulus_jupyter.agent.inline`) -------
 
 #: the execute request's metadata key the agent reads: ``push`` (a ``cumulus.vars`` push, its
-#: buffers the request's own) and ``mark`` (name the cell's last output in the reply); the
-#: reply's metadata under the same key then has `LAST_OUTPUT`
+#: buffers the request's own), ``mark`` (name the cell's last output in the reply) and `PULL`;
+#: the reply's metadata under the same key then has `LAST_OUTPUT` (and `PULLED`)
 METADATA_KEY = "cumulus"
+#: with ``mark``: what to bring back after the cell (``names``, ``watched``: name to the
+#: fingerprint the client holds, ``max_bytes``, ``inline_max``), as `PULLED` in the reply
+PULL = "pull"
+#: the reply's answer to `PULL` (entries, refs, missing, deferred, ``frames``: how many of the
+#: reply's buffers are the values' pickles); absent when the cell failed
+PULLED = "pulled"
 #: the msg_id of the last IOPub message the cell sent (status and execute_input aside), or None
 #: when it sent none: a client holding the reply and that message has every output
 LAST_OUTPUT = "last_output"

@@ -67,6 +67,37 @@ def test_a_reply_names_the_cells_last_output_so_the_cell_ends_without_waiting_fo
         session.release()
 
 
+def test_what_a_cell_binds_comes_back_inside_its_reply_as_binary_buffers(
+    gateway: Gateway,
+) -> None:
+    """An execute's ``pull`` is answered in the reply itself: described in its metadata, the
+    pickles its buffers (no user expression, no base64); what is over the inline budget is
+    named for a pull of its own; a cell that failed brings nothing back this way."""
+    from cumulus_jupyter.protocol import code
+
+    session = RemoteSession("pulled", GatewaySettings(gateway.url, gateway.token))
+    session.start("0.2", "10m", lambda line: None)
+    try:
+        pull = {"names": ["a", "big", "gone"], "watched": {}, "max_bytes": None,
+                "inline_max": code.INLINE_MAX_BYTES}  # fmt: skip
+        reply = session.execute("a = b'x' * 300_000\nbig = bytes(2**21)", lambda m: None, pull=pull)
+        assert reply["content"]["status"] == "ok"
+        assert reply["content"]["user_expressions"] == {}
+        answer = reply["metadata"][code.METADATA_KEY][code.PULLED]
+        assert answer["frames"] == len(reply["buffers"]) == 1
+        pulled = session.inline_pulled(reply)
+        assert pulled is not None
+        assert pulled.values == {"a": b"x" * 300_000}
+        assert (pulled.missing, pulled.deferred) == (["gone"], ["big"])
+
+        failed = session.execute("c = 1\nraise ValueError('no')", lambda m: None, pull=pull)
+        assert failed["content"]["status"] == "error"
+        assert code.PULLED not in failed["metadata"][code.METADATA_KEY]
+        assert session.inline_pulled(failed) is None
+    finally:
+        session.release()
+
+
 def test_only_the_sessions_own_executes_skip_ipykernels_pre_reply_sleep(gateway: Gateway) -> None:
     """ipykernel sleeps 0.5 ms before each execute reply; the agent lifts that for the
     executes whose reply names their last output, and keeps it for every other client's."""
