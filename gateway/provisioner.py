@@ -94,6 +94,7 @@ class CumulusProvisioner(LocalProvisioner):
         try:
             services.registry.partitions[self.kernel_id] = self.partition
             kwargs["env"] = self._kernel_env(request_env, self.partition)
+            self._use_ipc()
             if not services.runtime.on_gateway_host:
                 # the last container's address; jupyter_client writes its placeholder
                 # connection file only for an address of this host (the kernel reports its own)
@@ -150,7 +151,7 @@ class CumulusProvisioner(LocalProvisioner):
         base |= request_env
         base |= confinement_env(partition, services.broker.devices)
         base[names.KERNEL_ID] = self.kernel_id
-        host = str(getattr(self.parent, "ip", "") or "127.0.0.1")
+        host = self._host()
         base |= services.checkpoints.kernel_env(
             partition.owner, self._gateway_url(host), self._own_certificate()
         )
@@ -164,6 +165,34 @@ class CumulusProvisioner(LocalProvisioner):
         if self.data_socket:
             base[names.DATA_SOCKET] = self.data_socket
         return base
+
+    def _host(self) -> str:
+        """The address the kernel's TCP ports (data port, the way to the gateway) are on."""
+        km = cast(Any, self.parent)
+        if getattr(km, "transport", "tcp") == "ipc":  # its ``ip`` is its sockets' path
+            return "127.0.0.1"
+        return str(getattr(km, "ip", "") or "127.0.0.1")
+
+    def _use_ipc(self) -> None:
+        """A sandboxed kernel's ZMQ sockets become Unix sockets beside its data socket, in the
+        directory only it (and the gateway, through links) sees, instead of loopback ports any
+        process on the host could subscribe to. Kept over restarts, like its data socket."""
+        km = cast(Any, self.parent)
+        if not self.services.runtime.ipc or not self.data_socket or km.transport == "ipc":
+            return
+        prefix = self.data_socket.removesuffix(".sock")
+        if len(prefix.encode()) + 7 > _UNIX_PATH_MAX:  # "-" and a port number must fit
+            return
+        km.transport, km.ip, km.cache_ports = "ipc", prefix, False
+
+    def _ipc_links(self) -> list[str]:
+        """The links to the kernel's ZMQ sockets (jupyter_client removes only those whose
+        kernel directory is still there)."""
+        km = cast(Any, self.parent)
+        if getattr(km, "transport", "tcp") != "ipc":
+            return []
+        ports = (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
+        return [f"{km.ip}-{port}" for port in ports]
 
     def _gateway_url(self, host: str) -> str:
         """The gateway as this kernel reaches it (a container: as its runtime says)."""
@@ -265,8 +294,9 @@ class CumulusProvisioner(LocalProvisioner):
         if not restart:
             await self._release("kernel shut down")
             if self.data_socket:  # the kernel exits without closing its data port
-                with contextlib.suppress(OSError):
-                    os.unlink(self.data_socket)
+                for path in (self.data_socket, *self._ipc_links()):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
             # files the Cumulus GPU kernel synced for this kernel: scratch, gone with it
             shutil.rmtree(names.workdir(self.kernel_id), ignore_errors=True)
 
@@ -336,6 +366,9 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_UNIX_PATH_MAX = 107  # a Unix socket's path, in bytes, without its terminating NUL
 
 
 def _socket_path(directory: str, kernel_id: str) -> str | None:

@@ -101,7 +101,9 @@ class DataHandler(CumulusHandler):
         unix_path = None if self._tls else getattr(provisioner, "data_socket", None)
         if not port:
             raise DataChannelError(f"Kernel {kernel_id} has no data port; send through messages")
-        host, key = kernel.ip, kernel.session.key
+        # over ipc, ``ip`` is the path of its ZMQ sockets; its data port is on loopback
+        host = "127.0.0.1" if kernel.transport == "ipc" else kernel.ip
+        key = kernel.session.key
 
         def connect() -> _KernelEnd:
             try:

@@ -77,6 +77,10 @@ class Runtime(LoggingConfigurable):
     on_gateway_host = True
     #: whether signals reach the kernel (a Swarm task's do not: interrupts go as messages)
     signals = True
+    #: whether a kernel's ZMQ sockets are Unix sockets beside its data socket rather than
+    #: loopback TCP ports: a sandboxed kernel's are, so another kernel on the host (another
+    #: user's) finds no IOPub port to subscribe to, which HMAC signing alone does not prevent
+    ipc = False
 
     def __init__(
         self,

@@ -35,6 +35,8 @@ from gateway import sandbox as sb
 from gateway.checkpoints import l1_dir
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
 
+_PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
 _START_TIME_TOLERANCE_S = 0.05
 
 
@@ -216,6 +218,7 @@ class LocalRuntime(Runtime):
         # an interrupt reaches a sandboxed kernel as a message: a SIGINT to its process group
         # would end bubblewrap's outer process, which does not forward it
         self.signals = self.sandbox == "none"
+        self.ipc = self.sandbox == "bwrap"
 
     def check(self) -> None:
         """Says at start-up why kernels cannot be sandboxed (or run unsandboxed), and starts
@@ -396,8 +399,9 @@ class LocalRuntime(Runtime):
         run = kernel_dir / "run"
         own.mkdir(run)
         link = Path(path)
-        link.unlink(missing_ok=True)
-        link.symlink_to(run / link.name)
+        for name in (link.name, *_ipc_endpoints(kernel_dir / "kernel.json", link.parent)):
+            (link.parent / name).unlink(missing_ok=True)
+            (link.parent / name).symlink_to(run / name)
         return ((str(run), str(link.parent)),)
 
     def _hidden(self) -> tuple[str, ...]:
@@ -480,6 +484,19 @@ def _pip_local_paths() -> list[str]:
         if path.startswith("/") and os.path.isdir(path):
             found.append(os.path.normpath(path))
     return list(dict.fromkeys(found))
+
+
+def _ipc_endpoints(connection_file: Path, directory: Path) -> list[str]:
+    """The names of a kernel's ZMQ Unix sockets in ``directory`` (its data socket's), which
+    the kernel binds inside its sandbox, where that directory is its own ``run``."""
+    try:
+        info = json.loads(connection_file.read_text())
+    except (OSError, ValueError):
+        return []
+    prefix = Path(str(info.get("ip", "")))
+    if info.get("transport") != "ipc" or prefix.parent != directory:
+        return []
+    return [f"{prefix.name}-{info[k]}" for k in _PORT_KEYS if k in info]
 
 
 def _dedicated_uid(table: Path, owner: str, base: int) -> int:

@@ -178,7 +178,9 @@ import glob
 def other_sockets():
     mine = os.environ.get("CUMULUS_DATA_SOCKET", "")
     found = [p for p in glob.glob("/tmp/**/*.sock", recursive=True) if p != mine]
-    found += [p for p in glob.glob(os.path.dirname(mine) + "/*") if p != mine] if mine else []
+    own = mine.removesuffix(".sock") + "-"  # its own ZMQ sockets lie beside it
+    found += [p for p in glob.glob(os.path.dirname(mine) + "/*")
+              if p != mine and not p.startswith(own)] if mine else []
     if found:
         return found
     raise LookupError("no other kernel's socket")
@@ -194,6 +196,74 @@ print(json.dumps({
     results = run(gateway, kernels["ana"]["id"], code)
     assert len(results) == 5
     refused(results)
+
+
+SNIFF = """
+import json, time, zmq
+def listening():  # every TCP port listening on this host's loopback or on any address
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.rsplit(":", 1)
+            if state == "0A" and address.strip("0") in ("", "100007F", "1"):
+                ports.add(int(port, 16))
+    return sorted(ports)
+context = zmq.Context.instance()
+subscribers = []
+for port in listening():
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    subscribers.append(sub)
+time.sleep(1)  # let the subscriptions reach whatever publishes
+print("listening on", len(subscribers), "ports", flush=True)
+heard, deadline = [], time.monotonic() + 60
+poller = zmq.Poller()
+for sub in subscribers:
+    poller.register(sub, zmq.POLLIN)
+while time.monotonic() < deadline and not any(b"ana-secret" in part for part in heard):
+    for sub, _ in poller.poll(200):
+        heard += sub.recv_multipart()
+    if any(b"done-sniffing" in part for part in heard):
+        break
+print(json.dumps(any(b"ana-secret" in part for part in heard)))
+"""
+
+
+def test_another_users_kernel_cannot_subscribe_to_a_kernels_output(
+    gateway: Gateway, kernels: dict[str, dict[str, Any]]
+) -> None:
+    """IOPub is publish/subscribe: HMAC signs its messages but anyone who can connect reads
+    them. A sandboxed kernel's ZMQ sockets are Unix sockets in its own directory, so bob's
+    kernel, subscribed to every port listening on the host, hears nothing of ana's cell."""
+
+    async def go() -> Any:
+        bob = await KernelSocket.open(gateway.url, gateway.token, kernels["bob"]["id"], "v1")
+        try:
+            sniffing = await bob.start_execute(SNIFF)
+            await bob.wait_for(
+                lambda m: m["msg_type"] == "stream" and "listening on" in m["content"]["text"],
+                timeout=120,
+            )
+            await asyncio.to_thread(
+                run, gateway, kernels["ana"]["id"], "import json; print(json.dumps('ana-secret'))"
+            )
+            # the marker goes out after ana's output: once bob has it (or not), he stops
+            await asyncio.to_thread(
+                run,
+                gateway,
+                kernels["ana"]["id"],
+                "import json; print(json.dumps('done-sniffing'))",
+            )
+            reply = await bob.finish(sniffing, timeout=120)
+        finally:
+            await bob.close()
+        return reply
+
+    reply = asyncio.run(go())
+    assert reply.stdout.strip().splitlines()[-1] == "false", reply.stdout
 
 
 def test_the_gateways_python_and_process_are_untouchable(
