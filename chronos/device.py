@@ -238,3 +238,51 @@ def resolve(devices: Sequence[Device], ref: str) -> Device:
             return device
     known = ", ".join(d.id for d in devices) or "none"
     raise InvalidArgument(f"Unknown device: {text}. Known devices: {known}")
+
+
+def identities(devices: Sequence[Device]) -> list[tuple[str, ...]]:
+    """What names each device across discoveries, in order: its host and its NVIDIA UUID,
+    else its PCI bus id, else its name and how many same-named devices come before it there
+    (two identical GPUs without either are told apart by order only)."""
+    seen: dict[tuple[str, str], int] = {}
+    keys: list[tuple[str, ...]] = []
+    for d in devices:
+        host = d.host or ""
+        if d.uuid:
+            keys.append((host, "uuid", d.uuid))
+        elif d.pci_bus_id:
+            keys.append((host, "pci", d.pci_bus_id))
+        else:
+            nth = seen.get((host, d.name), 0)
+            seen[(host, d.name)] = nth + 1
+            keys.append((host, "name", d.name, str(nth)))
+    return keys
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """Known devices against a new discovery: ``devices`` is every device known, by index
+    (the known ones first, unchanged; ``added``: the indices of those found for the first
+    time, appended), ``offline``: the indices of known devices not found."""
+
+    devices: tuple[Device, ...]
+    added: tuple[int, ...]
+    offline: frozenset[int]
+
+
+def reconcile(known: Sequence[Device], found: Sequence[Device]) -> Reconciled:
+    """Match ``found`` to ``known`` by `identities`. A known device keeps its index (partitions
+    refer to it), whether found or not; a new one gets the next free index."""
+    known_keys = identities(known)
+    found_keys = identities(found)
+    present, seen = set(found_keys), set(known_keys)
+    devices = list(known)
+    added: list[int] = []
+    for key, device in zip(found_keys, found, strict=True):
+        if key not in seen:
+            seen.add(key)
+            added.append(len(devices))
+            devices.append(replace(device, index=len(devices)))
+    missing = (d for d, key in zip(known, known_keys, strict=True) if key not in present)
+    offline = frozenset(d.index for d in missing)
+    return Reconciled(tuple(devices), tuple(added), offline)

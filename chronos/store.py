@@ -30,7 +30,7 @@ from chronos.amount import (
     format_duration,
     parse_duration,
 )
-from chronos.device import Device, resolve
+from chronos.device import Device, Reconciled, reconcile, resolve
 from chronos.errors import InvalidArgument, NotFound, ResourceExhausted, StateUnavailable
 from chronos.partition import (
     Partition,
@@ -106,6 +106,11 @@ class Store:
 
     Safe to share between threads (one connection behind a lock) and between processes (SQLite
     transactions). ``clock`` exists so tests and the supervisor can agree on "now".
+
+    ``devices`` is every device known to this store, by index; a discovery while it is open
+    (`follow`) appends the devices it finds for the first time and marks the known ones it
+    does not find ``offline``: no new partition is cut from those until they are found again,
+    under the same index (partitions on them stay as they are).
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class Store:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.devices = list(devices)
+        self.offline: frozenset[int] = frozenset()  # indices of devices not found lately
         self.path = Path(path) if path is not None else default_state_path()
         self.node = node
         self.retention = retention
@@ -193,6 +199,22 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- devices -------------------------------------------------------------------------------
+
+    def follow(self, found: Sequence[Device]) -> Reconciled:
+        """Take a new discovery's ``found`` devices: new ones are appended (next index),
+        known ones missing are offline, known ones found again are online. What changed is in
+        the answer (``added``, ``offline``); `devices` and `offline` are replaced whole, so a
+        reader in another thread sees the old state or the new one."""
+        with self._lock:
+            changed = reconcile(self.devices, found)
+            self.devices = list(changed.devices)
+            self.offline = changed.offline
+        return changed
+
+    def is_online(self, index: int) -> bool:
+        return index not in self.offline and 0 <= index < len(self.devices)
+
     # -- transactions --------------------------------------------------------------------------
 
     @contextmanager
@@ -260,7 +282,7 @@ class Store:
         """
         gpu = GpuAmount.parse(amount)
         seconds = parse_duration(duration)
-        candidates = self._candidates(devices)
+        candidates = self._online(self._candidates(devices))
         refs = [process_ref(pid) for pid in pids]
         with self._write("create") as db:
             now = self.clock()
@@ -498,8 +520,22 @@ class Store:
 
     def candidates(self, refs: str | Sequence[str] | None) -> list[int]:
         """The indices of the devices ``refs`` name (as `create` reads them; ``None`` or
-        ``"any"``: every device); `InvalidArgument` for a device that is not there."""
+        ``"any"``: every device, offline ones too); `InvalidArgument` for a device that is not
+        there."""
         return self._candidates(refs)
+
+    def _online(self, candidates: list[int]) -> list[int]:
+        """The online ones of ``candidates``; `ResourceExhausted` when none is (the device
+        may be found again: a request can wait for it like for capacity)."""
+        online = [i for i in candidates if self.is_online(i)]
+        if not online:
+            names = ", ".join(self.devices[i].id for i in candidates)
+            raise ResourceExhausted(
+                f"No device asked for is online: {names} not found by the last discovery "
+                "(a host left or a device fell off); it is offered again once found",
+                retry_after=60.0,
+            )
+        return online
 
     def _candidates(self, refs: str | Sequence[str] | None) -> list[int]:
         if not self.devices:

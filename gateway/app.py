@@ -90,9 +90,10 @@ class CumulusGateway(ServerApp):
     discovery_interval = Float(
         30.0,
         config=True,
-        help="Seconds between device discoveries while the gateway runs: while discovery "
-        "fails (or a device is no longer found) new kernels are refused with 503 and running "
-        "ones are left alone; 0 turns it off.",
+        help="Seconds between device discoveries while the gateway runs: a device found "
+        "for the first time is added, one no longer found is offline (no new partition on "
+        "it) until found again; while discovery fails new kernels are refused with 503 and "
+        "running ones are left alone; 0 turns it off.",
     )
 
     json_logs = Bool(False, config=True, help="Log one JSON object per line.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import time
@@ -82,6 +83,19 @@ class _Waiter:
         r = self.request
         return Ask(r.id, r.amount, r.duration_s, r.owner, self.candidates, self.queued_at)
 
+    def follow(self, candidates: tuple[int, ...]) -> None:
+        """Devices were found since the request came: "any device" means them too."""
+        if candidates != self.candidates:
+            self.candidates = candidates
+            self.__dict__.pop("ask", None)  # the cached `ask`
+
+    def ask_on(self, offline: frozenset[int]) -> Ask:
+        """`ask`, without the ``offline`` devices: none is planned, or reserved, on one."""
+        if not offline.intersection(self.candidates):
+            return self.ask
+        online = tuple(i for i in self.candidates if i not in offline)
+        return dataclasses.replace(self.ask, candidates=online)
+
 
 class PartitionBroker:
     """Hands out partitions from a Chronos `Store` under ``rules``. Used from the event loop.
@@ -109,14 +123,35 @@ class PartitionBroker:
         self._queue: list[_Waiter] = []
         self._head: int | None = None  # the request holding the reservation
         self._ours: dict[str, Partition] = {}  # handed out here and not yet seen to end
-        hosts = {d.index: d.host for d in store.devices if d.host}
-        self._cluster = Cluster(tuple(d.index for d in store.devices), hosts or None)
+        self._device_count = len(store.devices)  # devices are only ever appended
 
     # -- the store, read through the boundary ----------------------------------------------------
 
     @property
     def devices(self) -> list[Device]:
+        """Every device known, by index (offline ones too: partitions may be on them)."""
         return self._store.devices
+
+    # -- devices found or lost while running (`gateway.discovery`): read afresh each time ----
+
+    @property
+    def _cluster(self) -> Cluster:
+        devices = self._store.devices
+        hosts = {d.index: d.host for d in devices if d.host}
+        return Cluster(tuple(d.index for d in devices), hosts or None)
+
+    def is_online(self, index: int) -> bool:
+        """Whether the last device discovery found device ``index``."""
+        return self._store.is_online(index)
+
+    def _asks(self, waiters: list[_Waiter]) -> list[Ask]:
+        if len(self._store.devices) != self._device_count:
+            self._device_count = len(self._store.devices)
+            with chronos_boundary():
+                for w in self._queue:
+                    w.follow(tuple(self._store.candidates(w.request.devices)))
+        offline = self._store.offline
+        return [w.ask_on(offline) for w in waiters]
 
     @property
     def path(self) -> Path:
@@ -311,15 +346,21 @@ class PartitionBroker:
             holdings = self._holdings()
 
     def _plan(self, holdings: list[_Held]) -> Plan:
-        asks = [w.ask for w in self._queue]
+        asks = self._asks(self._queue)
         plan = scheduler.plan(
             self._cluster, holdings, asks, self.clock(), self.rules,
-            share=self.share, head=self._head,
+            share=self.share, head=self._head, held_until=self._held_until(),
         )  # fmt: skip
         for w in self._queue:
             if w.request.id in plan.waiting_for:
                 w.last_refusal = plan.waiting_for[w.request.id]
         return plan
+
+    def _held_until(self) -> float | None:
+        for w in self._queue:
+            if w.request.id == self._head:
+                return w.request.reserved_at
+        return None
 
     def _serve(self, plan: Plan) -> bool:
         """Start what ``plan`` says; False when the store placed one other than planned (another
@@ -344,7 +385,7 @@ class PartitionBroker:
     def _ordered(self, holdings: list[_Held], now: float) -> list[_Waiter]:
         by_id = {w.request.id: w for w in self._queue}
         usage = scheduler.usage_of(holdings, self.share, now)
-        asks = [w.ask for w in self._queue]
+        asks = self._asks(self._queue)
         return [
             by_id[a.id]
             for a in scheduler.order(asks, self.rules, now, usage=usage, head=self._head)
@@ -353,7 +394,7 @@ class PartitionBroker:
     def _estimate(
         self, holdings: list[_Held], ordered: list[_Waiter], now: float
     ) -> dict[int, float | None]:
-        asks = [w.ask for w in ordered]
+        asks = self._asks(ordered)
         fifo = self.rules.policy is scheduler.Policy.FIFO
         return scheduler.estimate(self._cluster, holdings, asks, now, in_order=fifo)
 

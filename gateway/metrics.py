@@ -19,6 +19,11 @@ KERNELS = Gauge("cumulus_kernels", "Kernels running in partitions")
 PARTITIONS = Gauge("cumulus_partitions_active", "Active Chronos partitions on this gateway's node")
 QUEUE = Gauge("cumulus_queue_length", "Kernel requests waiting for a partition")
 DEVICE_FREE = Gauge("cumulus_device_free", "Free share of each device (0-1)", ["device"])
+DEVICE_ONLINE = Gauge(
+    "cumulus_device_online",
+    "Whether each device was found by the last device discovery (1) or is offline (0)",
+    ["device"],
+)
 ALLOCATION = Histogram(
     "cumulus_partition_allocation_seconds",
     "Time from a kernel's request to its partition (queueing included)",
@@ -102,6 +107,12 @@ def update_devices(free: Iterable[tuple[str, float]]) -> None:
         DEVICE_FREE.labels(device=device_id).set(share)
     if shares:
         UTILIZATION.set(1 - sum(share for _, share in shares) / len(shares))
+
+
+def update_device_states(states: Iterable[tuple[str, bool]]) -> None:
+    """Each device's online state, by device id; called after each device discovery."""
+    for device_id, online in states:
+        DEVICE_ONLINE.labels(device=device_id).set(1 if online else 0)
 
 
 _held_by: set[str] = set()

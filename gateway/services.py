@@ -14,7 +14,7 @@ from typing import Any
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from traitlets.config import Configurable
 
-from chronos import Partition, Store, discover
+from chronos import Device, Partition, Store, discover
 from cumulus_jupyter.errors import CumulusError
 from gateway import metrics
 from gateway.broker import PartitionBroker
@@ -29,6 +29,13 @@ from gateway.registry import KernelRegistry
 from gateway.runtimes import Runtime, runtime_for
 from gateway.scheduler import Rules
 from gateway.settings import Settings
+
+
+def devices_of(runtime: Runtime) -> list[Device]:
+    """The runtime's devices, or this host's when the runtime leaves them to discovery (an
+    empty list is an answer: a Swarm whose labelled nodes are all away has none now)."""
+    found = runtime.devices()
+    return discover() if found is None else found
 
 
 @dataclass
@@ -65,12 +72,13 @@ class Services:
         except CumulusError as exc:  # each kernel start will say it again, to its requester
             runtime.log.warning("%s runtime: %s", runtime.name, exc)
         with chronos_boundary():
-            store = Store(runtime.devices() or discover(), state_path or None)
+            store = Store(devices_of(runtime), state_path or None)
         discovery = DeviceDiscovery(
-            lambda: runtime.devices() or discover(),
-            store.devices,
+            lambda: devices_of(runtime),
+            store,
             runtime.log,
             settings.discovery_interval,
+            on_states=metrics.update_device_states,
         )
         broker = PartitionBroker(
             store,

@@ -45,8 +45,15 @@ class HealthHandler(CumulusHandler):
 class DevicesHandler(CumulusHandler):
     @web.authenticated
     async def get(self) -> None:
-        free = self.services.broker.free()
-        self.finish(json.dumps([d.to_json() | {"free": share} for d, share in free]))
+        broker = self.services.broker
+        self.finish(
+            json.dumps(
+                [
+                    d.to_json() | {"free": share, "online": broker.is_online(d.index)}
+                    for d, share in broker.free()
+                ]
+            )
+        )
 
 
 class PartitionsHandler(CumulusHandler):

@@ -4,7 +4,10 @@ the gateway runs on. Swarm does the placing; we do not schedule.
 - **Devices**: every node that `scripts/setup-worker.sh` onboarded carries a ``cumulus.devices``
   label (an engine label set on the worker, or a node label set on the manager): the JSON list of
   its devices, in ``CHRONOS_DEVICES``' format. The gateway's one Chronos store cuts partitions
-  from all of them, so partitions for every node are allocated centrally.
+  from all of them, so partitions for every node are allocated centrally. Only nodes that can
+  take a task now (``ready`` and ``active``) count: discovery runs again while the gateway runs
+  (`gateway.discovery`), so a node that joins is offered for new kernels, and one that leaves,
+  goes down or is drained or paused is not (its devices are offline) until it is back.
 - **Placement**: the service is constrained to the node that holds the partition's devices
   (``node.id==…``); NVIDIA devices are named to the worker's NVIDIA container runtime by UUID.
 - **Relay**: the kernel calls back with its node's address; the gateway alone talks to it (ZMQ,
@@ -144,10 +147,6 @@ class SwarmRuntime(DockerRuntime):
     name = "swarm"
     signals = False
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.node_of: dict[int, str] = {}  # device index -> the node holding it
-
     def manager_info(self) -> dict[str, Any]:
         swarm = self.client.info().get("Swarm", {})
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
@@ -161,35 +160,23 @@ class SwarmRuntime(DockerRuntime):
         super().check()
 
     def devices(self) -> list[Device] | None:
-        """Every labelled node's devices, numbered across the Swarm (``gpu0``… in node order)."""
+        """The devices of every labelled node that can take a task now, numbered across the
+        Swarm (``gpu0``… in node order; the store keeps the numbers it gave first), each with
+        its node's id as ``host``."""
         self.manager_info()
-        nodes = self.client.api.nodes()
-        entries: list[dict[str, Any]] = []
-        owners: list[str] = []
-        for node in sorted(nodes, key=lambda n: n["Description"]["Hostname"] + n["ID"]):
-            labels = node.get("Description", {}).get("Engine", {}).get("Labels") or {}
-            labels |= node.get("Spec", {}).get("Labels") or {}
-            raw = labels.get(DEVICES_LABEL)
-            if not raw:
-                continue
-            try:
-                found = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InvalidArgument(
-                    f"node {node['ID'][:12]}: {DEVICES_LABEL} is not JSON"
-                ) from exc
-            for entry in found:
-                entries.append(dict(entry) | {"node": node["ID"]})
-                owners.append(node["ID"])
-        if not entries:
+        nodes = sorted(self.client.api.nodes(), key=lambda n: _hostname(n) + n["ID"])
+        labelled = [(node, raw) for node in nodes if (raw := _devices_label(node))]
+        if not labelled:
             raise Unavailable(
                 f"No Swarm node has a {DEVICES_LABEL} label: onboard GPU hosts with "
                 "scripts/setup-worker.sh"
             )
+        entries: list[dict[str, Any]] = []
+        for node, raw in labelled:
+            if _takes_tasks(node):
+                entries += [dict(entry) | {"node": node["ID"]} for entry in _entries(node, raw)]
         with chronos_boundary():
-            devices = load_configured(json.dumps(entries))
-        self.node_of = dict(enumerate(owners))
-        return devices
+            return load_configured(json.dumps(entries)) if entries else []
 
     def base_url(self) -> str:
         if self.callback_url:
@@ -201,7 +188,7 @@ class SwarmRuntime(DockerRuntime):
         import docker
         from docker.utils import parse_bytes
 
-        nodes = {self.node_of.get(d.index) for d in launch.devices}
+        nodes = {d.host for d in launch.devices}
         if len(nodes) != 1 or None in nodes:
             raise InvalidArgument(
                 "A Swarm kernel's devices must all be on one node; this partition spans "
@@ -251,3 +238,31 @@ class SwarmRuntime(DockerRuntime):
         except CumulusError:
             return None
         return process if alive else None
+
+
+def _hostname(node: Mapping[str, Any]) -> str:
+    return str(node.get("Description", {}).get("Hostname", ""))
+
+
+def _devices_label(node: Mapping[str, Any]) -> str:
+    """The node's ``cumulus.devices``: its engine's label, or the node label set on the
+    manager (which wins)."""
+    labels = dict(node.get("Description", {}).get("Engine", {}).get("Labels") or {})
+    labels |= node.get("Spec", {}).get("Labels") or {}
+    return str(labels.get(DEVICES_LABEL) or "")
+
+
+def _takes_tasks(node: Mapping[str, Any]) -> bool:
+    """Ready (its engine answers the managers) and active (not drained, not paused)."""
+    ready = node.get("Status", {}).get("State") == "ready"
+    return ready and str(node.get("Spec", {}).get("Availability", "active")) == "active"
+
+
+def _entries(node: Mapping[str, Any], raw: str) -> list[dict[str, Any]]:
+    try:
+        found = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"node {node['ID'][:12]}: {DEVICES_LABEL} is not JSON") from exc
+    if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
+        raise InvalidArgument(f"node {node['ID'][:12]}: {DEVICES_LABEL} is not a list of objects")
+    return found

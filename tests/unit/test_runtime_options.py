@@ -3,6 +3,8 @@ confinement (the docker tier checks the same on real containers; GPUs are only h
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from chronos import Device, Vendor
@@ -59,16 +61,17 @@ def test_root_is_refused_as_the_kernels_user() -> None:
 
 def test_a_swarm_kernel_is_placed_on_the_node_of_its_devices() -> None:
     runtime = SwarmRuntime(callback_url="http://10.0.0.1:8888")
-    runtime.node_of = {0: "node-a", 1: "node-b"}
-    options = runtime.service_options(launch(device(1, Vendor.NVIDIA, uuid="GPU-b")), "tok")
+    on_b = replace(device(1, Vendor.NVIDIA, uuid="GPU-b"), host="node-b")
+    options = runtime.service_options(launch(on_b), "tok")
     assert options["constraints"] == ["node.id==node-b"]
     assert "NVIDIA_VISIBLE_DEVICES=GPU-b" in options["env"]
     assert (
         "CUMULUS_CALLBACK_URL=http://10.0.0.1:8888/api/cumulus/kernels/k-1/callback"
         in options["env"]
     )
+    on_a = replace(device(0, Vendor.NVIDIA), host="node-a")
     with pytest.raises(InvalidArgument, match="must all be on one node"):
-        runtime.service_options(launch(device(0, Vendor.NVIDIA), device(1, Vendor.NVIDIA)), "t")
+        runtime.service_options(launch(on_a, on_b), "t")
 
 
 def test_exit_codes_follow_popen() -> None:
