@@ -30,7 +30,7 @@ from cumulus_jupyter.errors import Internal, InvalidArgument
 from gateway import activity, metrics
 from gateway.kernel import CumulusServerKernelManager
 from gateway.kernelspecs import BUILTIN_NAME
-from gateway.provisioner import CumulusProvisioner
+from gateway.provisioner import CumulusProvisioner, remove_socket_links
 from gateway.quotas import Quotas
 from gateway.records import KernelRecord
 from gateway.registry import cumulus_model
@@ -404,6 +404,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         if process is not None:  # its partition ended: the kernel must not run on
             process.kill()
             process.remove()
+        else:
+            services.runtime.discard(record.provisioner_info.get("runtime") or {})
+        remove_socket_links(record.connection_info, record.provisioner_info.get("data_socket"))
         services.records.delete(record.kernel_id)
         self.log.info("Kernel %s did not survive; its partition was released", record.kernel_id)
 

@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -185,15 +186,6 @@ class CumulusProvisioner(LocalProvisioner):
             return
         km.transport, km.ip, km.cache_ports = "ipc", prefix, False
 
-    def _ipc_links(self) -> list[str]:
-        """The links to the kernel's ZMQ sockets (jupyter_client removes only those whose
-        kernel directory is still there)."""
-        km = cast(Any, self.parent)
-        if getattr(km, "transport", "tcp") != "ipc":
-            return []
-        ports = (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
-        return [f"{km.ip}-{port}" for port in ports]
-
     def _gateway_url(self, host: str) -> str:
         """The gateway as this kernel reaches it (a container: as its runtime says)."""
         runtime_url = getattr(self.services.runtime, "base_url", None)  # a container runtime's
@@ -294,9 +286,8 @@ class CumulusProvisioner(LocalProvisioner):
         if not restart:
             await self._release("kernel shut down")
             if self.data_socket:  # the kernel exits without closing its data port
-                for path in (self.data_socket, *self._ipc_links()):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+                info = cast(Any, self.parent).get_connection_info()
+                remove_socket_links(info, self.data_socket)
             # files the Cumulus GPU kernel synced for this kernel: scratch, gone with it
             shutil.rmtree(names.workdir(self.kernel_id), ignore_errors=True)
 
@@ -366,6 +357,18 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def remove_socket_links(connection_info: Mapping[str, Any], data_socket: str | None) -> None:
+    """Remove a kernel's data socket and the links to its ZMQ sockets (jupyter_client removes
+    only those whose kernel directory is still there)."""
+    paths = [data_socket] if data_socket else []
+    if connection_info.get("transport") == "ipc":
+        ip = connection_info.get("ip", "")
+        paths += [f"{ip}-{connection_info[key]}" for key in port_names if key in connection_info]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 _UNIX_PATH_MAX = 107  # a Unix socket's path, in bytes, without its terminating NUL

@@ -101,6 +101,11 @@ class Runtime(LoggingConfigurable):
         """The kernel described by ``info`` (from `KernelProcess.info`) if it still runs."""
         raise NotImplementedError
 
+    def discard(self, info: Mapping[str, Any]) -> None:
+        """Remove what a kernel described by ``info`` left behind once its process is gone
+        (it died while no gateway watched); called by `CumulusKernelManager` after a restart
+        for each recorded kernel it could not adopt."""
+
     def devices(self) -> list[Device] | None:
         """The devices partitions are cut from when the runtime knows them (a Swarm's nodes);
         None: this host's devices (discovery, or ``CHRONOS_DEVICES``)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import platformdirs
 import psutil
+from jupyter_client.connect import port_names
 from traitlets import Enum, Float, Int, List, Unicode, default
 
 from cumulus_jupyter.errors import InvalidArgument, Unavailable
@@ -34,8 +35,6 @@ from gateway import kernelenv
 from gateway import sandbox as sb
 from gateway.checkpoints import l1_dir
 from gateway.runtimes.base import KernelProcess, Launch, Runtime, Started
-
-_PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 _START_TIME_TOLERANCE_S = 0.05
 
@@ -130,9 +129,14 @@ class SandboxedProcess(LocalProcess):
         }  # fmt: skip
 
     def remove(self) -> None:
-        shutil.rmtree(self.kernel_dir, ignore_errors=True)
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        self.remove_left(self.kernel_dir, self.cgroup)
+
+    @staticmethod
+    def remove_left(kernel_dir: Path, cgroup: sb.Cgroup | None) -> None:
+        """What a sandboxed kernel leaves once its process is gone."""
+        shutil.rmtree(kernel_dir, ignore_errors=True)
+        if cgroup is not None:
+            cgroup.remove()
 
 
 def _default_dir(kind: str) -> str:
@@ -415,6 +419,14 @@ class LocalRuntime(Runtime):
             places.append(os.path.dirname(os.path.abspath(state)))
         return tuple(dict.fromkeys(os.path.abspath(p) for p in places if os.path.isdir(p)))
 
+    def discard(self, info: Mapping[str, Any]) -> None:
+        """A sandboxed kernel that died while no gateway watched: its directory and cgroup
+        (only a directory of this runtime's own ``kernels``, whatever the record says)."""
+        kernel_dir = Path(str(info.get("kernel_dir", "")))
+        if kernel_dir.parent != Path(self.sandbox_dir) / "kernels" or not kernel_dir.name:
+            return
+        SandboxedProcess.remove_left(kernel_dir, _cgroup_of(info))
+
     def adopt(self, info: Mapping[str, Any]) -> KernelProcess | None:
         try:
             proc = psutil.Process(int(info["pid"]))
@@ -427,14 +439,17 @@ class LocalRuntime(Runtime):
             return None
         if "kernel_dir" not in info:
             return LocalProcess(proc, started)
-        dirs = [Path(d) for d in info.get("cgroup") or []]
-        cgroup = None
-        if dirs:
-            version = int(info.get("cgroup_version") or 2)
-            cgroup = sb.Cgroup(version, dirs[0], dirs[-1])
         return SandboxedProcess(
-            proc, started, Path(info["kernel_dir"]), cgroup, info.get("memory", "")
+            proc, started, Path(info["kernel_dir"]), _cgroup_of(info), info.get("memory", "")
         )
+
+
+def _cgroup_of(info: Mapping[str, Any]) -> sb.Cgroup | None:
+    """A sandboxed kernel's cgroup, as `SandboxedProcess.info` recorded it."""
+    dirs = [Path(d) for d in info.get("cgroup") or []]
+    if not dirs:
+        return None
+    return sb.Cgroup(int(info.get("cgroup_version") or 2), dirs[0], dirs[-1])
 
 
 #: the gateway's variables a sandboxed kernel still gets (when they are the gateway's own)
@@ -496,7 +511,7 @@ def _ipc_endpoints(connection_file: Path, directory: Path) -> list[str]:
     prefix = Path(str(info.get("ip", "")))
     if info.get("transport") != "ipc" or prefix.parent != directory:
         return []
-    return [f"{prefix.name}-{info[k]}" for k in _PORT_KEYS if k in info]
+    return [f"{prefix.name}-{info[k]}" for k in port_names if k in info]
 
 
 def _dedicated_uid(table: Path, owner: str, base: int) -> int:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 
 from chronos import Store, discover
+from gateway.runtimes.local import LocalRuntime
 from tests.support.gateway import Gateway
 from tests.support.kernel_ws import KernelSocket
 
@@ -42,6 +45,7 @@ def test_sigkill_and_restart_finds_running_kernels_and_releases_dead_ones(gatewa
     casualty = gateway.start_kernel(KERNEL_GPU="0.2")
     run_code(gateway, survivor["id"], "x = 41")
     casualty_pid = kernel_pid(gateway, casualty["cumulus"]["partition_id"])
+    assert left_by(casualty["id"])  # its sandbox directory, data socket and ZMQ socket links
 
     gateway.kill()  # no cleanup at all
     os.kill(casualty_pid, signal.SIGKILL)  # one kernel dies while the gateway is down
@@ -55,8 +59,17 @@ def test_sigkill_and_restart_finds_running_kernels_and_releases_dead_ones(gatewa
     with Store(discover({}), gateway.state) as store:
         assert store.get(casualty["cumulus"]["partition_id"]).state.value == "released"
         assert store.get(survivor["cumulus"]["partition_id"]).is_active
+    assert left_by(casualty["id"]) == []  # the restarted gateway removed what it left
     assert gateway.delete(f"/api/kernels/{survivor['id']}").status_code == 204
     assert gateway.get("/api/cumulus/partitions").json() == []
+    assert left_by(survivor["id"]) == []
+
+
+def left_by(kernel_id: str) -> list[Path]:
+    """A sandboxed kernel's directory and the links to its sockets, where they still are."""
+    sockets = Path(tempfile.gettempdir()) / f"cumulus-data-{os.getuid()}"
+    kernel_dir = Path(LocalRuntime().sandbox_dir) / "kernels" / kernel_id
+    return sorted(sockets.glob(f"{kernel_id}*")) + ([kernel_dir] if kernel_dir.exists() else [])
 
 
 def test_create_delete_cycles_leak_nothing(gateway: Gateway) -> None:
