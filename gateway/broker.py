@@ -349,18 +349,12 @@ class PartitionBroker:
         asks = self._asks(self._queue)
         plan = scheduler.plan(
             self._cluster, holdings, asks, self.clock(), self.rules,
-            share=self.share, head=self._head, held_until=self._held_until(),
+            share=self.share, head=self._head,
         )  # fmt: skip
         for w in self._queue:
             if w.request.id in plan.waiting_for:
                 w.last_refusal = plan.waiting_for[w.request.id]
         return plan
-
-    def _held_until(self) -> float | None:
-        for w in self._queue:
-            if w.request.id == self._head:
-                return w.request.reserved_at
-        return None
 
     def _serve(self, plan: Plan) -> bool:
         """Start what ``plan`` says; False when the store placed one other than planned (another
