@@ -241,15 +241,16 @@ def resolve(devices: Sequence[Device], ref: str) -> Device:
 
 
 def identities(devices: Sequence[Device]) -> list[tuple[str, ...]]:
-    """What names each device across discoveries, in order: its host and its NVIDIA UUID,
-    else its PCI bus id, else its name and how many same-named devices come before it there
-    (two identical GPUs without either are told apart by order only)."""
+    """What names each device across discoveries, in order: its NVIDIA UUID (unique anywhere:
+    the same GPU on a host that rejoined a Swarm under a new node id), else its host and PCI
+    bus id, else its host, name and how many same-named devices come before it there (two
+    identical devices without either are told apart by order only)."""
     seen: dict[tuple[str, str], int] = {}
     keys: list[tuple[str, ...]] = []
     for d in devices:
         host = d.host or ""
         if d.uuid:
-            keys.append((host, "uuid", d.uuid))
+            keys.append(("uuid", d.uuid))
         elif d.pci_bus_id:
             keys.append((host, "pci", d.pci_bus_id))
         else:
@@ -262,8 +263,8 @@ def identities(devices: Sequence[Device]) -> list[tuple[str, ...]]:
 @dataclass(frozen=True)
 class Reconciled:
     """Known devices against a new discovery: ``devices`` is every device known, by index
-    (the known ones first, unchanged; ``added``: the indices of those found for the first
-    time, appended), ``offline``: the indices of known devices not found."""
+    (the known ones first, as found now where found; ``added``: the indices of those found
+    for the first time, appended), ``offline``: the indices of known devices not found."""
 
     devices: tuple[Device, ...]
     added: tuple[int, ...]
@@ -272,17 +273,21 @@ class Reconciled:
 
 def reconcile(known: Sequence[Device], found: Sequence[Device]) -> Reconciled:
     """Match ``found`` to ``known`` by `identities`. A known device keeps its index (partitions
-    refer to it), whether found or not; a new one gets the next free index."""
+    refer to it), whether found or not, and takes what is found now (its host may be a new
+    node); a new one gets the next free index."""
     known_keys = identities(known)
     found_keys = identities(found)
-    present, seen = set(found_keys), set(known_keys)
+    present = set(found_keys)
+    index_of = {key: d.index for d, key in zip(known, known_keys, strict=True)}
     devices = list(known)
     added: list[int] = []
     for key, device in zip(found_keys, found, strict=True):
-        if key not in seen:
-            seen.add(key)
-            added.append(len(devices))
-            devices.append(replace(device, index=len(devices)))
+        if key in index_of:
+            devices[index_of[key]] = replace(device, index=index_of[key])
+            continue
+        index_of[key] = len(devices)
+        added.append(len(devices))
+        devices.append(replace(device, index=len(devices)))
     missing = (d for d, key in zip(known, known_keys, strict=True) if key not in present)
     offline = frozenset(d.index for d in missing)
     return Reconciled(tuple(devices), tuple(added), offline)

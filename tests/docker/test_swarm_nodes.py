@@ -1,12 +1,14 @@
 """Two hosts on one machine: the gateway's engine is the Swarm manager, a second dockerd in a
 network namespace of the test's own (behind a veth pair) is a worker holding the only labelled
 device. Kernels land on the worker, clients still talk only to the gateway, behind HTTPS nothing
-crosses to the worker in clear, and a worker that leaves the Swarm mid-kernel ends its kernel
-and frees its partition."""
+crosses to the worker in clear, a worker that joins while the gateway runs is offered (and one
+drained or gone is not, while the manager's own device serves on), and a worker that leaves the
+Swarm mid-kernel ends its kernel and frees its partition."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -60,18 +62,23 @@ def worker(engine: Engine, job_image: str) -> Iterator[dict[str, Any]]:
         if manager.info()["Swarm"]["LocalNodeState"] == "active":
             manager.swarm.leave(force=True)
         manager.swarm.init(advertise_addr=MANAGER_IP, listen_addr=f"{MANAGER_IP}:2377")
-        token = manager.swarm.attrs["JoinTokens"]["Worker"]
         if node.client.info()["Swarm"]["LocalNodeState"] != "inactive":
             node.client.swarm.leave(force=True)  # an earlier run's Swarm, kept in its data root
-        node.client.swarm.join(
-            remote_addrs=[f"{MANAGER_IP}:2377"], join_token=token,
-            listen_addr=f"{WORKER_IP}:2377", advertise_addr=WORKER_IP,
-        )  # fmt: skip
-        worker_id = node.client.info()["Swarm"]["NodeID"]
+        worker_id = join(engine, node)
         label_node(engine, worker_id, node, job_image)
         yield {"engine": node, "id": worker_id}
     finally:
         stop_worker(engine, node)
+
+
+def join(manager: Engine, node: Engine) -> str:
+    """``node`` joins the manager's Swarm as a worker; its node id."""
+    token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
+    node.client.swarm.join(
+        remote_addrs=[f"{MANAGER_IP}:2377"], join_token=token,
+        listen_addr=f"{WORKER_IP}:2377", advertise_addr=WORKER_IP,
+    )  # fmt: skip
+    return str(node.client.info()["Swarm"]["NodeID"])
 
 
 def copy_image(manager: Engine, node: Engine, tag: str) -> None:
@@ -210,6 +217,125 @@ def test_nothing_crosses_to_a_worker_in_clear(
     assert b"cumulus-code-probe" not in captured
 
 
+MANAGER_DEVICES = [{"name": "manager-device", "vendor": "other", "kind": "cpu",
+                    "memory_bytes": 2**32}]  # fmt: skip
+
+
+def set_devices(manager: Engine, node_id: str, devices: str | None) -> None:
+    """Set (None: remove) ``node_id``'s devices label, as an operator would on the manager."""
+    node = manager.client.nodes.get(node_id)
+    spec = node.attrs["Spec"]
+    labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k != "cumulus.devices"}
+    spec["Labels"] = labels | ({"cumulus.devices": devices} if devices else {})
+    node.update(spec)
+
+
+def set_availability(manager: Engine, node_id: str, availability: str) -> None:
+    node = manager.client.nodes.get(node_id)
+    node.update(node.attrs["Spec"] | {"Availability": availability})
+
+
+def offered(gateway: Gateway) -> list[tuple[str, str, bool]]:
+    """Each device the gateway lists: id, node, online."""
+    return [(d["id"], d["host"], d["online"]) for d in gateway.get("/api/cumulus/devices").json()]
+
+
+def kernel_node(engine: Engine, kernel_id: str) -> str:
+    (service,) = engine.client.services.list(filters={"label": f"cumulus.kernel={kernel_id}"})
+    (task,) = service.tasks()
+    return str(task["NodeID"])
+
+
+def ended(gateway: Gateway, kernel_id: str) -> Any:
+    return wait_until(
+        lambda: (r := gateway.get(f"/api/kernels/{kernel_id}")).status_code == 410 and r,
+        timeout=120,
+        what="the kernel to end with its node",
+    )
+
+
+@pytest.fixture
+def joins_later(
+    tmp_path: Path, engine: Engine, worker: dict[str, Any]
+) -> Iterator[tuple[Gateway, str, str]]:
+    """The worker out of the Swarm and the manager holding a device of its own when the gateway
+    (discovering every 0.5 s) starts; the gateway, the manager's node id and the worker's
+    devices label. Afterwards the worker is back in the Swarm, labelled as before, and the
+    manager unlabelled."""
+    manager, node = engine.client, worker["engine"]
+    label = manager.nodes.get(worker["id"]).attrs["Spec"]["Labels"]["cumulus.devices"]
+    node.client.swarm.leave()
+    manager.nodes.get(worker["id"]).remove(force=True)
+    manager_id = str(manager.info()["Swarm"]["NodeID"])
+    set_devices(engine, manager_id, json.dumps(MANAGER_DEVICES))
+    try:
+        with runtime_gateway(
+            tmp_path, engine, "swarm", "--CumulusGateway.discovery_interval=0.5", host=MANAGER_IP
+        ) as gw:
+            yield gw, manager_id, label
+    finally:
+        set_devices(engine, manager_id, None)
+        if node.client.info()["Swarm"]["LocalNodeState"] != "active":
+            with contextlib.suppress(Exception):  # the test's node entry, left down
+                manager.nodes.get(worker["id"]).remove(force=True)
+            worker["id"] = join(engine, node)
+        set_devices(engine, worker["id"], label)
+    assert manager.services.list(filters={"label": "cumulus.kernel"}) == []
+
+
+def test_a_worker_that_joins_while_the_gateway_runs_is_offered_and_one_that_leaves_is_not(
+    joins_later: tuple[Gateway, str, str], engine: Engine, worker: dict[str, Any]
+) -> None:
+    """No restart: a worker that joins (and is labelled) is offered as a new device, gpu1,
+    and a kernel lands on it; drained, it is offline (a kernel naming it is refused at once,
+    new ones go to the manager's gpu0), active again it is gpu1 again; when it leaves the
+    Swarm its kernel ends, its device is offline and the manager's serves on."""
+    gateway, manager_id, label = joins_later
+    assert offered(gateway) == [("gpu0", manager_id, True)]
+    on_manager = gateway.start_kernel(KERNEL_GPU="0.5")
+    assert on_manager["cumulus"]["device"] == "gpu0"
+
+    worker["id"] = join(engine, worker["engine"])
+    set_devices(engine, worker["id"], label)  # what setup-worker.sh found on it
+    both = [("gpu0", manager_id, True), ("gpu1", worker["id"], True)]
+    wait_until(lambda: offered(gateway) == both, 60, "the new worker's device to be offered")
+    on_worker = gateway.start_kernel(KERNEL_GPU="0.5", KERNEL_GPU_DEVICES="gpu1")
+    assert on_worker["cumulus"]["device"] == "gpu1"
+    assert kernel_node(engine, on_worker["id"]) == worker["id"]
+    assert execute(gateway, on_worker["id"], "print(6 * 7)").stdout == "42\n"
+    assert gateway.delete(f"/api/kernels/{on_worker['id']}").status_code == 204
+
+    set_availability(engine, worker["id"], "drain")
+    drained = [("gpu0", manager_id, True), ("gpu1", worker["id"], False)]
+    wait_until(lambda: offered(gateway) == drained, 60, "the drained worker to be offline")
+    refused = gateway.post("/api/kernels", {"name": "cumulus-gpu", "env": {
+        "KERNEL_GPU": "0.1", "KERNEL_GPU_DEVICES": "gpu1", "KERNEL_WAIT": "0"}})  # fmt: skip
+    assert refused.status_code == 429, refused.text
+    assert "gpu1 not found by the last discovery" in refused.json()["message"]
+    placed = gateway.start_kernel(KERNEL_GPU="0.3")  # the manager's gpu0 serves on
+    assert placed["cumulus"]["device"] == "gpu0"
+    assert execute(gateway, placed["id"], "print('on the manager')").stdout == "on the manager\n"
+    assert gateway.delete(f"/api/kernels/{placed['id']}").status_code == 204
+
+    set_availability(engine, worker["id"], "active")
+    wait_until(lambda: offered(gateway) == both, 60, "the worker to be online again as gpu1")
+    again = gateway.start_kernel(KERNEL_GPU="0.5", KERNEL_GPU_DEVICES="gpu1")
+    assert kernel_node(engine, again["id"]) == worker["id"]
+    assert execute(gateway, again["id"], "print('back')").stdout == "back\n"
+
+    worker["engine"].client.swarm.leave()
+    left = [("gpu0", manager_id, True), ("gpu1", worker["id"], False)]
+    wait_until(lambda: offered(gateway) == left, 60, "the departed worker to be offline")
+    gone = ended(gateway, again["id"])
+    assert "left the Swarm" in gone.json()["message"]
+    assert partition_state(gateway, again["cumulus"]["partition_id"]) == "released"
+    assert execute(gateway, on_manager["id"], "print('still here')").stdout == "still here\n"
+    last = gateway.start_kernel(KERNEL_GPU="0.5")
+    assert last["cumulus"]["device"] == "gpu0"
+    for kernel in (on_manager, last):
+        assert gateway.delete(f"/api/kernels/{kernel['id']}").status_code == 204
+
+
 def test_a_worker_leaving_mid_kernel_ends_the_kernel_and_frees_the_partition(
     gateway: Gateway, worker: dict[str, Any]
 ) -> None:
@@ -220,10 +346,6 @@ def test_a_worker_leaving_mid_kernel_ends_the_kernel_and_frees_the_partition(
     assert node.proc is not None
     node.proc.kill()  # the host is gone: its engine stops answering the manager
     node.proc.wait(timeout=30)
-    gone = wait_until(
-        lambda: (r := gateway.get(f"/api/kernels/{kernel_id}")).status_code == 410 and r,
-        timeout=120,
-        what="the kernel to end with its node",
-    )
+    gone = ended(gateway, kernel_id)
     assert "left the Swarm" in gone.json()["message"]
     assert partition_state(gateway, partition_id) == "released"

@@ -191,12 +191,19 @@ def test_identities_are_uuid_then_bus_id_then_name_and_order_per_host() -> None:
     bus = Device(1, "GPU", Vendor.AMD, "gpu", 2**30, pci_bus_id="00000000:01:00.0", host="h")
     other = Device(3, "pthread-cpu", Vendor.OTHER, "cpu", 1, host="h")
     assert identities([A, bus, plain, plain, other]) == [
-        ("node-a", "uuid", "GPU-a"),
+        ("uuid", "GPU-a"),
         ("h", "pci", "00000000:01:00.0"),
         ("", "name", "pthread-cpu", "0"),
         ("", "name", "pthread-cpu", "1"),
         ("h", "name", "pthread-cpu", "0"),
     ]
+
+
+def test_a_gpu_found_on_a_new_node_keeps_its_index_and_goes_there(
+    store: Store, rediscover: Discover
+) -> None:
+    rediscover([A, replace(B, host="node-b-rejoined")])  # a new node id, the same GPU
+    assert ids(store) == [("gpu0", "node-a", True), ("gpu1", "node-b-rejoined", True)]
 
 
 def test_reconcile_appends_and_never_renumbers() -> None:
