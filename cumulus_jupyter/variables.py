@@ -55,6 +55,11 @@ def ipython_name(name: str, namespace: Mapping[str, Any], hidden: Mapping[str, A
     return name in hidden and namespace.get(name) is hidden[name]
 
 
+#: types whose values hold no function, so no notebook globals: not pickled to look for any
+#: (exact types: a subclass may be a notebook class, whose methods read globals)
+_PLAIN_DATA = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None), range})
+
+
 def _immutable(value: Any) -> bool:
     if isinstance(value, tuple | frozenset):
         return all(_immutable(v) for v in value)
@@ -100,7 +105,7 @@ def plan(
     deletes = list(names.deletes)
     # what the notebook functions sent read and write (a helper defined in an earlier cell
     # that appends to a global list, or declares one `global`): send and bring back those too
-    queue = list(push)
+    queue = [n for n in push if type(namespace[n]) not in _PLAIN_DATA]
     while queue:
         try:
             reads, writes, dels = transfer.notebook_globals(namespace[queue.pop()], namespace)

@@ -38,6 +38,15 @@ def test_a_notebook_function_brings_its_globals_along() -> None:
     assert found.push == ["note", "log"] and found.pull == ["last"] and found.watch == ["log"]
 
 
+def test_a_notebook_subclass_of_a_plain_type_still_brings_its_methods_globals() -> None:
+    """Plain data (a ``str``, ``bytes``, ...) is not searched for notebook functions; a value
+    whose class the notebook defined is, even when that class derives from ``str``."""
+    ns: dict[str, object] = {"__builtins__": __builtins__, "PREFIX": ">", "text": "plain"}
+    exec("class Tag(str):\n    def show(self):\n        return PREFIX + self\ntag = Tag('a')", ns)
+    assert variables.plan(cell_names("tag.show()"), ns).push == ["tag", "PREFIX"]
+    assert variables.plan(cell_names("text.upper()"), ns).push == ["text"]
+
+
 def test_deletes_are_planned() -> None:
     found = variables.plan(
         cell_names("del a\ntry:\n    1 / 0\nexcept Exception as e:\n    pass"), {"a": 1}
