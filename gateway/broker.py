@@ -15,8 +15,10 @@ processes sharing the Chronos store). The broker's clock is the store's, so a si
 (the scheduling benchmark's) drives both.
 
 A partition is extended (`extend`) only when no queued request's estimated start moves later
-(else `Conflict`, 409). When a partition this broker handed out ends, however it ends, its
-owner is charged ``amount x seconds held`` in the fair-share ledger (`FairShare`).
+(else `Conflict`, 409). When a partition on this node ends, however it ends, its owner is
+charged ``amount x seconds held`` in the fair-share ledger (`FairShare`, kept in the state
+file by `gateway.ledger`, so a restarted gateway orders the queue as before): one this broker
+handed out, or one made with Chronos directly (``chronos create``) and seen active at a pump.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from cumulus_jupyter.errors import (
 )
 from gateway import scheduler
 from gateway.errors import chronos_boundary
+from gateway.ledger import FairShareLedger
 from gateway.scheduler import Ask, Cluster, FairShare, Holding, Plan, Rules
 
 _REPLANS = 3  # plans per pump when the store places a request other than planned
@@ -122,8 +125,23 @@ class PartitionBroker:
         self.on_holdings = on_holdings
         self._queue: list[_Waiter] = []
         self._head: int | None = None  # the request holding the reservation
-        self._ours: dict[str, Partition] = {}  # handed out here and not yet seen to end
+        # every partition on this node seen active (handed out here or made with Chronos
+        # directly) and not yet charged; kept in the ledger across restarts
+        self._uncharged: dict[str, Partition] = {}
+        self._active: dict[str, Partition] = {}  # on this node, at the last read
         self._device_count = len(store.devices)  # devices are only ever appended
+        self._ledger = FairShareLedger(store.path)
+        self._restore_ledger()
+
+    def _restore_ledger(self) -> None:
+        """Each owner's use, and the partitions to charge, as the last gateway left them."""
+        pending = self._ledger.load(self.share)
+        if not pending:
+            return
+        with chronos_boundary():
+            known = self._store.get_many(pending)
+        self._uncharged.update(known)
+        self._ledger.forget(p for p in pending if p not in known)
 
     # -- the store, read through the boundary ----------------------------------------------------
 
@@ -202,6 +220,7 @@ class PartitionBroker:
         self._store.clock = clock
 
     def close(self) -> None:
+        self._ledger.close()
         self._store.close()
 
     # -- the queue -------------------------------------------------------------------------------
@@ -324,7 +343,7 @@ class PartitionBroker:
             partition = self._store.create(
                 request.amount, request.duration_s, devices=on, owner=request.owner
             )
-        self._ours[partition.id] = partition
+        self._expect(partition)
         self.on_allocated(time.monotonic() - waiter.started)
         self.on_waited(max(0.0, self.clock() - waiter.queued_at))
         return partition
@@ -334,6 +353,7 @@ class PartitionBroker:
         charge the owners of partitions handed out here that have ended since."""
         self._queue = [w for w in self._queue if not w.future.done()]
         holdings = self._holdings()
+        self._adopt()
         self._charge_ended({h.partition_id for h in holdings})
         self.on_holdings(_held_by_owner(holdings))
         for _ in range(_REPLANS):
@@ -396,22 +416,37 @@ class PartitionBroker:
         with chronos_boundary():
             active = self._store.partitions()
         node = self._store.node
-        return [_Held.of(p) for p in active if p.node == node]
+        here = [p for p in active if p.node == node]
+        self._active = {p.id: p for p in here}
+        return [_Held.of(p) for p in here]
+
+    def _adopt(self) -> None:
+        """Charge partitions made with Chronos directly (``chronos create``) like ours: seen
+        active here at a pump, they are charged to their owner when they end. (A read like
+        `used` writes nothing: another process may hold the state file's write lock.)"""
+        for p in self._active.values():
+            if p.id not in self._uncharged:
+                self._expect(p)
+
+    def _expect(self, partition: Partition) -> None:
+        self._uncharged[partition.id] = partition
+        self._ledger.expect(partition.id)
 
     def _charge_ended(self, active: set[str]) -> None:
-        ended = [pid for pid in self._ours if pid not in active]
+        ended = [pid for pid in self._uncharged if pid not in active]
         if not ended:
             return
         with chronos_boundary():
             current = self._store.get_many(ended)
         for pid in ended:
-            self._charge(current.get(pid, self._ours[pid]))
+            self._charge(current.get(pid, self._uncharged[pid]))
 
     def _charge(self, partition: Partition) -> None:
-        self._ours.pop(partition.id, None)
+        self._uncharged.pop(partition.id, None)
         until = min(partition.ended_at or partition.expires_at, partition.expires_at)
         held = max(0.0, until - partition.created_at)
-        self.share.charge(partition.owner, partition.amount.value * held, until)
+        gpu_seconds = partition.amount.value * held
+        self._ledger.charge(self.share, partition.owner, gpu_seconds, until, partition.id)
 
     # -- ending and extending --------------------------------------------------------------------
 
@@ -419,7 +454,7 @@ class PartitionBroker:
         """Release a partition (already ended ones are fine) and let the queue move."""
         with contextlib.suppress(PartitionExpired), chronos_boundary():
             ended = self._store.release(partition_id, reason)
-            if ended.id in self._ours:
+            if ended.id in self._uncharged:
                 self._charge(ended)
         self.pump()
 
@@ -432,8 +467,8 @@ class PartitionBroker:
             self._check_delays_nobody(current, seconds)
         with chronos_boundary():
             extended = self._store.extend(partition_id, seconds)
-        if extended.id in self._ours:
-            self._ours[extended.id] = extended
+        if extended.id in self._uncharged:
+            self._uncharged[extended.id] = extended
         return extended
 
     def _check_delays_nobody(self, partition: Partition, seconds: float) -> None:
