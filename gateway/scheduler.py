@@ -8,16 +8,16 @@ Three policies (`Policy`):
     fit blocks every one behind it.
 ``backfill``
     EASY backfilling (Lifka's rule, as in Slurm's and Maui's backfill). The queue is in arrival
-    order (requests queued at the same instant: largest in GPU-seconds first, see `_largest_first`);
-    requests start from the head for as long as they fit. The first that does not becomes the *head*
-    and gets a *reservation*: the earliest time at which it fits once the partitions held now end at
-    their expiries (`Plan.reserved_at`). Every request behind it may start now if it fits now
-    **and** the head still fits at its reservation with this request's partition added (it ends, at
-    ``now + duration``, by the reservation, or it sits where the head will not). The check is made
-    by the placement the store uses (`chronos.allocator.place`, best fit); when that spot would
-    delay the head, the devices the head is to get are left out and the request placed among the
-    others (the broker asks the store for the devices planned). No backfill can make the head start
-    later than its reservation, so the head never starts later than it would under ``fifo``.
+    order; requests start from the head for as long as they fit. The first that does not becomes
+    the *head* and gets a *reservation*: the earliest time at which it fits once the partitions
+    held now end at their expiries (`Plan.reserved_at`). Every request behind it may start now
+    if it fits now **and** the head still fits at its reservation with this request's partition
+    added (it ends, at ``now + duration``, by the reservation, or it sits where the head will
+    not). The check is made by the placement the store uses (`chronos.allocator.place`, best
+    fit); when that spot would delay the head, the devices the head is to get are left out and
+    the request placed among the others (the broker asks the store for the devices planned).
+    No backfill can make the head start later than its reservation, so the head never starts
+    later than it would under ``fifo``.
 ``fair``
     ``backfill`` with the queue ordered by each owner's recent use: decayed GPU-seconds
     (`FairShare`, half-life configurable) plus what their held partitions have used so far,
@@ -277,8 +277,7 @@ def order(
 ) -> list[Ask]:
     """The queue in the order ``rules`` serve it; ``head`` (the request holding the reservation)
     stays first while it waits. ``usage`` is each owner's GPU-seconds, for `Policy.FAIR`."""
-    tie = _largest_first if rules.policy is Policy.BACKFILL else _as_submitted
-    arrival = sorted(queue, key=lambda a: (a.queued_at, tie(a), a.id))
+    arrival = sorted(queue, key=lambda a: (a.queued_at, a.id))
     kept = [a for a in arrival if a.id == head]
     rest = [a for a in arrival if a.id != head]
     if rules.policy is Policy.FAIR:
@@ -289,17 +288,6 @@ def order(
         young.sort(key=lambda a: (used.get(a.owner, 0.0), a.queued_at, a.id))
         rest = aged + young
     return kept + rest
-
-
-def _largest_first(ask: Ask) -> float:
-    """Among requests queued at the same instant (a sweep submitted at once), the largest in
-    GPU-seconds first: their order among themselves is arbitrary, and starting the longest
-    first is what shortens the evening drain (the LPT rule), overtaking no earlier arrival."""
-    return -ask.amount.value * ask.duration_s
-
-
-def _as_submitted(ask: Ask) -> float:
-    return 0.0
 
 
 def usage_of(holdings: Iterable[Holding], share: FairShare | None, now: float) -> dict[str, float]:

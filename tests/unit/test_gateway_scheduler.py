@@ -84,18 +84,6 @@ def test_backfill_moves_a_request_off_the_devices_the_head_will_take() -> None:
     assert place(GpuAmount.parse("0.4"), [0, 1], {0: 5, 1: 5}) == [0]
 
 
-def test_backfill_serves_a_sweep_queued_at_once_largest_first() -> None:
-    # a sweep of three one-GPU jobs queued in the same instant, behind an earlier short one:
-    # the earlier arrival stays first, then the sweep longest first (it drains soonest)
-    queue = [ask(1, "1", H / 2, at=0), ask(2, "1", H, at=5), ask(3, "1", 3 * H, at=5)]
-    queue.append(ask(4, "1", 2 * H, at=5))
-    backfill = order(queue, Rules(Policy.BACKFILL), 10.0)
-    assert [a.id for a in backfill] == [1, 3, 4, 2]
-    assert [a.id for a in order(queue, Rules(Policy.FIFO), 10.0)] == [1, 2, 3, 4]
-    decided = plan(ONE, [held((0,), 10, H)], queue, 0.0, Rules(Policy.BACKFILL))
-    assert decided.order == (1, 3, 4, 2) and (decided.head, decided.reserved_at) == (1, H)
-
-
 def test_a_head_that_can_never_fit_holds_no_reservation_and_blocks_no_one() -> None:
     split = Cluster((0, 1), {0: "a", 1: "b"})  # two GPUs, but one per host
     queue = [ask(1, "2", at=1, on=2), ask(2, "0.5", at=2, on=2)]
