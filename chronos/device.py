@@ -81,6 +81,23 @@ class Device:
         return data
 
     @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Device:
+        """The device `to_json` wrote (the store's device table keeps devices this way)."""
+        opencl = data.get("opencl")
+        return cls(
+            index=int(data["index"]),
+            name=str(data["name"]),
+            vendor=Vendor(str(data["vendor"])),
+            kind=str(data["kind"]),
+            memory_bytes=int(data["memory_bytes"]),
+            uuid=data.get("uuid"),
+            pci_bus_id=data.get("pci_bus_id"),
+            opencl=(int(opencl[0]), int(opencl[1])) if opencl else None,
+            sources=tuple(str(s) for s in data.get("sources", ())),
+            host=data.get("host"),
+        )
+
+    @classmethod
     def from_json(cls, index: int, data: dict[str, Any]) -> Device:
         """Build a device from a configured entry; ``name`` and ``memory_bytes`` are required."""
         try:

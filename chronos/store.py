@@ -41,7 +41,7 @@ from chronos.partition import (
 
 STATE_ENV = "CHRONOS_STATE"
 LOCK_TIMEOUT_ENV = "CHRONOS_LOCK_TIMEOUT"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the devices table (a schema-1 file gains it on open)
 DEFAULT_LOCK_TIMEOUT_S = 10.0
 DEFAULT_RETENTION_S = 7 * 86_400
 LOCAL_NODE = "local"
@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS processes (
     started      REAL NOT NULL,
     PRIMARY KEY (partition_id, pid)
 );
+-- every device this file has known, under the index partitions and shares refer to: a
+-- restarted process matches its discovery against these, so no device is renumbered
+CREATE TABLE IF NOT EXISTS devices (
+    idx    INTEGER PRIMARY KEY,
+    record TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -107,10 +113,13 @@ class Store:
     Safe to share between threads (one connection behind a lock) and between processes (SQLite
     transactions). ``clock`` exists so tests and the supervisor can agree on "now".
 
-    ``devices`` is every device known to this store, by index; a discovery while it is open
-    (`follow`) appends the devices it finds for the first time and marks the known ones it
-    does not find ``offline``: no new partition is cut from those until they are found again,
-    under the same index (partitions on them stay as they are).
+    ``devices`` is what this process discovered; the store's `devices` is every device the
+    state file has known, by index (its devices table, kept across restarts). Opening the
+    store, and each later discovery (`follow`), matches the devices found against the known
+    ones (`chronos.device.reconcile`): known ones keep their index, those found for the first
+    time are appended, known ones not found are ``offline``: no new partition is cut from
+    those until they are found again, under the same index (partitions on them stay as they
+    are).
     """
 
     def __init__(
@@ -123,7 +132,7 @@ class Store:
         retention: float = DEFAULT_RETENTION_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.devices = list(devices)
+        self.devices: list[Device] = []
         self.offline: frozenset[int] = frozenset()  # indices of devices not found lately
         self.path = Path(path) if path is not None else default_state_path()
         self.node = node
@@ -132,6 +141,11 @@ class Store:
         timeout = lock_timeout if lock_timeout is not None else _env_lock_timeout()
         self._lock = threading.Lock()
         self._db = self._connect(timeout)
+        try:
+            self.follow(devices)
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -181,6 +195,8 @@ class Store:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return True
+        if 0 < version < SCHEMA_VERSION:  # an older Chronos store: _SCHEMA adds what it lacks
+            return False
         has_tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if version > SCHEMA_VERSION or (version == 0 and has_tables):
             raise StateUnavailable(
@@ -205,11 +221,30 @@ class Store:
         """Take a new discovery's ``found`` devices: new ones are appended (next index),
         known ones missing are offline, known ones found again are online. What changed is in
         the answer (``added``, ``offline``); `devices` and `offline` are replaced whole, so a
-        reader in another thread sees the old state or the new one."""
+        reader in another thread sees the old state or the new one.
+
+        The known devices are the state file's, read in the same transaction that records
+        the new ones, so two processes sharing the file (the gateway, ``chronos``) never give
+        one index to two devices. Only a discovery that changes the table takes the writer
+        lock: a process opening the store beside a long transaction still reads."""
+        with self._read("devices") as db:
+            known = _stored_devices(db)
+            changed = reconcile(known, found)
+            if not _changed_devices(known, changed):
+                return self._take(changed)
+        with self._transaction("devices") as db:
+            known = _stored_devices(db)  # again: another process may have added some since
+            changed = reconcile(known, found)
+            db.executemany(
+                "INSERT OR REPLACE INTO devices (idx, record) VALUES (?, ?)",
+                [(d.index, json.dumps(d.to_json())) for d in _changed_devices(known, changed)],
+            )
         with self._lock:
-            changed = reconcile(self.devices, found)
-            self.devices = list(changed.devices)
-            self.offline = changed.offline
+            return self._take(changed)
+
+    def _take(self, changed: Reconciled) -> Reconciled:
+        self.devices = list(changed.devices)
+        self.offline = changed.offline
         return changed
 
     def is_online(self, index: int) -> bool:
@@ -550,6 +585,27 @@ class Store:
             return [d.index for d in self.devices]
         chosen = [resolve(self.devices, r).index for r in items]
         return list(dict.fromkeys(chosen))
+
+
+def _stored_devices(db: sqlite3.Connection) -> list[Device]:
+    rows = db.execute("SELECT idx, record FROM devices ORDER BY idx").fetchall()
+    try:
+        devices = [Device.from_record(json.loads(record)) for _, record in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise sqlite3.DatabaseError(f"unreadable device record: {exc!r}") from exc
+    # partitions refer to devices by index and the store to devices by place in its list
+    if [d.index for d in devices] != list(range(len(rows))) or any(
+        int(idx) != d.index for d, (idx, _) in zip(devices, rows, strict=True)
+    ):
+        raise sqlite3.DatabaseError("the devices table is not numbered 0, 1, 2, ...")
+    return devices
+
+
+def _changed_devices(known: list[Device], now: Reconciled) -> list[Device]:
+    """The devices that are new or changed (a known one may be found on a new host); the
+    others are left as they are, so a discovery that changes nothing writes nothing."""
+    before = {d.index: d for d in known}
+    return [d for d in now.devices if before.get(d.index) != d]
 
 
 def _checked_id(partition_id: str) -> str:

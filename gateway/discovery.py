@@ -1,6 +1,7 @@
 """`DeviceDiscovery`: the gateway's devices, discovered again while it runs.
 
-The store's devices are discovered once, at the start (`Services.build`). While the gateway
+The store's devices are discovered at the start (`Services.build`) and matched against the
+ones its state file has known (a restarted gateway keeps every device's index). While the gateway
 runs, hosts join and leave (a Swarm's nodes), a GPU can fall off the bus, a driver can be
 reloaded, NVML can start failing, a configured device list (``CHRONOS_DEVICES``) can become
 unreadable. So every ``interval_s`` (the expiry supervisor's tick starts it, in a worker thread:
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 from chronos import Device, Store
 from chronos.device import Reconciled
+from chronos.errors import ChronosError
 from cumulus_jupyter.errors import Unavailable
 
 DEFAULT_INTERVAL_S = 30.0
@@ -65,6 +67,10 @@ class DeviceDiscovery:
         """Each known device's id and whether it is online."""
         return [(d.id, self.store.is_online(d.index)) for d in self.store.devices]
 
+    def states_online(self) -> list[bool]:
+        """Whether each known device is online, by index."""
+        return [online for _, online in self.states()]
+
     def poll(self) -> None:
         """Start a discovery in a worker thread when one is due and none is under way."""
         if self.interval_s <= 0 or time.monotonic() < self._next:
@@ -83,7 +89,14 @@ class DeviceDiscovery:
             return
         self._note(None)
         before = self.store.offline
-        changed = self.store.follow(found)
+        try:  # in a thread too: a new device is written to the state file, which may be busy
+            changed = await asyncio.to_thread(self.store.follow, found)
+        except ChronosError as exc:
+            self.log.warning(
+                "Devices found could not be recorded (%s); tried again at the next discovery",
+                exc, extra={"event": "discovery_unrecorded"},
+            )  # fmt: skip
+            return
         self._log_changes(changed, before)
         self.on_states(self.states())
 

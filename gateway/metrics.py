@@ -31,7 +31,8 @@ ALLOCATION = Histogram(
 )
 
 UTILIZATION = Gauge(
-    "cumulus_device_utilization", "Share of all devices' capacity held by partitions (0-1)"
+    "cumulus_device_utilization",
+    "Share of the online devices' capacity held by partitions (0-1; 0 with none online)",
 )
 QUEUE_WAIT = Histogram(
     "cumulus_queue_wait_seconds",
@@ -100,19 +101,25 @@ def bind(
         ACTIVE_WORKERS.set_function(workers)
 
 
+_offline: set[str] = set()  # device ids the last discovery did not find
+
+
 def update_devices(free: Iterable[tuple[str, float]]) -> None:
-    """Each device's free share, by device id; called on each supervisor tick."""
+    """Each device's free share, by device id; called on each supervisor tick. Utilization
+    counts online devices only: an offline device offers no capacity (it is no more free
+    than it is used), as `/api/cumulus/health`'s ``devices_online`` says."""
     shares = list(free)
     for device_id, share in shares:
         DEVICE_FREE.labels(device=device_id).set(share)
-    if shares:
-        UTILIZATION.set(1 - sum(share for _, share in shares) / len(shares))
+    online = [share for device_id, share in shares if device_id not in _offline]
+    UTILIZATION.set(1 - sum(online) / len(online) if online else 0.0)
 
 
 def update_device_states(states: Iterable[tuple[str, bool]]) -> None:
     """Each device's online state, by device id; called after each device discovery."""
     for device_id, online in states:
         DEVICE_ONLINE.labels(device=device_id).set(1 if online else 0)
+        (_offline.discard if online else _offline.add)(device_id)
 
 
 _held_by: set[str] = set()

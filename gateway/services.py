@@ -122,7 +122,9 @@ class Services:
             "runtime": self.runtime.name,
             "partitions": len(self.broker.partitions()),
             "queue": self.broker.queue_length,
+            # every device the state file knows, and those the last discovery found
             "devices": len(self.broker.devices),
+            "devices_online": sum(self.discovery.states_online()),
             "state": str(self.broker.path),
             "max_transfer_bytes": self.settings.max_transfer_bytes,
         }
