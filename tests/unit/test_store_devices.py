@@ -222,3 +222,14 @@ def test_a_schema_1_file_opens_and_its_partitions_keep_their_devices(path: Path)
     with Store(found(B), path, clock=lambda: 1e12) as store:  # the table is kept from then on
         assert ids(store) == {"gpu0": "GPU-a", "gpu1": "GPU-b"}
         assert store.offline == {0}
+
+
+def test_every_field_of_a_device_comes_back_from_the_file(path: Path) -> None:
+    full = Device(
+        0, "RTX", Vendor.NVIDIA, "gpu", 24 * 2**30, uuid="GPU-x", pci_bus_id="00000000:01:00.0",
+        opencl=(1, 2), sources=("nvml", "opencl"), host="node-x",
+    )  # fmt: skip
+    with Store([full], path):
+        pass
+    with Store([], path) as store:
+        assert store.devices == [full]
