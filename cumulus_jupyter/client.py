@@ -77,7 +77,6 @@ _FN, _ARGS, _KWARGS, _RESULT = (
     "__cumulus_fn__", "__cumulus_args__", "__cumulus_kwargs__", "__cumulus_result__",
 )  # fmt: skip
 CALL = f"{_RESULT} = {_FN}(*{_ARGS}, **{_KWARGS})"
-_RESULT_KEY = "cumulus_result"
 
 
 def _say(line: str) -> None:
@@ -328,9 +327,10 @@ def call_in(
     if carry is not None and carry.total > kernel_code.INLINE_MAX_BYTES:
         session.push(values, force=True)
         carry = None
-    expression = kernel_code.pull_expression([_RESULT], {}, None, kernel_code.INLINE_MAX_BYTES)
+    pull: dict[str, Any] = {"names": [_RESULT], "watched": {}, "max_bytes": None,
+            "inline_max": kernel_code.INLINE_MAX_BYTES}  # fmt: skip
     reply = session.execute(
-        CALL, _forward_output, carry=carry, expressions={_RESULT_KEY: expression},
+        CALL, _forward_output, carry=carry, pull=pull,
         stop_on_error=False,  # each call stands alone: one that failed aborts none after it
     )  # fmt: skip
     status = reply["content"].get("status")
@@ -338,7 +338,7 @@ def call_in(
         raise RemoteError.from_reply(reply["content"])
     if status != "ok":  # "aborted": it never ran
         raise Internal(f"The remote kernel did not run {_name(fn)}(): its reply was {status!r}")
-    inline = session.inline_pulled(reply, _RESULT_KEY)
+    inline = session.inline_pulled(reply)
     if inline is not None and _RESULT in inline.values:
         result = inline.values[_RESULT]
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import contextlib
 import json
 import queue
@@ -711,26 +710,16 @@ class RemoteSession:
             self.ledger.handed.add(name)
         return values
 
-    def inline_pulled(self, reply: Message, key: str | None = None) -> Pulled | None:
-        """What the execute's ``pull`` brought back inside its reply (with ``key``: what the
-        user expression ``key``, `kernel_code.pull_expression`, did), or None when nothing
+    def inline_pulled(self, reply: Message) -> Pulled | None:
+        """What the execute's ``pull`` brought back inside its reply, or None when nothing
         came (the cell failed, an agent without it, values that could not be gathered there):
         then the caller pulls over comms as usual."""
-        if key is not None:
-            return self._expression_pulled(reply, key)
         named = (reply.get("metadata") or {}).get(kernel_code.METADATA_KEY)
         answer = named.get(kernel_code.PULLED) if isinstance(named, dict) else None
         buffers = list(reply.get("buffers") or [])
         if not isinstance(answer, dict) or answer.get("frames") != len(buffers):
             return None
         return self._pulled(answer, buffers)
-
-    def _expression_pulled(self, reply: Message, key: str) -> Pulled | None:
-        found = reply["content"].get("user_expressions", {}).get(key, {})
-        answer = found.get("data", {}).get(kernel_code.VARS_MIME) if found else None
-        if found.get("status") != "ok" or not isinstance(answer, dict):
-            return None
-        return self._pulled(answer, [base64.b64decode(f) for f in answer["frames"]])
 
     def _pulled(self, answer: dict[str, Any], frames: list[Any]) -> Pulled:
         values = self._received(answer, frames)

@@ -4,21 +4,19 @@ The client and the gateway reach it only through the code `cumulus_jupyter.proto
 builds: `register` (sent silently when a session starts) registers the comm targets of
 `comms` and opens the kernel's data port (`dataserver`); `versions` and `data_port` are read
 back as user expressions; `inline` lets variables ride inside a cell's execute request and
-reply (`inline_pull` is read as a user expression); `streams` spares the kernel's flushes
-their wait on the IOPub thread when there is nothing to flush; `install` builds a requirements
-overlay (`overlay`). A job container's first process is `launcher`; checkpoints are `checkpoint`
-(public as ``cumulus_jupyter.checkpoint``).
+reply; `streams` spares the kernel's flushes their wait on the IOPub thread when there is
+nothing to flush; `install` builds a requirements overlay (`overlay`). A job container's first
+process is `launcher`; checkpoints are `checkpoint` (public as ``cumulus_jupyter.checkpoint``).
 """
 
 from __future__ import annotations
 
 from cumulus_jupyter.agent import comms, dataserver, inline, streams
-from cumulus_jupyter.agent.inline import inline_pull
 from cumulus_jupyter.agent.overlay import install
 from cumulus_jupyter.protocol.code import SYNC_TARGET, VARS_TARGET
 from cumulus_jupyter.transfer import versions
 
-__all__ = ["data_port", "inline_pull", "install", "register", "versions"]
+__all__ = ["data_port", "install", "register", "versions"]
 
 
 def register() -> None:

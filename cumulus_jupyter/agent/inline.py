@@ -19,8 +19,6 @@ their own.
   This is done as the reply's metadata is finished, not as a user expression: IPython formats
   every user expression through each of its display formatters, which cost a pulling cell
   more than half a millisecond.
-- `inline_pull`, read as a user expression, answers the same as base64 pickles under
-  `VARS_MIME` (for clients that ask that way).
 
 `install` wraps the running kernel's ``execute_request`` handler, ``finish_metadata`` and its
 session's ``send`` (idempotent); a kernel without them answers as any ipykernel would, and the
@@ -30,7 +28,6 @@ comm pulls.
 
 from __future__ import annotations
 
-import base64
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +40,6 @@ from cumulus_jupyter.protocol.code import (
     PULL,
     PULLED,
     PUSH_REFUSED,
-    VARS_MIME,
 )
 
 _INSTALLED = "_cumulus_inline"
@@ -179,27 +175,3 @@ def _refuse(kernel: Any, stream: Any, ident: Any, parent: dict[str, Any], exc: E
         "execution_count": kernel.execution_count,
     }
     kernel.session.send(stream, "execute_reply", content, parent, ident=ident)
-
-
-class _Answer:
-    """What `inline_pull` returns: shown (as a user expression) under `VARS_MIME` only."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {VARS_MIME: self.data, "text/plain": "<cumulus variables>"}
-
-
-def inline_pull(
-    names: list[str], watched: dict[str, str], max_bytes: int | None, inline_max: int
-) -> _Answer:
-    """The values of ``names`` and of the ``watched`` ones (name: the fingerprint the client
-    holds) whose value changed, as `comms.gather` finds them, pickled inline (base64) up to
-    ``inline_max`` bytes; the rest named in ``deferred``."""
-    found = comms.gather(names, comms.user_namespace(), max_bytes, watched, inline_max)
-    frames = [base64.b64encode(memoryview(f)).decode("ascii") for f in found.frames]
-    return _Answer(
-        {"entries": found.entries, "frames": frames, "refs": found.refs,
-         "deferred": found.deferred, "missing": found.missing}
-    )  # fmt: skip

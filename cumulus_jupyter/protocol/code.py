@@ -85,18 +85,5 @@ LAST_OUTPUT = "last_output"
 NOT_OUTPUTS = frozenset({"status", "execute_input"})
 #: the ``ename`` of the execute reply when the carried push was refused (the cell did not run)
 PUSH_REFUSED = "CumulusPushRefused"
-#: the mime type of `pull_expression`'s answer
-VARS_MIME = "application/vnd.cumulus.vars+json"
 #: values travel inside the request and the reply up to this many bytes in all
 INLINE_MAX_BYTES = 2**20
-
-
-def pull_expression(
-    names: Sequence[str], watched: dict[str, str], max_bytes: int | None, inline_max: int
-) -> str:
-    """A user expression: after the cell, the values of ``names`` and of those of ``watched``
-    whose fingerprint changed, inline up to ``inline_max`` bytes (see `VARS_MIME`)."""
-    return (
-        f"{_AGENT_ALIAS}.inline_pull({list(names)!r}, {dict(watched)!r}, {max_bytes!r}, "
-        f"{inline_max!r})"
-    )
