@@ -30,6 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PORT_TRIES = 5
+
+
 class Gateway:
     def __init__(
         self,
@@ -56,10 +59,24 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
         state.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.start()
+            self._first_start()
         except BaseException:
             self.stop()
             raise
+
+    def _first_start(self) -> None:
+        """Start on a free port; should another process take it between the pick and the
+        gateway's bind (kernels pick ports too), on another, before anyone saw the URL."""
+        for _ in range(PORT_TRIES - 1):
+            try:
+                self.start()
+                return
+            except RuntimeError as exc:
+                if f"port {self.port} is not available" not in str(exc):
+                    raise
+            self.port = free_port()
+            self.url = f"http://{self.host}:{self.port}"
+        self.start()
 
     def start(self) -> None:
         command = [
