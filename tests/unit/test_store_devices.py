@@ -25,6 +25,11 @@ def gpu(name: str, host: str | None = None, uuid: str | None = None) -> Device:
     return Device(0, name, Vendor.NVIDIA, "gpu", 80 * 2**30, uuid=uuid, host=host)
 
 
+def ran_once(devices: Sequence[Device], path: Path) -> None:
+    """A gateway that opened the state file with these devices found, then stopped."""
+    Store(devices, path).close()
+
+
 def found(*devices: Device) -> list[Device]:
     """As a discovery reports them: numbered in the order found."""
     return [replace(d, index=i) for i, d in enumerate(devices)]
@@ -86,8 +91,7 @@ def test_a_device_missing_at_reopen_is_offline_and_the_others_keep_their_ids(
 
 
 def test_a_device_new_at_reopen_is_appended(path: Path) -> None:
-    with Store(found(A, B), path):
-        pass
+    ran_once(found(A, B), path)
     with Store(found(C, A, B), path) as store:
         assert ids(store) == {"gpu0": "GPU-a", "gpu1": "GPU-b", "gpu2": "GPU-c"}
         assert store.offline == frozenset()
@@ -97,18 +101,15 @@ def test_a_device_new_at_reopen_is_appended(path: Path) -> None:
 def test_a_device_on_a_new_host_keeps_its_index_and_the_file_records_the_host(
     path: Path,
 ) -> None:
-    with Store(found(A, B), path):
-        pass
-    with Store(found(A, replace(B, host="node-b2")), path):
-        pass
+    ran_once(found(A, B), path)
+    ran_once(found(A, replace(B, host="node-b2")), path)
     with Store([], path) as store:  # nothing found: what is known comes from the file alone
         assert [d.host for d in store.devices] == ["node-a", "node-b2"]
         assert store.offline == frozenset({0, 1})
 
 
 def test_devices_without_uuid_or_bus_id_are_known_by_host_name_and_order(path: Path) -> None:
-    with Store(found(PLAIN, PLAIN), path):
-        pass
+    ran_once(found(PLAIN, PLAIN), path)
     with Store(found(PLAIN), path) as store:
         assert [d.id for d in store.devices] == ["gpu0", "gpu1"]
         assert store.offline == frozenset({1})
@@ -127,8 +128,7 @@ def test_two_processes_sharing_the_file_never_give_one_index_to_two_devices(
 def test_with_every_known_device_offline_a_request_is_refused_for_capacity(
     path: Path,
 ) -> None:
-    with Store(found(A, B), path):
-        pass
+    ran_once(found(A, B), path)
     with Store([], path) as store:  # every Swarm node away at start-up
         with pytest.raises(ResourceExhausted, match="gpu0, gpu1 not found") as refused:
             store.create("0.5", "1h")
@@ -141,8 +141,7 @@ def test_with_no_device_ever_known_a_request_is_still_invalid(path: Path) -> Non
 
 
 def test_a_request_waits_for_a_known_device_to_come_back(path: Path) -> None:
-    with Store(found(A, B), path):
-        pass
+    ran_once(found(A, B), path)
     with Store([], path) as store:
         broker = PartitionBroker(store)
 
@@ -229,7 +228,6 @@ def test_every_field_of_a_device_comes_back_from_the_file(path: Path) -> None:
         0, "RTX", Vendor.NVIDIA, "gpu", 24 * 2**30, uuid="GPU-x", pci_bus_id="00000000:01:00.0",
         opencl=(1, 2), sources=("nvml", "opencl"), host="node-x",
     )  # fmt: skip
-    with Store([full], path):
-        pass
+    ran_once([full], path)
     with Store([], path) as store:
         assert store.devices == [full]
