@@ -142,13 +142,20 @@ def load_configured(spec: str) -> list[Device]:
             raise InvalidArgument(
                 f"Cannot read device list {path} ({DEVICES_ENV}): {exc.strerror}"
             ) from exc
+    entries = json_objects(text, f"Device list in {DEVICES_ENV}")
+    return [Device.from_json(i, entry) for i, entry in enumerate(entries)]
+
+
+def json_objects(text: str, what: str) -> list[dict[str, Any]]:
+    """``text`` read as a JSON list of objects (a device list); `InvalidArgument` naming
+    ``what`` otherwise."""
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"Device list in {DEVICES_ENV} is not valid JSON: {exc}") from exc
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InvalidArgument(f"Device list in {DEVICES_ENV} must be a JSON list of objects")
-    return [Device.from_json(i, entry) for i, entry in enumerate(entries)]
+        raise InvalidArgument(f"{what} must be a JSON list of objects")
+    return entries
 
 
 def merge(nvidia: Sequence[nvml.NvmlDevice], opencl: Iterable[Device]) -> list[Device]:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chronos import Device, Vendor
-from chronos.device import load_configured
+from chronos.device import json_objects, load_configured
 from cumulus_jupyter.errors import CumulusError, InvalidArgument, Unavailable
 from cumulus_jupyter.protocol import code as kernel_code
 from gateway.errors import chronos_boundary
@@ -259,10 +259,4 @@ def _takes_tasks(node: Mapping[str, Any]) -> bool:
 
 
 def _entries(node: Mapping[str, Any], raw: str) -> list[dict[str, Any]]:
-    try:
-        found = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"node {node['ID'][:12]}: {DEVICES_LABEL} is not JSON") from exc
-    if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
-        raise InvalidArgument(f"node {node['ID'][:12]}: {DEVICES_LABEL} is not a list of objects")
-    return found
+    return json_objects(raw, f"node {node['ID'][:12]}: {DEVICES_LABEL}")
