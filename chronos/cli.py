@@ -145,15 +145,18 @@ def _open(args: argparse.Namespace) -> Store:
 def cmd_devices(args: argparse.Namespace) -> int:
     with _open(args) as store:
         used = store.used()
-        devices = store.devices
+        devices, offline = store.devices, store.offline
     free = {d.index: (10 - used.get(d.index, 0)) / 10 for d in devices}
-    data = [d.to_json() | {"free": free[d.index]} for d in devices]
+    data = [
+        d.to_json() | {"free": free[d.index], "online": d.index not in offline} for d in devices
+    ]
     rows = [
         (d.id, d.name, d.vendor.value, d.kind, format_bytes(d.memory_bytes), f"{free[d.index]:g}",
-         d.uuid or "-")
+         "no" if d.index in offline else "yes", d.uuid or "-")
         for d in devices
     ]  # fmt: skip
-    _emit(args, data, table(("ID", "NAME", "VENDOR", "KIND", "MEMORY", "FREE", "UUID"), rows))
+    header = ("ID", "NAME", "VENDOR", "KIND", "MEMORY", "FREE", "ONLINE", "UUID")
+    _emit(args, data, table(header, rows))
     return 0
 
 

@@ -251,3 +251,22 @@ def test_watch_runs_until_sigterm(state_path: Path, sleeper: subprocess.Popen[by
         watcher.wait(timeout=30)
         if watcher.stdout:
             watcher.stdout.close()
+
+
+def test_devices_says_which_are_online(tmp_path: Path) -> None:
+    listed = tmp_path / "devices.json"
+    state = ("--state", str(tmp_path / "state.sqlite3"))
+    env = os.environ | {"CHRONOS_DEVICES": str(listed)}
+    device = {"vendor": "other", "memory_bytes": 2**34}
+    listed.write_text(json.dumps([device | {"name": "a"}, device | {"name": "b"}]))
+    assert chronos("devices", *state, env=env).returncode == 0
+    listed.write_text(json.dumps([device | {"name": "a"}]))  # b is gone from this host
+    done = chronos("devices", *state, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [(d["id"], d["online"]) for d in json.loads(done.stdout)] == [
+        ("gpu0", True),
+        ("gpu1", False),
+    ]
+    lines = chronos("devices", *state, env=env).stdout.splitlines()
+    online = lines[0].index("ONLINE")
+    assert [line[online:].split()[0] for line in lines[1:]] == ["yes", "no"]
