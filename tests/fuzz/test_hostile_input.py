@@ -217,9 +217,8 @@ def test_an_oversized_frame_closes_the_socket_with_a_reason(
 ) -> None:
     async def scenario() -> websockets.ConnectionClosed:
         sock = await KernelSocket.open(gateway.url, gateway.token, kernel["id"], "v1")
-        await sock.ws.send(b"\x00" * (2 * MAX_MESSAGE))
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(_drain(sock.ws), 60)
+            await asyncio.wait_for(_send_then_drain(sock.ws, b"\x00" * (2 * MAX_MESSAGE)), 60)
         return closed.value
 
     closed = asyncio.run(scenario())
@@ -229,6 +228,12 @@ def test_an_oversized_frame_closes_the_socket_with_a_reason(
 async def _drain(ws: Any) -> None:
     while True:
         await ws.recv()
+
+
+async def _send_then_drain(ws: Any, frame: bytes) -> None:
+    """The close can come while ``frame`` is still being written: then the send raises it."""
+    await ws.send(frame)
+    await _drain(ws)
 
 
 def _handshake(gw: Gateway, kernel_id: str) -> socket.socket:
