@@ -1,9 +1,14 @@
 """The gateway's kernelspecs: every kernel it offers runs through the Cumulus provisioner.
 
 ``cumulus-gpu`` is built in (an ipykernel under ``python -m chronos.confine``, 0.5 GPU for 1 h
-unless the request says otherwise). Kernelspecs found on disk are offered too when their
-metadata names the ``cumulus-provisioner``; others would run outside any partition, so they are
-not offered.
+unless the request says otherwise). Its IPython history is kept in memory (`IN_MEMORY_HISTORY`):
+the kernel's home is its sandbox or container, removed when the kernel ends, so a history file
+there would never be read again, and writing it cost every cell about 0.4 ms (an SQLite commit
+on disk, measured side by side: 5.63 against 5.26 ms per ``pass`` round trip). ``%history`` and
+``In``/``Out`` work as usual for the kernel's life.
+
+Kernelspecs found on disk are offered too when their metadata names the ``cumulus-provisioner``;
+others would run outside any partition, so they are not offered.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from traitlets import Unicode
 
 BUILTIN_NAME = "cumulus-gpu"
 PROVISIONER_NAME = "cumulus-provisioner"
+IN_MEMORY_HISTORY = "--HistoryManager.hist_file=:memory:"
 
 
 def _resources() -> str:
@@ -47,6 +53,7 @@ class CumulusKernelSpecManager(KernelSpecManager):
                 "ipykernel_launcher",
                 "-f",
                 "{connection_file}",
+                IN_MEMORY_HISTORY,
             ],
             display_name=f"Cumulus GPU ({self.default_gpu} GPU, {self.default_duration})",
             language="python",

@@ -228,3 +228,32 @@ def test_the_kernel_model_follows_what_the_kernel_does(gateway: Gateway) -> None
     asyncio.run(run())
     wait_until(lambda: gateway.get(path).json()["execution_state"] == "idle", what="idle again")
     assert gateway.delete(path).status_code == 204
+
+
+def test_the_builtin_kernel_keeps_its_history_in_memory(gateway: Gateway) -> None:
+    """The kernel's home goes with the kernel, so its IPython history is not written to disk;
+    ``%history`` and ``In`` still answer for the kernel's life."""
+    model = gateway.start_kernel()
+
+    async def run() -> str:
+        ws = await KernelSocket.open(gateway.url, gateway.token, model["id"], "v1")
+        try:
+            assert (await ws.execute("answer = 41 + 1")).reply["status"] == "ok"
+            reply = await ws.execute(
+                "import os\n"
+                "ip = get_ipython()\n"
+                "on_disk = os.path.join(ip.profile_dir.location, 'history.sqlite')\n"
+                "print(ip.history_manager.hist_file, os.path.exists(on_disk))\n"
+                "print(In[1])\n"
+                "ip.run_line_magic('history', '-n 1')"
+            )
+            assert reply.reply["status"] == "ok", reply.stderr
+            return reply.stdout
+        finally:
+            await ws.close()
+
+    printed = asyncio.run(run()).splitlines()
+    assert printed[0] == ":memory: False"
+    assert printed[1] == "answer = 41 + 1"
+    assert printed[2].split() == ["1:", "answer", "=", "41", "+", "1"]
+    assert gateway.delete(f"/api/kernels/{model['id']}").status_code == 204
