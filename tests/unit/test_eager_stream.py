@@ -1,0 +1,86 @@
+"""`gateway.kernel.EagerStream`: a client's message reaches the kernel's socket as it is sent,
+not one event-loop turn later, and never ahead of one already queued."""
+
+from __future__ import annotations
+
+import asyncio
+
+import zmq
+from zmq.eventloop.zmqstream import ZMQStream
+
+from gateway.kernel import EagerStream, _eager
+
+
+def _pair(context: zmq.Context[zmq.Socket[bytes]]) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    near, far = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    near.bind("inproc://eager")
+    far.connect("inproc://eager")
+    return near, far
+
+
+def test_a_message_is_written_before_the_loop_turns() -> None:
+    async def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        near, far = _pair(context)
+        stream = _eager(ZMQStream(near))
+        try:
+            assert isinstance(stream, EagerStream)
+            stream.send_multipart([b"header", b"content"])
+            assert far.poll(0) == zmq.POLLIN  # no await in between: already written
+            assert far.recv_multipart() == [b"header", b"content"]
+        finally:
+            stream.close()
+            far.close()
+            context.term()
+
+    asyncio.run(run())
+
+
+def test_a_plain_stream_writes_only_when_the_loop_turns() -> None:
+    """What `EagerStream` changes (and what this test would see without it)."""
+
+    async def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        near, far = _pair(context)
+        stream = ZMQStream(near)
+        try:
+            stream.send_multipart([b"late"])
+            assert far.poll(0) == 0
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if far.poll(0):
+                    break
+            assert far.recv_multipart() == [b"late"]
+        finally:
+            stream.close()
+            far.close()
+            context.term()
+
+    asyncio.run(run())
+
+
+def test_order_is_kept_behind_a_queued_message() -> None:
+    async def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        near, far = _pair(context)
+        stream = _eager(ZMQStream(near))
+        try:
+            ZMQStream.send_multipart(stream, [b"first"])  # queued, as a full socket would
+            stream.send_multipart([b"second"])  # must not overtake it
+            stream.send_multipart([b"third"], track=True)  # tracking: always queued
+            got = []
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                while far.poll(0):
+                    got.append(far.recv_multipart()[0])
+                if len(got) == 3:
+                    break
+            assert got == [b"first", b"second", b"third"]
+            stream.send_multipart([b"fourth"])  # the queue is empty again: at once
+            assert far.poll(0) == zmq.POLLIN
+        finally:
+            stream.close()
+            far.close()
+            context.term()
+
+    asyncio.run(run())
