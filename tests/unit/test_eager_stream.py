@@ -4,6 +4,7 @@ not one event-loop turn later, and never ahead of one already queued."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import zmq
 from zmq.eventloop.zmqstream import ZMQStream
@@ -81,6 +82,39 @@ def test_order_is_kept_behind_a_queued_message() -> None:
         finally:
             stream.close()
             far.close()
+            context.term()
+
+    asyncio.run(run())
+
+
+def test_a_message_that_came_in_meanwhile_is_still_read() -> None:
+    """A send on the socket can take the read edge of its ZMQ_FD: a reply already there must
+    still reach the stream's reader, not wait for the next message to wake it."""
+
+    async def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        kernel, gateway = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+        kernel.bind("inproc://wedge")
+        gateway.setsockopt(zmq.IDENTITY, b"gw")
+        gateway.connect("inproc://wedge")
+        stream = _eager(ZMQStream(gateway))
+        got: list[bytes] = []
+        stream.on_recv(lambda parts: got.append(parts[0]))
+        try:
+            stream.send_multipart([b"hello"])
+            assert kernel.recv_multipart() == [b"gw", b"hello"]
+            await asyncio.sleep(0.05)  # the stream is idle, its fd registered
+            kernel.send_multipart([b"gw", b"reply"])
+            time.sleep(0.05)  # delivered, and not read: the loop does not turn meanwhile
+            stream.send_multipart([b"next request"])  # at once, on the same socket
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == [b"reply"]
+        finally:
+            stream.close()
+            kernel.close()
             context.term()
 
     asyncio.run(run())
