@@ -221,12 +221,21 @@ def pack_namespace(
     return entries, frames
 
 
+def _writable(frame: Any) -> memoryview:
+    """A buffer for an out-of-band pickle buffer that the value may write to: a frame that
+    arrived read-only (``bytes`` from the WebSocket, a read-only ZMQ frame) is copied once, or
+    a numpy array or DataFrame made on it would refuse ``a[0] = 1`` / ``df.loc[...] = v``
+    (``assignment destination is read-only``), as no local value does."""
+    view = memoryview(frame)
+    return memoryview(bytearray(view)) if view.readonly else view
+
+
 def unpack_namespace(entries: list[dict[str, Any]], frames: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for entry in entries:
         start, count = int(entry["start"]), int(entry["count"])
         out[entry["name"]] = loads(
-            bytes(frames[start]), [memoryview(f) for f in frames[start + 1 : start + count]]
+            bytes(frames[start]), [_writable(f) for f in frames[start + 1 : start + count]]
         )
     return out
 

@@ -63,6 +63,8 @@ _PLAIN_DATA = frozenset({int, float, complex, str, bytes, bytearray, bool, type(
 def _immutable(value: Any) -> bool:
     if isinstance(value, tuple | frozenset):
         return all(_immutable(v) for v in value)
+    if isinstance(value, types.FunctionType) and value.__closure__:
+        return False  # a closure's cells change when it runs (`nonlocal count; count += 1`)
     return isinstance(value, _IMMUTABLE)
 
 

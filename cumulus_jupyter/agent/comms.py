@@ -86,7 +86,9 @@ def gather(
             continue
         value = namespace[name]
         try:
-            pickled = transfer.dumps(name, value)
+            # the notebook's functions (a method of a class defined in a cell) go rebound to
+            # the client's namespace, as they came: not with a private copy of their globals
+            pickled = transfer.dumps(name, value, namespace)
         except CumulusError as exc:
             found.refs[name] = {"type": type(value).__name__, "unpicklable": str(exc)}
             continue

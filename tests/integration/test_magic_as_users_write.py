@@ -1,0 +1,116 @@
+"""``%%cumulus`` cells as data scientists write them, in a notebook of several cells: what one
+remote cell leaves behind must work in the next local cell as a local cell's would (values
+that can be written to, methods that still read the notebook's globals, closures that kept
+counting)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from tests.integration.test_magic import gateway_and_notebook, run
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.integration
+
+CELL = "%%cumulus --session users\n"
+
+
+@pytest.fixture(scope="module")
+def notebook(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[BlockingKernelClient, Gateway]]:
+    with gateway_and_notebook(Path(tmp_path_factory.mktemp("users"))) as both:
+        yield both
+
+
+def ok(kc: BlockingKernelClient, code: str) -> str:
+    """Run ``code``; it must succeed; what it printed."""
+    reply, out, err, _ = run(kc, code)
+    assert reply["status"] == "ok", (code, reply.get("ename"), reply.get("evalue"), err)
+    return out
+
+
+def test_arrays_and_frames_that_came_back_can_be_written_to(notebook: Any) -> None:
+    """A DataFrame made in a remote cell and edited in the next local cell (``df.loc[...] =``),
+    an array updated in place (``w -= lr * g``): the values that came back, small ones inside
+    the reply and a 2 MiB one over the comm, were read-only views of the received frames."""
+    kc, _ = notebook
+    ok(
+        kc,
+        "import numpy as np, pandas as pd\nraw = pd.DataFrame({'g': list('abab'), 'x': [1.0, 2.0, None, 4.0]})",
+    )
+    ok(
+        kc,
+        CELL
+        + "df = raw.dropna().assign(z=lambda d: d.x * 2)\nw = np.zeros(3)\nbig = np.ones(2**18)",
+    )
+    out = ok(
+        kc,
+        "df.loc[df.g == 'a', 'x'] = 100\nw -= 0.5 * np.ones(3)\nbig[0] = 7\n"
+        "print(df.x.tolist(), w.tolist(), big[:2].tolist())",
+    )
+    assert out == "[100.0, 2.0, 4.0] [-0.5, -0.5, -0.5] [7.0, 1.0]\n"
+
+
+def test_a_notebook_class_still_reads_the_notebook_globals_after_an_instance_came_back(
+    notebook: Any,
+) -> None:
+    """A scikit-learn-like class defined in the notebook, its methods decorated by a notebook
+    decorator that logs to a global list: an instance made remotely came back with the class's
+    methods rebuilt on a private copy of their globals, so a global changed later in a plain
+    cell (``EPS = 1.0``) was not sent, and the log stopped growing here."""
+    kc, _ = notebook
+    ok(
+        kc,
+        "import numpy as np\nEPS = 1e-8\ncalls = []\n"
+        "def logged(fn):\n"
+        "    def wrapper(*args, **kwargs):\n"
+        "        calls.append(fn.__name__)\n"
+        "        return fn(*args, **kwargs)\n"
+        "    return wrapper\n"
+        "class Scaler:\n"
+        "    @logged\n"
+        "    def fit(self, X):\n"
+        "        self.scale_ = X.std(axis=0) + EPS\n"
+        "        return self\n"
+        "X = np.arange(12.0).reshape(4, 3)",
+    )
+    ok(kc, CELL + "scaler = Scaler().fit(X)")
+    assert ok(kc, "print(Scaler.fit.__globals__ is globals(), calls)") == "True ['fit']\n"
+    ok(kc, "EPS = 1.0")
+    out = ok(kc, CELL + "s2 = Scaler().fit(X)\nprint(s2.scale_.round(3).tolist())")
+    assert out == "[4.354, 4.354, 4.354]\n"
+    assert ok(kc, "print(calls)") == "['fit', 'fit']\n"
+
+
+def test_a_function_defined_in_a_remote_cell_writes_the_notebook_globals_when_called_here(
+    notebook: Any,
+) -> None:
+    kc, _ = notebook
+    ok(kc, "seen = []")
+    ok(kc, CELL + "def note(x):\n    seen.append(x)\n    return len(seen)\nnote('remote')")
+    assert ok(kc, "note('local')\nprint(seen)") == "['remote', 'local']\n"
+
+
+def test_a_closure_called_remotely_keeps_its_count_here(notebook: Any) -> None:
+    """``counter = make_counter(10)``; a remote cell calls ``counter()`` twice: the closure's
+    cell changed there, but a function counted as immutable, so it was never looked at."""
+    kc, _ = notebook
+    ok(
+        kc,
+        "def make_counter(start=0):\n"
+        "    count = start\n"
+        "    def bump(k=1):\n"
+        "        nonlocal count\n"
+        "        count += k\n"
+        "        return count\n"
+        "    return bump\n"
+        "counter = make_counter(10)",
+    )
+    assert ok(kc, CELL + "counter()\nprint(counter(5))") == "16\n"
+    assert ok(kc, "print(counter())") == "17\n"
