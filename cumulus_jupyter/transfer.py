@@ -26,6 +26,7 @@ import xxhash
 from cumulus_jupyter.errors import InvalidArgument
 
 _by_value: set[str] = set()
+_theirs: set[str] = set()  # the client's local modules, sent here (`install_module`)
 _scanned = {"modules": 0}
 # `map` pickles its calls in several threads at once: one scan at a time, and the count noted
 # only once the scan is done, so no thread pickles a local module by reference meanwhile
@@ -57,8 +58,9 @@ def _register_new_local_modules() -> list[str]:
     for name, module in list(sys.modules.items()):
         top = name.split(".")[0]
         if (
-            "." in name or top in _by_value or top in installed or top in sys.stdlib_module_names
-            or top == "__main__" or not getattr(module, "__file__", None)
+            "." in name or top in _by_value or top in _theirs or top in installed
+            or top in sys.stdlib_module_names or top == "__main__"
+            or not getattr(module, "__file__", None)
         ):  # fmt: skip
             continue
         try:
@@ -68,6 +70,33 @@ def _register_new_local_modules() -> list[str]:
         _by_value.add(top)
         added.append(top)
     return added
+
+
+#: a local module a cell imports (``import helpers`` in a ``%%cumulus`` cell) travels under this
+#: name, by value, and the remote registers it in its ``sys.modules`` instead of binding it:
+#: there no file ``helpers.py`` is found (a dot: no variable can be called so)
+MODULE_PREFIX = "__cumulus_module__."
+
+
+def local_module(name: str) -> types.ModuleType | None:
+    """The module ``name`` if it was imported here from a local file (`register_local_modules`:
+    it travels by value, the remote cannot import it), else None."""
+    register_local_modules()
+    module = sys.modules.get(name)
+    return module if name in _by_value and isinstance(module, types.ModuleType) else None
+
+
+def install_module(name: str, module: Any) -> None:
+    """A client's local module (`MODULE_PREFIX`), arrived by value: in ``sys.modules``, with
+    its submodules, for the cell's ``import`` to find; and going back by reference (the client
+    has the file), so that ``import helpers as h`` brings back the client's own module."""
+    if not isinstance(module, types.ModuleType) or sys.modules.get(name) is module:
+        return
+    sys.modules[name] = module
+    _theirs.add(name.split(".")[0])
+    for attribute, value in list(vars(module).items()):
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{name}.{attribute}":
+            install_module(value.__name__, value)
 
 
 def _main_namespace() -> dict[str, Any]:
@@ -284,7 +313,10 @@ class Ledger:
     def stale(self, namespace: Mapping[str, Any]) -> list[str]:
         """The names the remote has from this side (sent, brought back, handed out as refs)
         that are no longer bound here: a local ``del`` the remote must follow."""
-        return sorted(n for n in [*self.held, *self.handed] if n not in namespace)
+        return sorted(
+            n for n in [*self.held, *self.handed]
+            if n not in namespace and not n.startswith(MODULE_PREFIX)
+        )  # fmt: skip
 
     def deleted(self, names: Iterable[str]) -> None:
         """The remote no longer has these."""

@@ -83,6 +83,7 @@ class Plan:
     pull: list[str] = field(default_factory=list)
     watch: list[str] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)  # local modules the cell imports
 
 
 def plan(
@@ -126,7 +127,13 @@ def plan(
         deletes += [n for n in sorted(dels) if n not in deletes]
     bound = set(pull)
     watch = [n for n in push if n not in bound and not _immutable(namespace[n])]
-    return Plan(push=push, pull=pull, watch=watch, deletes=deletes)
+    # `import helpers` in the cell, helpers.py beside the notebook: the remote finds no such
+    # file, so the module goes by value, for its `import` to find it
+    modules = [
+        m for m in dict.fromkeys(names.imports.values())
+        if m is not None and transfer.local_module(m) is not None
+    ]  # fmt: skip
+    return Plan(push=push, pull=pull, watch=watch, deletes=deletes, modules=modules)
 
 
 def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> Push | None:
@@ -135,6 +142,7 @@ def send(session: RemoteSession, found: Plan, namespace: dict[str, Any]) -> Push
     (`RemoteSession.execute`), a larger one is sent now."""
     session.ledger.namespace = namespace
     values = {n: namespace[n] for n in found.push}
+    values |= {transfer.MODULE_PREFIX + m: sys.modules[m] for m in found.modules}
     stale = session.ledger.stale(namespace)
     prepared = session.prepare_push(values, delete=stale)
     if prepared is None or prepared.total <= kernel_code.INLINE_MAX_BYTES:

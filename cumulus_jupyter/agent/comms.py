@@ -37,6 +37,9 @@ def push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict
     values = transfer.unpack_namespace(
         data["entries"], dataserver.current().claim(staged) if staged else buffers
     )
+    for name in [n for n in values if n.startswith(transfer.MODULE_PREFIX)]:
+        # a local module of the client's that the cell imports, with its submodules
+        transfer.install_module(name.removeprefix(transfer.MODULE_PREFIX), values.pop(name))
     namespace.update(values)
     for name in data.get("delete") or []:  # deleted on the client's side since
         namespace.pop(name, None)

@@ -114,3 +114,23 @@ def test_a_closure_called_remotely_keeps_its_count_here(notebook: Any) -> None:
     )
     assert ok(kc, CELL + "counter()\nprint(counter(5))") == "16\n"
     assert ok(kc, "print(counter())") == "17\n"
+
+
+def test_a_cell_that_imports_a_module_beside_the_notebook(notebook: Any, tmp_path: Path) -> None:
+    """``import helpers`` (helpers.py beside the notebook, imported here before) at the top of a
+    ``%%cumulus`` cell, as notebook cells start: the remote kernel has no such file, so it was
+    a remote ``ModuleNotFoundError``; now the module goes by value and its import finds it."""
+    kc, _ = notebook
+    package = tmp_path / "nbhelpers"
+    package.mkdir()
+    (package / "__init__.py").write_text("SCALE = 3\ndef double(x):\n    return 2 * x\n")
+    (package / "text.py").write_text("def shout(s):\n    return s.upper() + '!'\n")
+    ok(kc, f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport nbhelpers, nbhelpers.text")
+    out = ok(
+        kc,
+        CELL + "import nbhelpers\nimport nbhelpers as h\nfrom nbhelpers import double\n"
+        "from nbhelpers.text import shout\nc = h.double(double(nbhelpers.SCALE))\nprint(c, shout('hi'))",
+    )
+    assert out == "12 HI!\n"
+    out = ok(kc, "print(c, h is nbhelpers, double(4), shout('ok'), 'sys' in dir())")
+    assert out == "12 True 8 OK! True\n"
