@@ -402,7 +402,9 @@ class PartitionBroker:
         asks = self._asks(self._queue)
         return [
             by_id[a.id]
-            for a in scheduler.order(asks, self.rules, now, usage=usage, head=self._head)
+            for a in scheduler.order(
+                asks, self.rules, now, usage=usage, head=self._head, holdings=holdings
+            )
         ]
 
     def _estimate(

@@ -18,21 +18,31 @@ Three policies (`Policy`):
     the request placed among the others (the broker asks the store for the devices planned).
     No backfill can make the head start later than its reservation, so the head never starts
     later than it would under ``fifo``.
+
+    The drain rule (`drain_first`): a request longer than what the rest needs to drain, the
+    GPU-seconds queued besides it and held until their expiries spread over the devices it
+    may use less its own amount, would end last whatever is served before it, with devices
+    idle while it runs alone. Such a request moves up to just behind the head (the first in
+    order that does not fit now), longest first (the LPT rule: starting the longest job first
+    ends the backlog soonest), and so gets the next reservation. A request is seldom longer
+    than a few hours, so this holds only once the backlog is down to about that: in the
+    evening drain, or on a quiet day. The head keeps its place and its reservation.
 ``fair``
     ``backfill`` with the queue ordered by each owner's recent use: decayed GPU-seconds
-    (`FairShare`, half-life configurable) plus what their held partitions have used so far,
-    lowest first, arrival order among equals. Two rules keep it from starving anyone: the head,
-    once chosen, keeps its place until it starts or leaves (its reservation is honoured like
-    under ``backfill``); and a request is *aged* once its slowdown so far, (wait + duration) /
-    duration, reaches `AGED_SLOWDOWN` (it has waited four times its duration) or once it has
-    waited ``aging_s`` (by default twice the half-life), whichever comes first: aged requests
-    come before all others, in the order they were aged. Usage alone evens GPU-seconds, not
-    waits: a user of five-minute requests who waits as long as a user of two-hour ones is far
-    worse off; aging by slowdown serves short requests before they have waited out of all
-    proportion to their length, and the plain bound keeps long ones moving. A request's wait is
-    then bounded: once aged (at most ``aging_s`` after it arrived), only the requests aged
-    before it and the current head can be served ahead of it, and each head starts within the
-    longest partition duration of becoming head.
+    (`FairShare`, half-life configurable) plus what their held partitions have used so far, lowest
+    first, arrival order among equals, then the drain rule. Two rules keep it from starving anyone:
+    the head, once chosen, keeps its place until it starts or leaves (its reservation is honoured
+    like under ``backfill``); and a request is *aged* once its slowdown so far, (wait + duration) /
+    duration, reaches `AGED_SLOWDOWN` (it has waited four times its duration) or once it has waited
+    ``aging_s`` (by default twice the half-life), whichever comes first: aged requests come before
+    all others, in the order they were aged. Usage alone evens GPU-seconds, not waits: a user of
+    five-minute requests who waits as long as a user of two-hour ones is far worse off; aging by
+    slowdown serves short requests before they have waited out of all proportion to their length,
+    and the plain bound keeps long ones moving. A request's wait is then bounded: once aged (at most
+    ``aging_s`` after it arrived), only the requests aged before it, the current head and those the
+    drain rule moves up (only while the rest of the queue, it included, drains within the longest
+    partition duration) can be served ahead of it, and each head starts within the longest partition
+    duration of becoming head.
 
 Estimated starts (`estimate`) come from a conservative plan of the whole queue in policy order:
 each request at the earliest time it fits, throughout its duration, around what is held and
@@ -198,6 +208,10 @@ class Timeline:
         self.now = now
         self._spans = [_Span(h.devices, h.tenths, now, h.until) for h in holdings if h.until > now]
 
+    def holdings(self) -> list[Holding]:
+        """What is held and planned from now on, as holdings."""
+        return [Holding(s.devices, s.tenths, s.end) for s in self._spans if s.end > self.now]
+
     def copy(self) -> Timeline:
         twin = Timeline(self.cluster, (), self.now)
         twin._spans = list(self._spans)
@@ -274,9 +288,11 @@ def order(
     *,
     usage: Mapping[str, float] | None = None,
     head: int | None = None,
+    holdings: Sequence[Holding] = (),
 ) -> list[Ask]:
     """The queue in the order ``rules`` serve it; ``head`` (the request holding the reservation)
-    stays first while it waits. ``usage`` is each owner's GPU-seconds, for `Policy.FAIR`."""
+    stays first while it waits. ``usage`` is each owner's GPU-seconds, for `Policy.FAIR`;
+    ``holdings``, the partitions held, for the drain rule (`drain_first`) behind ``head``."""
     arrival = sorted(queue, key=lambda a: (a.queued_at, a.id))
     kept = [a for a in arrival if a.id == head]
     rest = [a for a in arrival if a.id != head]
@@ -287,7 +303,39 @@ def order(
         young = [a for a in rest if now < rules.aged_at(a)]
         young.sort(key=lambda a: (used.get(a.owner, 0.0), a.queued_at, a.id))
         rest = aged + young
+    if kept and rules.policy is not Policy.FIFO:
+        rest = drain_first(rest, [*kept, *rest], holdings, now)
     return kept + rest
+
+
+def drain_first(
+    asks: Sequence[Ask], queue: Sequence[Ask], holdings: Sequence[Holding], now: float
+) -> list[Ask]:
+    """``asks`` with those that would end the drain moved to the front, longest first: each
+    one longer than the rest of ``queue`` and what is held need, spread over its candidate
+    devices less its own amount (see the module's doc)."""
+    held = sum(
+        len(h.devices) * h.tenths / TENTHS_PER_DEVICE * (h.until - now)
+        for h in holdings
+        if h.until > now
+    )
+    total = held + sum(_gpu_seconds(a) for a in queue)
+    ending = [a for a in asks if _ends_the_drain(a, total - _gpu_seconds(a))]
+    if not ending:
+        return list(asks)
+    ending.sort(key=lambda a: -a.duration_s)
+    moved = {a.id for a in ending}
+    return ending + [a for a in asks if a.id not in moved]
+
+
+def _gpu_seconds(ask: Ask) -> float:
+    return ask.amount.value * ask.duration_s
+
+
+def _ends_the_drain(ask: Ask, rest_gpu_seconds: float) -> bool:
+    """Whether ``ask`` outlasts ``rest_gpu_seconds`` of work on the devices it leaves free."""
+    beside = len(ask.candidates) - ask.amount.value
+    return beside > 0 and ask.duration_s * beside > rest_gpu_seconds
 
 
 def usage_of(holdings: Iterable[Holding], share: FairShare | None, now: float) -> dict[str, float]:
@@ -313,7 +361,8 @@ def plan(
     head: int | None = None,
 ) -> Plan:
     """Who starts now under ``rules``, and the head's reservation (see the module's doc)."""
-    ordered = order(queue, rules, now, usage=usage_of(holdings, share, now), head=head)
+    used = usage_of(holdings, share, now)
+    ordered = order(queue, rules, now, usage=used, head=head, holdings=holdings)
     timeline = Timeline(cluster, holdings, now)
     starts: list[Start] = []
     waiting = list(ordered)
@@ -326,6 +375,9 @@ def plan(
     if not waiting:
         return Plan(tuple(a.id for a in ordered), tuple(starts), None, None)
     first = waiting[0]
+    if first.id != head and rules.policy is not Policy.FIFO:  # a new head: the rule behind it
+        waiting[1:] = drain_first(waiting[1:], waiting, timeline.holdings(), now)
+        ordered = [*ordered[: len(starts)], *waiting]
     refusal = timeline.why_not(first)
     reserved = timeline.earliest(first)
     waiting_for = {first.id: refusal}

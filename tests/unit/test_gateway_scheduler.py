@@ -165,6 +165,36 @@ def test_fair_counts_what_held_partitions_have_used_so_far() -> None:
     assert decided.order == (2, 1)
 
 
+def test_a_request_that_would_end_the_drain_moves_up_behind_the_head() -> None:
+    short = [ask(i, "0.5", 600, at=i, on=2) for i in (1, 2, 3)]
+    long = ask(4, "1", 4 * H, owner="heavy", at=4, on=2)
+    for policy in (Policy.BACKFILL, Policy.FAIR):
+        ordered = order([*short, long], Rules(policy), 10.0, head=1)
+        assert [a.id for a in ordered] == [1, 4, 2, 3]  # the head keeps its place
+    fifo = order([*short, long], Rules(Policy.FIFO), 10.0, head=1)
+    assert [a.id for a in fifo] == [1, 2, 3, 4]
+
+
+def test_the_drain_rule_waits_while_the_backlog_outlasts_the_request() -> None:
+    backlog = [ask(i, "1", H, at=i, on=2) for i in range(1, 6)]  # 5 GPU-hours on 1 device
+    long = ask(9, "1", 4 * H, owner="heavy", at=9, on=2)
+    rules = Rules(Policy.BACKFILL)
+    assert [a.id for a in order([*backlog, long], rules, 10.0, head=1)][-1] == 9
+    queue = [ask(1, "1", H, at=1, on=2), ask(2, "1", H, at=2, on=2), long]
+    assert [a.id for a in order(queue, rules, 10.0, head=1)] == [1, 9, 2]
+    holding = [held((0, 1), 10, 5 * H)]  # or what is held: 10 GPU-hours
+    assert [a.id for a in order(queue, rules, 10.0, head=1, holdings=holding)] == [1, 2, 9]
+
+
+def test_a_new_head_keeps_its_place_ahead_of_the_request_that_ends_the_drain() -> None:
+    holding = [held((0,), 10, H)]
+    queue = [ask(1, "2", H, at=1, on=2), ask(2, "1", 4 * H, owner="heavy", at=2, on=2)]
+    decided = plan(TWO, holding, queue, 0.0, Rules(Policy.BACKFILL))
+    assert (decided.head, decided.reserved_at) == (1, H)
+    assert decided.starts == ()  # on gpu1 it would delay the head
+    assert decided.order == (1, 2)
+
+
 # -- guarantees over random workloads ------------------------------------------------------------
 
 
