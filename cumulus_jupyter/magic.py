@@ -271,7 +271,14 @@ class CumulusMagics(Magics):
             if opts["no_pull"]
             else variables.inline_pull(session, found, limit, opts["pull"], carried)
         )
-        reply = session.execute(cell, self._show, carry=carried, pull=pull)
+        results: list[dict[str, Any]] = []
+
+        def show(message: dict[str, Any]) -> None:
+            if message["msg_type"] == "execute_result":
+                results.append(message)
+            self._show(message)
+
+        reply = session.execute(cell, show, carry=carried, pull=pull)
         content = reply["content"]
         failed = content.get("status") == "error"
         if not opts["no_pull"]:  # after an error too: what ran before it stays, as it would here
@@ -279,8 +286,20 @@ class CumulusMagics(Magics):
                 variables.bring_back(session, found, ns, limit, skip=opts["pull"], reply=reply)
                 explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
                 ns.update(explicit)
+            if results and not failed:
+                self._last_result(session, limit)
         if failed:
             raise RemoteError.from_reply(content)
+
+    def _last_result(self, session: RemoteSession, limit: int) -> None:
+        """A cell that ended in an expression (its ``Out[n]`` shown): its value is the remote
+        ``_``, which becomes this notebook's ``_``, ``_N`` and ``Out[N]`` as a local cell's would
+        (one pull, only for such a cell; over the size limit, a `RemoteRef`)."""
+        with contextlib.suppress(CumulusError):
+            values, _ = session.pull(["_"], limit)
+            if "_" in values:
+                assert self.shell is not None
+                self.shell.displayhook.update_user_ns(values["_"])  # type: ignore[no-untyped-call]
 
     def _analysed(self, cell: str) -> CellNames:
         """`cell_names` of a cell as this shell transforms it; remembered for the last

@@ -134,3 +134,17 @@ def test_a_cell_that_imports_a_module_beside_the_notebook(notebook: Any, tmp_pat
     assert out == "12 HI!\n"
     out = ok(kc, "print(c, h is nbhelpers, double(4), shout('ok'), 'sys' in dir())")
     assert out == "12 True 8 OK! True\n"
+
+
+def test_the_value_of_a_cell_that_ends_in_an_expression_is_underscore_and_out(
+    notebook: Any,
+) -> None:
+    """``summary.shape`` last in a remote cell shows ``Out[n]``; the next cell's ``_`` (and
+    ``Out[n]``, ``_n``) was the previous local result, not that value."""
+    kc, _ = notebook
+    reply, _, _, _ = run(kc, CELL + "rows = [3, 4]\nsum(rows) * 6")
+    assert reply["status"] == "ok"
+    n = reply["execution_count"]
+    assert ok(kc, f"print(_, Out[{n}], _{n})") == "42 42 42\n"
+    ok(kc, CELL + "rows.append(5);")  # a trailing semicolon: no result, `_` stays
+    assert ok(kc, "print(_)") == "42\n"
