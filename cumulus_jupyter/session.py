@@ -50,8 +50,13 @@ class _Execution:
 
     _SILENT = kernel_code.NOT_OUTPUTS | {"execute_reply"}
 
-    def __init__(self) -> None:
+    def __init__(self, waiter: asyncio.Event | None = None) -> None:
         self.inbox: queue.Queue[Message] = queue.Queue()
+        # a waiter on the session's loop (`_execute_async`), woken when something is put: a
+        # thread blocked on ``inbox.get`` for it would outlive a cancelled wait, and Python
+        # joins such threads at exit (the notebook's kernel would hang as it shut down)
+        self.waiter = waiter
+        self._waiter_loop = asyncio.get_running_loop() if waiter is not None else None
         self.reply: Message | None = None
         self.outputs_in = False
         self.done = False
@@ -72,10 +77,10 @@ class _Execution:
                 self.seen.add(msg_id)
             elif msg_id == self.awaited:
                 self.outputs_in = True
-            self.inbox.put(message)
+            self._put(message)
         if self.reply is not None and self.outputs_in and not self.done:
             self.done = True  # once: the idle that follows is not a second end
-            self.inbox.put({"msg_type": "_done", "reply": self.reply})
+            self._put({"msg_type": "_done", "reply": self.reply})
 
     def _last_seen(self, reply: Message) -> bool:
         """Whether the output the reply names as the cell's last is already here (None: it had
@@ -86,8 +91,20 @@ class _Execution:
         self.awaited = named[kernel_code.LAST_OUTPUT]
         return self.awaited is None or self.awaited in self.seen
 
-    def put(self, message: Message) -> None:  # the loss notice, as for any route
+    def put(self, message: Message) -> None:  # the loss notice, as for any route (any thread)
+        self._put(message)
+
+    def _put(self, message: Message) -> None:
         self.inbox.put(message)
+        if self.waiter is not None and self._waiter_loop is not None:
+            try:
+                here = asyncio.get_running_loop() is self._waiter_loop
+            except RuntimeError:
+                here = False
+            if here:
+                self.waiter.set()
+            else:
+                self._waiter_loop.call_soon_threadsafe(self.waiter.set)
 
 
 class RemoteRef:
@@ -435,7 +452,8 @@ class RemoteSession:
     ) -> Message:
         """`execute` for the background loop itself (start-up), without outputs."""
         assert self.kernel is not None
-        execution = _Execution()
+        woken = asyncio.Event()
+        execution = _Execution(woken)
         msg_id, parts = self._request(
             "execute_request", self._execute_content(code, silent, expressions)
         )
@@ -443,7 +461,12 @@ class RemoteSession:
         try:
             await self.kernel.send("shell", parts)
             while True:
-                message = await asyncio.to_thread(execution.inbox.get)
+                try:
+                    message = execution.inbox.get_nowait()
+                except queue.Empty:
+                    await woken.wait()
+                    woken.clear()
+                    continue
                 if message["msg_type"] == "_lost":
                     raise message["error"]
                 if message["msg_type"] == "_done":
