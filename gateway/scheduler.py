@@ -29,20 +29,24 @@ Three policies (`Policy`):
     evening drain, or on a quiet day. The head keeps its place and its reservation.
 ``fair``
     ``backfill`` with the queue ordered by each owner's recent use: decayed GPU-seconds
-    (`FairShare`, half-life configurable) plus what their held partitions have used so far, lowest
-    first, arrival order among equals, then the drain rule. Two rules keep it from starving anyone:
-    the head, once chosen, keeps its place until it starts or leaves (its reservation is honoured
-    like under ``backfill``); and a request is *aged* once its slowdown so far, (wait + duration) /
-    duration, reaches `AGED_SLOWDOWN` (it has waited four times its duration) or once it has waited
-    ``aging_s`` (by default twice the half-life), whichever comes first: aged requests come before
-    all others, in the order they were aged. Usage alone evens GPU-seconds, not waits: a user of
-    five-minute requests who waits as long as a user of two-hour ones is far worse off; aging by
-    slowdown serves short requests before they have waited out of all proportion to their length,
-    and the plain bound keeps long ones moving. A request's wait is then bounded: once aged (at most
-    ``aging_s`` after it arrived), only the requests aged before it, the current head and those the
-    drain rule moves up (only while the rest of the queue, it included, drains within the longest
-    partition duration) can be served ahead of it, and each head starts within the longest partition
-    duration of becoming head.
+    (`FairShare`, half-life configurable) plus what their held partitions have used so far, counted
+    in seconds of the amount the request asks (GPU-seconds over its GPUs), lowest first, arrival
+    order among equals, then the drain rule. Fair evens slowdown, which is time: a user of two GPUs
+    is charged twice the GPU-seconds for each hour served, so by GPU-seconds alone their requests
+    sink below those of users who have been served as long at their own size; counted at the size
+    asked, each request is ranked by how long its owner has recently had as much. Two rules keep it
+    from starving anyone: the head, once chosen, keeps its place until it starts or leaves (its
+    reservation is honoured like under ``backfill``); and a request is *aged* once its slowdown so
+    far, (wait + duration) / duration, reaches `AGED_SLOWDOWN` (it has waited four times its
+    duration) or once it has waited ``aging_s`` (by default twice the half-life), whichever comes
+    first: aged requests come before all others, in the order they were aged. Usage alone evens
+    GPU-seconds, not waits: a user of five-minute requests who waits as long as a user of two-hour
+    ones is far worse off; aging by slowdown serves short requests before they have waited out of
+    all proportion to their length, and the plain bound keeps long ones moving. A request's wait is
+    then bounded: once aged (at most ``aging_s`` after it arrived), only the requests aged before
+    it, the current head and those the drain rule moves up (only while the rest of the queue, it
+    included, drains within the longest partition duration) can be served ahead of it, and each head
+    starts within the longest partition duration of becoming head.
 
 Estimated starts (`estimate`) come from a conservative plan of the whole queue in policy order:
 each request at the earliest time it fits, throughout its duration, around what is held and
@@ -301,7 +305,7 @@ def order(
         aged = [a for a in rest if now >= rules.aged_at(a)]
         aged.sort(key=lambda a: (rules.aged_at(a), a.queued_at, a.id))
         young = [a for a in rest if now < rules.aged_at(a)]
-        young.sort(key=lambda a: (used.get(a.owner, 0.0), a.queued_at, a.id))
+        young.sort(key=lambda a: (used.get(a.owner, 0.0) / a.amount.value, a.queued_at, a.id))
         rest = aged + young
     if kept and rules.policy is not Policy.FIFO:
         rest = drain_first(rest, [*kept, *rest], holdings, now)

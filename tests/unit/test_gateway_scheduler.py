@@ -137,6 +137,15 @@ def test_fair_orders_by_usage_then_arrival_and_keeps_the_head() -> None:
     assert [a.id for a in order(queue, Rules(Policy.BACKFILL), 10.0, usage=usage)] == [1, 2, 3, 4]
 
 
+def test_fair_counts_use_in_seconds_of_the_amount_asked() -> None:
+    # "wide" held 2 GPUs for 30 min (3,600 GPU-s), "thin" a tenth for 3 h (1,080 GPU-s): per
+    # GPU-second "thin" comes first; in time held at the size asked, "wide" has had 30 min of
+    # its 2 GPUs, "thin" 3 h of its tenth
+    queue = [ask(1, "0.1", owner="thin", at=1), ask(2, "2", owner="wide", at=2, on=2)]
+    usage = {"wide": 3_600.0, "thin": 1_080.0}
+    assert [a.id for a in order(queue, Rules(Policy.FAIR), 10.0, usage=usage)] == [2, 1]
+
+
 def test_fair_serves_aged_requests_first_in_arrival_order() -> None:
     rules = Rules(Policy.FAIR, half_life_s=100.0)  # aged after 200 s
     queue = [ask(1, "1", owner="heavy", at=0), ask(2, "1", owner="light", at=150)]
