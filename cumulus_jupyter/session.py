@@ -690,7 +690,9 @@ class RemoteSession:
         pickled, prints = self.ledger.changes(values, force)
         if not pickled and not delete:
             return None
-        entries, frames = transfer.pack_namespace({n: values[n] for n in pickled}, pickled)
+        entries, frames = transfer.pack_namespace(
+            {n: values[n] for n in pickled}, pickled, self.ledger.namespace
+        )
         total = sum(memoryview(f).nbytes for f in frames)
         if self.max_transfer_bytes and total > self.max_transfer_bytes:
             sizes = ", ".join(

@@ -235,18 +235,44 @@ def fingerprint(payload: bytes, buffers: list[pickle.PickleBuffer]) -> str:
 Pickled = tuple[bytes, list[pickle.PickleBuffer]]
 
 
+_UNSHARED = (type(None), bool, int, float, complex, str, bytes)  # no state another name can share
+
+
+def _shares(name: str, value: Any) -> bool:
+    """Whether ``value`` may hold objects another name holds too (so it travels in a group)."""
+    return not name.startswith(MODULE_PREFIX) and type(value) not in _UNSHARED
+
+
 def pack_namespace(
-    values: Mapping[str, Any], pickled: Mapping[str, Pickled] | None = None
+    values: Mapping[str, Any],
+    pickled: Mapping[str, Pickled] | None = None,
+    namespace: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Descriptions (name, buffer range) and the flat list of buffers for a set of variables;
-    ``pickled`` reuses what was already pickled (for the fingerprint) instead of pickling again."""
+    ``pickled`` reuses what was already pickled (for the fingerprint) instead of pickling again.
+
+    Two or more values that may share objects travel as one pickle (an entry with ``names``),
+    so what they share stays shared on the other side: ``opt = SGD(model.params())`` then a
+    cell running ``opt.step()`` steps the weights of that side's ``model``, and ``b = a`` keeps
+    ``b is a``. Each pickled on its own, they would arrive as separate copies. Plain immutable
+    data (numbers, ``str``, ``bytes``) travels alone: nothing in it can be shared."""
+    grouped = [n for n, v in values.items() if _shares(n, v)]
+    if len(grouped) < 2:
+        grouped = []
     entries: list[dict[str, Any]] = []
     frames: list[Any] = []
-    for name, value in values.items():
-        payload, buffers = (pickled or {}).get(name) or dumps(name, value)
-        entries.append({"name": name, "start": len(frames), "count": 1 + len(buffers)})
+
+    def add(entry: dict[str, Any], payload: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+        entries.append(entry | {"start": len(frames), "count": 1 + len(buffers)})
         frames.append(payload)
         frames.extend(b.raw() for b in buffers)
+
+    for name, value in values.items():
+        if name not in grouped:
+            add({"name": name}, *((pickled or {}).get(name) or dumps(name, value)))
+    if grouped:
+        group = tuple(values[n] for n in grouped)
+        add({"names": grouped}, *dumps(", ".join(grouped), group, namespace))
     return entries, frames
 
 
@@ -260,12 +286,20 @@ def _writable(frame: Any) -> memoryview:
 
 
 def unpack_namespace(entries: list[dict[str, Any]], frames: list[Any]) -> dict[str, Any]:
+    """The values `pack_namespace` described, by name (a group's unpickled together)."""
     out: dict[str, Any] = {}
     for entry in entries:
         start, count = int(entry["start"]), int(entry["count"])
-        out[entry["name"]] = loads(
+        value = loads(
             bytes(frames[start]), [_writable(f) for f in frames[start + 1 : start + count]]
         )
+        if "names" in entry:
+            names = list(entry["names"])
+            if not isinstance(value, tuple) or len(value) != len(names):
+                raise InvalidArgument(f"a group of {len(names)} values did not unpickle as one")
+            out.update(zip(names, value, strict=True))
+        else:
+            out[entry["name"]] = value
     return out
 
 

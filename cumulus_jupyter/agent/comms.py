@@ -83,6 +83,7 @@ def gather(
     past ``budget`` bytes in all, values are named in ``deferred`` instead."""
     watched = watched or {}
     found = Gathered(missing=[n for n in names if n not in namespace])
+    chosen: dict[str, transfer.Pickled] = {}  # what comes back, pickled alone (sizes, prints)
     used = 0
     for name in dict.fromkeys([*names, *watched]):
         if name not in namespace:
@@ -106,8 +107,11 @@ def gather(
             found.deferred.append(name)
             continue
         used += size
-        found.entries.append({"name": name, "start": len(found.frames), "count": 1 + len(buffers)})
-        found.frames += [payload, *(b.raw() for b in buffers)]
+        chosen[name] = pickled
+    # together, so that what they share stays shared on the client (`transfer.pack_namespace`)
+    found.entries, found.frames = transfer.pack_namespace(
+        {n: namespace[n] for n in chosen}, chosen, namespace
+    )
     return found
 
 

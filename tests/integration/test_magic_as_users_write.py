@@ -148,3 +148,48 @@ def test_the_value_of_a_cell_that_ends_in_an_expression_is_underscore_and_out(
     assert ok(kc, f"print(_, Out[{n}], _{n})") == "42 42 42\n"
     ok(kc, CELL + "rows.append(5);")  # a trailing semicolon: no result, `_` stays
     assert ok(kc, "print(_)") == "42\n"
+
+
+def test_a_training_loop_steps_the_models_own_weights(notebook: Any) -> None:
+    """The PyTorch shape: an optimizer made on the model's parameters, a ``%%cumulus`` loop
+    that steps it. Each name pickled on its own, the remote optimizer stepped copies and the
+    model never trained (``model.w is opt.params[0]`` was False there and here)."""
+    kc, _ = notebook
+    ok(
+        kc,
+        "import numpy as np\n"
+        "class Linear:\n"
+        "    def __init__(self, n):\n"
+        "        self.w = np.zeros(n)\n"
+        "    def params(self):\n"
+        "        return [self.w]\n"
+        "    def grads(self, X, y):\n"
+        "        return [2 * X.T @ (X @ self.w - y) / len(y)]\n"
+        "class SGD:\n"
+        "    def __init__(self, params, lr=0.1):\n"
+        "        self.params, self.lr = params, lr\n"
+        "    def step(self, grads):\n"
+        "        for p, g in zip(self.params, grads):\n"
+        "            p -= self.lr * g\n"
+        "X = np.eye(3)\ny = np.array([1.0, 2.0, 3.0])\n"
+        "model = Linear(3)\nopt = SGD(model.params())\nlosses = []",
+    )
+    ok(
+        kc,
+        CELL + "for epoch in range(200):\n"
+        "    opt.step(model.grads(X, y))\n"
+        "    losses.append(float(((X @ model.w - y) ** 2).mean()))\n"
+        "shared = model.w is opt.params[0]",
+    )
+    out = ok(
+        kc,
+        "print(shared, model.w is opt.params[0], losses[-1] < 1e-6, np.round(model.w, 3).tolist())",
+    )
+    assert out == "True True True [1.0, 2.0, 3.0]\n"
+
+
+def test_two_names_for_one_object_stay_one_object(notebook: Any) -> None:
+    kc, _ = notebook
+    ok(kc, "a = [1, 2]")
+    ok(kc, CELL + "b = a\nb.append(3)\nsame_there = a is b")
+    assert ok(kc, "print(same_there, a is b, a)") == "True True [1, 2, 3]\n"

@@ -173,3 +173,27 @@ def test_a_scan_under_way_holds_back_every_other_thread_until_it_is_done(
     finally:
         transfer.cloudpickle.unregister_pickle_by_value(sys.modules.pop("scanned_helpers"))
         transfer._by_value.discard("scanned_helpers")
+
+
+def test_values_that_share_objects_arrive_sharing_them() -> None:
+    """``opt = SGD(model.params())``: sent together, the optimizer's list still holds the
+    model's own weights on the other side; plain data travels on its own."""
+    weights = [0.0, 0.0]
+    model = {"w": weights}
+    opt = {"params": weights, "lr": 0.1}
+    entries, frames = transfer.pack_namespace(
+        {"model": model, "opt": opt, "n": 3, "name": "run-1", "blob": b"x" * 10}
+    )
+    assert [e.get("names") for e in entries if "names" in e] == [["model", "opt"]]
+    assert sorted(e["name"] for e in entries if "name" in e) == ["blob", "n", "name"]
+    back = transfer.unpack_namespace(entries, frames)
+    assert back["opt"]["params"] is back["model"]["w"]
+    back["opt"]["params"][0] += 1.0
+    assert back["model"]["w"] == [1.0, 0.0]
+    assert (back["n"], back["name"], back["blob"]) == (3, "run-1", b"x" * 10)
+
+
+def test_one_shareable_value_travels_alone() -> None:
+    entries, frames = transfer.pack_namespace({"only": [1, 2], "n": 1})
+    assert all("name" in e for e in entries)
+    assert transfer.unpack_namespace(entries, frames) == {"only": [1, 2], "n": 1}
