@@ -160,12 +160,26 @@ class _NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
     namespace, as it did this one (cloudpickle alone gives it a private copy of what it read).
     The names it reads and writes are collected, for the caller to send and bring back."""
 
-    def __init__(self, file: Any, namespace: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        file: Any,
+        namespace: Mapping[str, Any],
+        holders: dict[int, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(file, **kwargs)
         self.namespace = namespace
         self.reads: set[str] = set()
         self.writes: set[str] = set()
         self.deletes: set[str] = set()
+        # the objects met that hold state (`_holds_state`), by id; held, so that no id is
+        # reused by another object before the caller compares them
+        self.holders = holders
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self.holders is not None and _holds_state(obj):
+            self.holders[id(obj)] = obj
+        return super().reducer_override(obj)
 
     def _dynamic_function_reduce(self, func: types.FunctionType) -> Any:
         reduced = super()._dynamic_function_reduce(func)
@@ -181,6 +195,17 @@ class _NotebookPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return _make_rebound_function, rebound, (state, slotstate), None, None, _rebuilt_setstate
 
 
+def _holds_state(obj: Any) -> bool:
+    """Whether ``obj`` is state two names may share and a cell may change in place: an array
+    or tensor (it speaks DLPack: numpy, PyTorch, JAX, CuPy) or an instance of a class the
+    notebook defined. Types, functions and the library's own objects (a dtype is one object
+    behind every array of it) are not: counting them, every two values would share."""
+    if isinstance(obj, type):
+        return False
+    kind = type(obj)
+    return hasattr(kind, "__dlpack__") or kind.__module__ == "__main__"
+
+
 def notebook_globals(
     value: Any, namespace: Mapping[str, Any]
 ) -> tuple[set[str], set[str], set[str]]:
@@ -192,19 +217,23 @@ def notebook_globals(
 
 
 def dumps(
-    name: str, value: Any, namespace: Mapping[str, Any] | None = None
+    name: str,
+    value: Any,
+    namespace: Mapping[str, Any] | None = None,
+    holders: dict[int, Any] | None = None,
 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``value`` (protocol 5, out-of-band buffers); `InvalidArgument` names the variable
     and the reason when neither cloudpickle nor dill can. With ``namespace`` (the notebook's),
-    functions defined in it travel as `_NotebookPickler` says."""
+    functions defined in it travel as `_NotebookPickler` says, and ``holders`` gets the ids of
+    the stateful objects met (`_holds_state`)."""
     register_local_modules()
     buffers: list[pickle.PickleBuffer] = []
     try:
         if namespace is not None:
             file = io.BytesIO()
-            _NotebookPickler(file, namespace, protocol=5, buffer_callback=buffers.append).dump(
-                value
-            )
+            _NotebookPickler(
+                file, namespace, holders, protocol=5, buffer_callback=buffers.append
+            ).dump(value)
             return file.getvalue(), buffers
         return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
     except Exception as first:  # cloudpickle raises many kinds
@@ -322,11 +351,29 @@ class Ledger:
         pickled once, with their fingerprints."""
         changed: dict[str, Pickled] = {}
         prints: dict[str, str] = {}
+        kept: dict[str, tuple[Pickled, dict[int, Any]]] = {}  # unchanged, and the state held
+        shared: set[int] = set()  # the state the changed ones hold
         for name, value in values.items():
-            pickled = dumps(name, value, self.namespace)
+            holders: dict[int, Any] = {}
+            pickled = dumps(name, value, self.namespace, holders)
             prints[name] = fingerprint(*pickled)
             if force or self.held.get(name) != prints[name]:
                 changed[name] = pickled
+                shared |= holders.keys()
+            else:
+                kept[name] = (pickled, holders)
+        # an unchanged value holding state a changed one holds goes with it (in one pickle,
+        # `pack_namespace`): ``opt = SGD(model.params(), lr=0.01)`` made anew while ``model``
+        # is as the remote has it; sent alone, the remote ``opt`` would step copies
+        grew = True
+        while grew and shared:
+            grew = False
+            for name, (pickled, holders) in list(kept.items()):
+                if holders.keys() & shared:
+                    changed[name] = pickled
+                    shared |= holders.keys()
+                    del kept[name]
+                    grew = True
         return changed, {n: prints[n] for n in changed}
 
     def sent(self, prints: Mapping[str, str]) -> None:

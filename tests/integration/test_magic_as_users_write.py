@@ -20,6 +20,26 @@ pytestmark = pytest.mark.integration
 CELL = "%%cumulus --session users\n"
 
 
+TRAINING = (
+    "import numpy as np\n"
+    "class Linear:\n"
+    "    def __init__(self, n):\n"
+    "        self.w = np.zeros(n)\n"
+    "    def params(self):\n"
+    "        return [self.w]\n"
+    "    def grads(self, X, y):\n"
+    "        return [2 * X.T @ (X @ self.w - y) / len(y)]\n"
+    "class SGD:\n"
+    "    def __init__(self, params, lr=0.1):\n"
+    "        self.params, self.lr = params, lr\n"
+    "    def step(self, grads):\n"
+    "        for p, g in zip(self.params, grads):\n"
+    "            p -= self.lr * g\n"
+    "X = np.eye(3)\ny = np.array([1.0, 2.0, 3.0])\n"
+    "model = Linear(3)\nopt = SGD(model.params())\nlosses = []"
+)  # a model and an optimizer on its parameters, as PyTorch has them
+
+
 @pytest.fixture(scope="module")
 def notebook(
     tmp_path_factory: pytest.TempPathFactory,
@@ -155,25 +175,7 @@ def test_a_training_loop_steps_the_models_own_weights(notebook: Any) -> None:
     that steps it. Each name pickled on its own, the remote optimizer stepped copies and the
     model never trained (``model.w is opt.params[0]`` was False there and here)."""
     kc, _ = notebook
-    ok(
-        kc,
-        "import numpy as np\n"
-        "class Linear:\n"
-        "    def __init__(self, n):\n"
-        "        self.w = np.zeros(n)\n"
-        "    def params(self):\n"
-        "        return [self.w]\n"
-        "    def grads(self, X, y):\n"
-        "        return [2 * X.T @ (X @ self.w - y) / len(y)]\n"
-        "class SGD:\n"
-        "    def __init__(self, params, lr=0.1):\n"
-        "        self.params, self.lr = params, lr\n"
-        "    def step(self, grads):\n"
-        "        for p, g in zip(self.params, grads):\n"
-        "            p -= self.lr * g\n"
-        "X = np.eye(3)\ny = np.array([1.0, 2.0, 3.0])\n"
-        "model = Linear(3)\nopt = SGD(model.params())\nlosses = []",
-    )
+    ok(kc, TRAINING)
     ok(
         kc,
         CELL + "for epoch in range(200):\n"
@@ -193,3 +195,15 @@ def test_two_names_for_one_object_stay_one_object(notebook: Any) -> None:
     ok(kc, "a = [1, 2]")
     ok(kc, CELL + "b = a\nb.append(3)\nsame_there = a is b")
     assert ok(kc, "print(same_there, a is b, a)") == "True True [1, 2, 3]\n"
+
+
+def test_an_optimizer_made_anew_still_steps_the_remote_model(notebook: Any) -> None:
+    """The model is on the remote as the notebook has it; only the optimizer is new (a new
+    learning rate): it must go with the model, or the remote one steps copies."""
+    kc, _ = notebook
+    ok(kc, TRAINING)
+    ok(kc, CELL + "opt.step(model.grads(X, y))")  # both on the remote, as they are here
+    ok(kc, "target = np.array([3.0, 2.0, 1.0])\nopt = SGD(model.params(), lr=0.2)")
+    ok(kc, CELL + "for epoch in range(100):\n    opt.step(model.grads(X, target))")
+    out = ok(kc, "print(model.w is opt.params[0], np.round(model.w, 3).tolist())")
+    assert out == "True [3.0, 2.0, 1.0]\n"

@@ -197,3 +197,26 @@ def test_one_shareable_value_travels_alone() -> None:
     entries, frames = transfer.pack_namespace({"only": [1, 2], "n": 1})
     assert all("name" in e for e in entries)
     assert transfer.unpack_namespace(entries, frames) == {"only": [1, 2], "n": 1}
+
+
+def test_an_unchanged_value_sharing_state_with_a_changed_one_goes_with_it() -> None:
+    """``opt = SGD(model.params(), lr=0.01)`` made anew while ``model`` is as the remote holds
+    it: sent alone, the remote's new optimizer would step copies of the weights."""
+    import numpy as np
+
+    weights, other = np.zeros(3), np.ones(3)
+    values: dict[str, object] = {
+        "model": {"w": weights}, "opt": {"params": [weights]}, "data": {"x": other}
+    }  # fmt: skip
+    ledger = transfer.Ledger()
+    ledger.namespace = values
+    sent, prints = ledger.changes(values)
+    ledger.sent(prints)
+    assert sorted(sent) == ["data", "model", "opt"]
+    assert ledger.changes(values) == ({}, {})  # nothing changed: nothing goes
+    values["opt"] = {"params": [weights], "lr": 0.01}
+    again, _ = ledger.changes(values)
+    assert sorted(again) == ["model", "opt"]  # not data: it shares nothing with them
+    entries, frames = transfer.pack_namespace({n: values[n] for n in again}, again, values)
+    back = transfer.unpack_namespace(entries, frames)
+    assert back["opt"]["params"][0] is back["model"]["w"]  # type: ignore[index]
