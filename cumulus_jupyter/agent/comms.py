@@ -84,30 +84,52 @@ def gather(
     watched = watched or {}
     found = Gathered(missing=[n for n in names if n not in namespace])
     chosen: dict[str, transfer.Pickled] = {}  # what comes back, pickled alone (sizes, prints)
+    same: dict[str, tuple[transfer.Pickled, dict[int, Any]]] = {}  # watched, unchanged
+    shared: set[int] = set()  # the state what comes back holds
     used = 0
+
+    def take(name: str, pickled: transfer.Pickled) -> bool:
+        nonlocal used
+        payload, buffers = pickled
+        size = len(payload) + sum(b.raw().nbytes for b in buffers)
+        if max_bytes is not None and size > int(max_bytes):
+            found.refs[name] = transfer.describe(namespace[name], pickled)
+            return False
+        if budget is not None and used + size > budget:
+            found.deferred.append(name)
+            return False
+        used += size
+        chosen[name] = pickled
+        return True
+
     for name in dict.fromkeys([*names, *watched]):
         if name not in namespace:
             continue
         value = namespace[name]
+        holders: dict[int, Any] = {}
         try:
             # the notebook's functions (a method of a class defined in a cell) go rebound to
             # the client's namespace, as they came: not with a private copy of their globals
-            pickled = transfer.dumps(name, value, namespace)
+            pickled = transfer.dumps(name, value, namespace, holders)
         except CumulusError as exc:
             found.refs[name] = {"type": type(value).__name__, "unpicklable": str(exc)}
             continue
-        payload, buffers = pickled
-        if name not in names and transfer.fingerprint(payload, buffers) == watched[name]:
-            continue  # a watched value as the client holds it: nothing to bring back
-        size = len(payload) + sum(b.raw().nbytes for b in buffers)
-        if max_bytes is not None and size > int(max_bytes):
-            found.refs[name] = transfer.describe(value, pickled)
+        if name not in names and transfer.fingerprint(*pickled) == watched[name]:
+            same[name] = (pickled, holders)  # as the client holds it: it stays, unless...
             continue
-        if budget is not None and used + size > budget:
-            found.deferred.append(name)
-            continue
-        used += size
-        chosen[name] = pickled
+        if take(name, pickled):
+            shared |= holders.keys()
+    # ...it holds state what comes back holds: then it comes too, in the same pickle, or the
+    # client's copies would part (a new ``opt`` made here on the unchanged ``model``)
+    grew = True
+    while grew and shared:
+        grew = False
+        for name, (pickled, holders) in list(same.items()):
+            if holders.keys() & shared:
+                del same[name]
+                grew = True
+                if take(name, pickled):
+                    shared |= holders.keys()
     # together, so that what they share stays shared on the client (`transfer.pack_namespace`)
     found.entries, found.frames = transfer.pack_namespace(
         {n: namespace[n] for n in chosen}, chosen, namespace

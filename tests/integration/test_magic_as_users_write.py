@@ -207,3 +207,20 @@ def test_an_optimizer_made_anew_still_steps_the_remote_model(notebook: Any) -> N
     ok(kc, CELL + "for epoch in range(100):\n    opt.step(model.grads(X, target))")
     out = ok(kc, "print(model.w is opt.params[0], np.round(model.w, 3).tolist())")
     assert out == "True [3.0, 2.0, 1.0]\n"
+
+
+def test_an_optimizer_made_anew_remotely_comes_back_on_the_notebooks_model(
+    notebook: Any,
+) -> None:
+    """The other way: a remote cell makes a new optimizer on the (unchanged) model; here the
+    optimizer must step this notebook's model, not copies of its weights."""
+    kc, _ = notebook
+    ok(kc, TRAINING)
+    ok(kc, CELL + "opt.step(model.grads(X, y))")
+    ok(kc, CELL + "opt = SGD(model.params(), lr=0.3)")
+    out = ok(
+        kc,
+        "before = model.w.copy()\nopt.step(model.grads(X, y))\n"
+        "print(model.w is opt.params[0], bool((model.w != before).any()))",
+    )
+    assert out == "True True\n"
