@@ -206,6 +206,23 @@ def _holds_state(obj: Any) -> bool:
     return hasattr(kind, "__dlpack__") or kind.__module__ == "__main__"
 
 
+def sharing(candidates: Mapping[str, Mapping[int, Any]], shared: set[int]) -> list[str]:
+    """Of ``candidates`` (name: the stateful objects it holds, by id, as `dumps` collects
+    them), those holding one in ``shared`` or one held by another so found: what must travel
+    with the values that hold ``shared``, for the other side to share it as this one does."""
+    found: list[str] = []
+    reach = set(shared)
+    grew = True
+    while grew and reach:
+        grew = False
+        for name, held in candidates.items():
+            if name not in found and held.keys() & reach:
+                found.append(name)
+                reach |= held.keys()
+                grew = True
+    return found
+
+
 def notebook_globals(
     value: Any, namespace: Mapping[str, Any]
 ) -> tuple[set[str], set[str], set[str]]:
@@ -365,15 +382,8 @@ class Ledger:
         # an unchanged value holding state a changed one holds goes with it (in one pickle,
         # `pack_namespace`): ``opt = SGD(model.params(), lr=0.01)`` made anew while ``model``
         # is as the remote has it; sent alone, the remote ``opt`` would step copies
-        grew = True
-        while grew and shared:
-            grew = False
-            for name, (pickled, holders) in list(kept.items()):
-                if holders.keys() & shared:
-                    changed[name] = pickled
-                    shared |= holders.keys()
-                    del kept[name]
-                    grew = True
+        for name in sharing({n: h for n, (_, h) in kept.items()}, shared):
+            changed[name] = kept[name][0]
         return changed, {n: prints[n] for n in changed}
 
     def sent(self, prints: Mapping[str, str]) -> None:

@@ -121,15 +121,8 @@ def gather(
             shared |= holders.keys()
     # ...it holds state what comes back holds: then it comes too, in the same pickle, or the
     # client's copies would part (a new ``opt`` made here on the unchanged ``model``)
-    grew = True
-    while grew and shared:
-        grew = False
-        for name, (pickled, holders) in list(same.items()):
-            if holders.keys() & shared:
-                del same[name]
-                grew = True
-                if take(name, pickled):
-                    shared |= holders.keys()
+    for name in transfer.sharing({n: h for n, (_, h) in same.items()}, shared):
+        take(name, same[name][0])
     # together, so that what they share stays shared on the client (`transfer.pack_namespace`)
     found.entries, found.frames = transfer.pack_namespace(
         {n: namespace[n] for n in chosen}, chosen, namespace
