@@ -27,6 +27,8 @@ original: Chronos's own tree in the gateway (`gateway.errors`), HTTP statuses in
 
 from __future__ import annotations
 
+import functools
+
 
 class CumulusError(Exception):
     """Base of every error Cumulus raises on purpose; ``str(exc)`` is one line for a human."""
@@ -135,6 +137,38 @@ class DeadlineExceeded(CumulusError, TimeoutError):
     exit_code = 8
 
 
+class _RemoteErrorInCell(RemoteError):
+    """A `RemoteError` as a notebook cell shows it: ``str()`` is the remote value alone, so the
+    cell's error reply reads ``ename`` / ``evalue`` as the remote kernel's did."""
+
+    def __str__(self) -> str:
+        return self.evalue
+
+
+@functools.cache
+def _remote_class(ename: str) -> type[RemoteError]:
+    """A `RemoteError` subclass named as the remote exception (``ZeroDivisionError``): IPython
+    and ipykernel name a cell's error after its exception's class."""
+    name = ename if ename.isidentifier() else "RemoteError"
+    return type(name, (_RemoteErrorInCell,), {"__module__": "cumulus_jupyter.remote"})
+
+
+def in_cell(exc: CumulusError, *hints: str) -> CumulusError:
+    """What a magic raises for ``exc``: the cell fails, as a local cell failing would (its
+    reply ``error``, so nbclient and papermill stop), with no local traceback. A remote
+    exception keeps the remote kernel's name, value and traceback (a remote ``SyntaxError`` is
+    ename ``SyntaxError``); any other `CumulusError` (a refused cell: a bad option, a name that
+    cannot be sent, a push over the cap, an expired partition) shows as its one line, its class
+    and message, then ``hints``."""
+    if isinstance(exc, RemoteError):
+        shown = _remote_class(exc.ename)(exc.ename, exc.evalue, exc.traceback)
+        shown.__cause__ = exc.__cause__
+        return shown
+    lines = [f"{type(exc).__name__}: {exc}", *hints]
+    exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+    return exc
+
+
 def _strip_ansi(text: str) -> str:
     import re
 
@@ -175,4 +209,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "error_for_status",
+    "in_cell",
 ]

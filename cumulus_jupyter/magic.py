@@ -18,7 +18,6 @@ import atexit
 import contextlib
 import functools
 import shlex
-import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,13 @@ from traitlets import Float, Unicode
 from cumulus_jupyter import partitions, variables
 from cumulus_jupyter.cells import CellNames, cell_names
 from cumulus_jupyter.connection import GatewaySettings
-from cumulus_jupyter.errors import CumulusError, InvalidArgument, PartitionExpired, RemoteError
+from cumulus_jupyter.errors import (
+    CumulusError,
+    InvalidArgument,
+    PartitionExpired,
+    RemoteError,
+    in_cell,
+)
 from cumulus_jupyter.frontend import LocalFrontend, Status
 from cumulus_jupyter.protocol import code as kernel_code
 from cumulus_jupyter.session import RemoteSession
@@ -230,14 +235,12 @@ class CumulusMagics(Magics):
         try:
             self._run_cell(line, cell)
         except CumulusError as exc:
-            if isinstance(exc, RemoteError):
-                raise
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            if isinstance(exc, PartitionExpired):
-                print(
-                    "Run the cell again for a new partition (add a longer --duration).",
-                    file=sys.stderr,
-                )
+            hints = (
+                ["Run the cell again for a new partition (add a longer --duration)."]
+                if isinstance(exc, PartitionExpired) and "--renew" not in str(exc)
+                else []
+            )
+            raise in_cell(exc, *hints) from None
 
     def _run_cell(self, line: str, cell: str) -> None:
         self.status = Status(self.frontend, quiet=True)
@@ -352,8 +355,7 @@ class CumulusMagics(Magics):
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            print(f"InvalidArgument: Cannot read the command: {exc}", file=sys.stderr)
-            return
+            raise in_cell(InvalidArgument(f"Cannot read the command: {exc}")) from None
         command, args = (words[0], words[1:]) if words else ("status", [])
         try:
             if command.startswith("-"):  # options first: the parser sorts them out
@@ -425,7 +427,7 @@ class CumulusMagics(Magics):
                     "extend"
                 )
         except CumulusError as exc:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            raise in_cell(exc) from None
 
 
 def _release_at_exit(ref: weakref.ref[CumulusMagics]) -> None:

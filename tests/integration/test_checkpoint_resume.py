@@ -93,7 +93,7 @@ def test_a_session_resumes_from_l2_in_a_new_partition_after_l1_is_gone(
 
 def test_bad_checkpoint_requests_say_why(notebook: BlockingKernelClient) -> None:
     reply, _, _, _ = run(notebook, "%%cumulus --session third --resume never-saved\npass")
-    assert reply["status"] == "error" and reply["ename"] == "RemoteError"
+    assert reply["status"] == "error" and reply["ename"] == "NotFound"
     assert "No checkpoint never-saved on this host or in s3://ckpt/runs" in reply["evalue"]
     _, out, err, _ = run(notebook, "%cumulus checkpoint missing_name --session third")
     assert "Nothing named missing_name in the remote kernel" in err + out

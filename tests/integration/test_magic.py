@@ -70,12 +70,19 @@ def run(
         for m in outputs
         if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
     )
-    err = "".join(
+    err = "".join(  # what the cell shows in red: stderr, then its error's lines
         m["content"]["text"]
+        if m["msg_type"] == "stream"
+        else "".join(f"{strip_ansi(line)}\n" for line in m["content"]["traceback"])
         for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+        if (m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+        or m["msg_type"] == "error"
     )
     return reply, out, err, outputs
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _session_attr(kc: BlockingKernelClient, session: str, attribute: str) -> str:
@@ -148,17 +155,33 @@ def test_notebook_functions_classes_and_lambdas_travel_by_value(notebook: Any) -
 
 def test_a_remote_exception_is_raised_locally_with_the_remote_traceback(notebook: Any) -> None:
     kc, _ = notebook
-    reply, _, _, _outputs = run(kc, "%%cumulus\ndef inner():\n    return 1 / 0\ninner()")
-    assert reply["status"] == "error" and reply["ename"] == "RemoteError"
+    reply, _, _, outputs = run(kc, "%%cumulus\ndef inner():\n    return 1 / 0\ninner()")
+    # named and valued as the remote kernel named it, as the same cell run here would be
+    assert (reply["status"], reply["ename"], reply["evalue"]) == (
+        "error",
+        "ZeroDivisionError",
+        "division by zero",
+    )
     traceback = "\n".join(reply["traceback"])
     assert "ZeroDivisionError" in traceback and "inner()" in traceback
+    [error] = [m["content"] for m in outputs if m["msg_type"] == "error"]
+    assert (error["ename"], error["evalue"]) == ("ZeroDivisionError", "division by zero")
+    reply, out, err, _ = run(kc, "%%cumulus\nx = (1,\nprint('never')")  # the remote's own
+    assert (reply["status"], reply["ename"], out) == ("error", "SyntaxError", ""), err
+    assert "raised in the remote kernel: SyntaxError" in err
 
 
 def test_an_unpicklable_variable_is_named_and_nothing_runs(notebook: Any) -> None:
     kc, _ = notebook
     run(kc, "gen = (i for i in range(3))\nmarker = 'local'")
-    _reply, out, err, _ = run(kc, "%%cumulus\nmarker = 'remote'\nprint(list(gen))")
-    assert "Cannot send 'gen' (generator)" in err
+    reply, out, err, _ = run(kc, "%%cumulus\nmarker = 'remote'\nprint(list(gen))")
+    assert reply["status"] == "error" and "Cannot send 'gen' (generator)" in err
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    reply, _, err, _ = run(kc, "%cumulus release no-such-session")
+    assert (reply["status"], err) == (
+        "error",
+        "InvalidArgument: No session named no-such-session\n",
+    )
     _, out, _, _ = run(kc, "print(marker)")
     assert out == "local\n"
 
@@ -493,13 +516,16 @@ def test_bad_duration_unreachable_gateway_and_wrong_token_are_one_line_each(note
         ("%%cumulus --gateway http://127.0.0.1:9 --session bad2\nuntouched = 'after'",
          "Unavailable: Cannot reach the Cumulus gateway at http://127.0.0.1:9"),
         ("import os\n_t = os.environ['CUMULUS_TOKEN']\nos.environ['CUMULUS_TOKEN'] = 'wrong'\n"
-         "get_ipython().run_cell_magic('cumulus', '--session bad3', \"untouched = 'after'\")\n"
-         "os.environ['CUMULUS_TOKEN'] = _t",
+         "try:\n"
+         "    get_ipython().run_cell_magic('cumulus', '--session bad3', \"untouched = 'after'\")\n"
+         "finally:\n"
+         "    os.environ['CUMULUS_TOKEN'] = _t",
          "Unauthenticated: The gateway at http://127.0.0.1:"),
     ]  # fmt: skip
     for code, expected in cases:
         reply, out, err, _ = run(kc, code)
-        assert reply["status"] == "ok"  # the cell ends with the message, not a traceback
+        # the cell fails (papermill stops there) with the message alone, no traceback
+        assert (reply["status"], reply["ename"]) == ("error", expected.split(":")[0]), err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(expected), err
     assert "duration" in run(kc, "%%cumulus --duration 3s --session bad1\npass")[2].lower()
