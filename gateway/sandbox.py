@@ -39,6 +39,7 @@ ETC_FILES = (
     "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl",
     "ca-certificates", "ca-certificates.conf", "alternatives", "mime.types", "os-release",
     "pip.conf", "xdg/pip", "debian_version", "lsb-release", "machine-id",
+    "fonts",  # fontconfig's own configuration: without it a first plot prints a Fontconfig error
 )  # fmt: skip
 #: the host's top-level directories that may be symlinks into /usr (merged /usr)
 USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")

@@ -343,6 +343,12 @@ def test_a_cumulus_cell_runs_sandboxed_with_an_overlay_and_synced_files(
             kc, "import os\nprint(value, uid != 0, uid != os.getuid(), lr)"
         )
         assert out == "from the overlay True True 0.1\n", (reply, err)
+        reply, _, err, outputs = run_cell(  # a first plot: no fontconfig complaint in red
+            kc,
+            "%%cumulus --session box\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+        )
+        assert (reply["status"], err) == ("ok", ""), err
+        assert any("image/png" in m["content"].get("data", {}) for m in outputs), outputs
         run_cell(kc, "%cumulus release box")
 
 
