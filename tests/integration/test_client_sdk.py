@@ -7,7 +7,6 @@ from __future__ import annotations
 import _thread
 import base64
 import hashlib
-import os
 import signal
 import threading
 import zipfile
@@ -19,7 +18,6 @@ import httpx
 import pytest
 
 from cumulus_jupyter import CumulusClient
-from cumulus_jupyter import client as client_module
 from cumulus_jupyter.client import CallSession
 from cumulus_jupyter.errors import (
     DeadlineExceeded,
@@ -284,20 +282,12 @@ def test_return_exceptions_puts_each_failure_in_its_place(gateway: Gateway) -> N
     assert nothing_left(gateway)
 
 
-# a Ctrl-C that Python delivered inside a finalizer is reported as unraisable: sent again here
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ctrl_c_during_a_map_releases_every_partition(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ctrl_c_during_a_map_releases_every_partition(gateway: Gateway) -> None:
     client = client_of(gateway)
-    stopped = threading.Event()  # the map took the Ctrl-C and began to stop
-    stop = client_module._Fanout._stop
-
-    def noted_stop(fanout: Any, exc: BaseException) -> None:
-        stopped.set()
-        stop(fanout, exc)
-
-    monkeypatch.setattr(client_module._Fanout, "_stop", noted_stop)
+    # Ctrl-C raises KeyboardInterrupt here whatever the process was started with: a job that
+    # a shell without job control starts in the background inherits SIGINT ignored, and CI's
+    # pytest, so started, took no Ctrl-C at all (runs 7-9: the map slept on to the timeout)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     seen: list[object] = []
 
     def kernels() -> int:
@@ -312,19 +302,13 @@ def test_ctrl_c_during_a_map_releases_every_partition(
         except AssertionError as exc:
             seen.append(exc)
         finally:
-            # Ctrl-C again only while the first was not taken: Python runs a signal's handler
-            # in whatever the main thread runs next, and a KeyboardInterrupt raised inside a
-            # finalizer (__del__ of an earlier test's garbage) is lost, as a real one would be
             _thread.interrupt_main()
-            for _ in range(10):
-                if stopped.wait(5):
-                    break
-                seen.append("interrupted again")
-                os.kill(os.getpid(), signal.SIGINT)  # a real one, as the terminal sends
 
     threading.Thread(target=interrupt_once_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        client.map(sleepy, [600] * 4, gpu=0.1, max_parallel=2)
-    print("Ctrl-C:", seen)
-    assert seen[0] is True, seen  # Ctrl-C came while both sessions ran
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.map(sleepy, [600] * 4, gpu=0.1, max_parallel=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [True], seen  # Ctrl-C came while both sessions ran
     wait_until(lambda: nothing_left(gateway), 60, "every partition to be released")
