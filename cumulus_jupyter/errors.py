@@ -161,9 +161,7 @@ def in_cell(exc: CumulusError, *hints: str) -> CumulusError:
     cannot be sent, a push over the cap, an expired partition) shows as its one line, its class
     and message, then ``hints``."""
     if isinstance(exc, RemoteError):
-        shown = _remote_class(exc.ename)(exc.ename, exc.evalue, exc.traceback)
-        shown.__cause__ = exc.__cause__
-        return shown
+        return _remote_class(exc.ename)(exc.ename, exc.evalue, exc.traceback)
     lines = [f"{type(exc).__name__}: {exc}", *hints]
     exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
     return exc
