@@ -136,3 +136,20 @@ def test_a_remote_error_keeps_the_remote_traceback() -> None:
     assert str(error) == "ZeroDivisionError: division by zero"  # one line, like every error
     assert error.__notes__ == ["Traceback\n  1/0"]  # plain Python prints it after the line
     assert error._render_traceback_()[0] == "\x1b[31mTraceback\x1b[0m"  # IPython's view
+
+
+def test_a_magic_raises_a_remote_exception_under_its_own_name() -> None:
+    remote = errors.RemoteError("KeyError", "'lr'", ["Traceback …", "KeyError: 'lr'"])
+    shown = errors.in_cell(remote)
+    assert (type(shown).__name__, str(shown)) == ("KeyError", "'lr'")  # ename, evalue of a cell
+    assert isinstance(shown, errors.RemoteError) and shown.traceback == remote.traceback
+    assert type(errors.in_cell(errors.RemoteError("KeyError", "'x'"))) is type(shown)
+    odd = errors.in_cell(errors.RemoteError("not a name!", "v"))  # kept as RemoteError
+    assert type(odd).__name__ == "RemoteError"
+
+
+def test_a_magic_shows_a_refused_cell_as_its_one_line_and_hints() -> None:
+    shown = errors.in_cell(errors.InvalidArgument("Invalid GPU amount: 2.3"), "Use 0.1-0.9.")
+    assert type(shown) is errors.InvalidArgument
+    render = shown._render_traceback_  # type: ignore[attr-defined]
+    assert render() == ["InvalidArgument: Invalid GPU amount: 2.3", "Use 0.1-0.9."]
