@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import datetime
 import re
 import time
@@ -41,6 +42,15 @@ from gateway.settings import Settings
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ALIVE_CHECK_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """How a job ended, recorded once its kernel is down."""
+
+    state: JobState
+    error: str | None
+    error_type: str | None = None
 
 
 class JobRunner:
@@ -119,8 +129,11 @@ class JobRunner:
         }
 
     async def _run(self, job: Job, exempt: bool = False) -> None:
+        """Start the job's kernel, run the job, stop the kernel; only then is the job marked
+        ended, so a job seen ended holds no kernel and no partition."""
         kernels = self.kernels
         kernel_id: str | None = None
+        outcome = _Outcome(JobState.FAILED, "the job did not run", "Error")
         try:
             kernel_id = await kernels.start_kernel(
                 kernel_name=kernels.default_kernel_name, env=self._env(job), quota_exempt=exempt
@@ -132,19 +145,22 @@ class JobRunner:
             job.device = ",".join(partition.device_ids)
             job.state, job.started_at = JobState.RUNNING, time.time()
             self.store.save(job)
-            await self._execute(job, kernel_id)
+            outcome = await self._execute(job, kernel_id)
         except asyncio.CancelledError:
-            self._finish(job, JobState.CANCELLED, "cancelled", "Cancelled")
+            outcome = _Outcome(JobState.CANCELLED, "cancelled", "Cancelled")
             raise
         except Exception as exc:
             reason = self.registry.end_reason(kernel_id) if kernel_id else None
             kind = "PartitionExpired" if reason else type(exc).__name__
-            self._finish(job, JobState.FAILED, reason or str(exc) or kind, kind)
+            outcome = _Outcome(JobState.FAILED, reason or str(exc) or kind, kind)
         finally:
             self.store.drop_archive(job.id)
-            self._documents.pop(job.id, None)
-            if kernel_id is not None:
-                await self._stop(kernel_id)
+            try:
+                if kernel_id is not None:
+                    await self._stop(kernel_id)
+            finally:
+                self._finish(job, outcome.state, outcome.error, outcome.error_type)
+                self._documents.pop(job.id, None)
 
     async def _stop(self, kernel_id: str) -> None:
         """Shut the job's kernel down politely (its checkpoint copies finish), and through to
@@ -164,51 +180,45 @@ class JobRunner:
         stopping.add_done_callback(self._stopping.discard)
         await asyncio.shield(stopping)
 
-    async def _execute(self, job: Job, kernel_id: str) -> None:
+    async def _execute(self, job: Job, kernel_id: str) -> _Outcome:
         client: Any = self.kernels.get_kernel(kernel_id).client()  # an AsyncKernelClient
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=self.settings.launch_timeout)
             prelude = self._prelude(job)
             if prelude and not await self._run_code(client, job, prelude, kernel_id):
-                self._finish(job, JobState.FAILED, f"preparing the job failed: {job.error}")
-                return
+                return _Outcome(JobState.FAILED, f"preparing the job failed: {job.error}")
             install = kernel_code.install(job.requirements) if job.requirements else ""
             if install and not await self._run_code(client, job, install, kernel_id):
-                self._finish(
-                    job, JobState.FAILED, "installing the requirements failed (see the log)",
+                return _Outcome(
+                    JobState.FAILED, "installing the requirements failed (see the log)",
                     "RequirementsFailed",
                 )  # fmt: skip
-                return
             if job.archive_bytes is not None:
-                await self._run_directory(client, job, kernel_id)
-                return
+                return await self._run_directory(client, job, kernel_id)
             ok = await self._run_code(client, job, job.code, kernel_id)
-            self._finish(job, JobState.COMPLETED if ok else JobState.FAILED, job.error)
+            return _Outcome(JobState.COMPLETED if ok else JobState.FAILED, job.error)
         finally:
             client.stop_channels()
 
     def _system_info(self, job: Job) -> dict[str, Any]:
         return {"job_id": job.id, "chronos_partition": job.partition_id, "gpu_device": job.device}
 
-    async def _run_directory(self, client: Any, job: Job, kernel_id: str) -> None:
+    async def _run_directory(self, client: Any, job: Job, kernel_id: str) -> _Outcome:
         """The agent takes the zip through a comm (one binary buffer), unpacks it and calls
         ``main()``; its document says how it went."""
         if not await self._run_code(client, job, jobarchive.REGISTER, kernel_id):
-            self._finish(job, JobState.FAILED, job.error, "AgentError")
-            return
+            return _Outcome(JobState.FAILED, job.error, "AgentError")
         await self._send_archive(client, self.store.archive(job.id))
         code = jobarchive.run_code(self._system_info(job))
         ok = await self._run_code(client, job, code, kernel_id)
         document = self._documents.get(job.id)
         if document is None:
-            self._finish(job, JobState.FAILED, job.error or "main() reported no result",
-                         "NoResult" if ok else "AgentError")  # fmt: skip
-        elif document.get("status") == "success":
-            self._finish(job, JobState.COMPLETED, None)
-        else:
-            error = f"{document.get('error_type')}: {document.get('error')}"
-            self._finish(job, JobState.FAILED, error)
+            return _Outcome(JobState.FAILED, job.error or "main() reported no result",
+                            "NoResult" if ok else "AgentError")  # fmt: skip
+        if document.get("status") == "success":
+            return _Outcome(JobState.COMPLETED, None)
+        return _Outcome(JobState.FAILED, f"{document.get('error_type')}: {document.get('error')}")
 
     def _prelude(self, job: Job) -> str:
         """Code run before the job's own: restoring a checkpoint, arming one before expiry."""

@@ -94,6 +94,18 @@ def test_a_failing_job_says_why_and_keeps_its_traceback(gateway: Gateway) -> Non
     assert record["state"] == "failed" and record["error"] == "ZeroDivisionError: division by zero"
 
 
+def test_a_job_is_seen_ended_only_once_its_kernel_and_partition_are_gone(
+    gateway: Gateway,
+) -> None:
+    # the kernel takes three seconds to exit after its shutdown request: a job marked completed
+    # before its kernel was down showed "completed" with the kernel and partition still there
+    slow_exit = "import atexit, time\natexit.register(time.sleep, 3)\nprint('trained')"
+    done = cumulus(gateway, "submit", "-c", slow_exit, "--follow")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "trained\n"
+    assert active_partitions(gateway) == [] and gateway.get("/api/kernels").json() == []
+
+
 def test_a_running_job_is_cancelled_and_its_partition_released(gateway: Gateway) -> None:
     submitted = cumulus(
         gateway, "submit", "-c", "import time\nprint('up', flush=True)\ntime.sleep(300)"
