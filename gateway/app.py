@@ -16,9 +16,9 @@ from typing import Any, cast
 
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.serverapp import aliases as server_aliases
-from traitlets import Bool, Dict, Float, Int, default
+from traitlets import Bool, Dict, Float, Int, TraitError, default
 
-from cumulus_jupyter.errors import CumulusError
+from cumulus_jupyter.errors import CumulusError, InvalidArgument
 from gateway import handlers, metrics
 from gateway.auth import CumulusIdentityProvider
 from gateway.clock import Ticker
@@ -158,6 +158,9 @@ class CumulusGateway(ServerApp):
         except CumulusError as exc:
             self.log.critical("%s", exc)
             self.exit(exc.exit_code)
+        except TraitError as exc:  # a setting of the wrong type or not among its choices
+            self.log.critical("%s", exc)
+            self.exit(InvalidArgument.exit_code)
         self._check_quotas()
 
     def _check_quotas(self) -> None:

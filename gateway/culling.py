@@ -68,6 +68,9 @@ class DisconnectedCuller:
             f"{format_duration(timeout)}{held}. Start a new kernel to go on."
         )
         self.services.registry.mark_ended(kernel_id, reason)
+        self.kernels.note_stop_reason(
+            kernel_id, f"no client was connected for {format_duration(timeout)}"
+        )
         self.log.info(
             "kernel %s: %s", kernel_id, reason,
             extra={"event": "disconnected", "kernel_id": kernel_id,

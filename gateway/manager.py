@@ -303,6 +303,12 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         if not restart:
             self.services.records.delete(kernel_id)
 
+    def note_stop_reason(self, kernel_id: str, reason: str) -> None:
+        """Why the gateway is stopping ``kernel_id``: its partition is released with it."""
+        provisioner = self._provisioner(kernel_id)
+        if provisioner is not None:
+            provisioner.stop_reason = reason
+
     def _provisioner(self, kernel_id: str) -> CumulusProvisioner | None:
         km = self._kernels.get(kernel_id)
         provisioner = km.provisioner if km is not None else None
@@ -322,7 +328,9 @@ class CumulusKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                 else ("The kernel died and could not be restarted")
             )
             services.registry.mark_ended(
-                kernel_id, f"{what}; partition {partition.id} was released. Start a new kernel."
+                kernel_id,
+                f"{what}; partition {partition.id} was released. Start a new kernel.",
+                partition.owner,
             )
         handle = provisioner.handle if provisioner is not None else None
         if handle is not None:  # its container or service is not left behind

@@ -71,6 +71,7 @@ class CumulusProvisioner(LocalProvisioner):
     data_socket: str | None = None  # its Unix socket, where the client's connection is handed
     handle: KernelProcess | None = None  # the runtime's handle, kept after the process ended
     ended_outside: str | None = None  # why the kernel was ended by someone else, if it was
+    stop_reason: str | None = None  # why the gateway stops it, kept by its partition's release
 
     @property
     def services(self) -> Services:
@@ -284,7 +285,7 @@ class CumulusProvisioner(LocalProvisioner):
             await asyncio.to_thread(self.handle.remove)
             self.handle = None
         if not restart:
-            await self._release("kernel shut down")
+            await self._release(self.stop_reason or "kernel shut down")
             if self.data_socket:  # the kernel exits without closing its data port
                 info = cast(Any, self.parent).get_connection_info()
                 remove_socket_links(info, self.data_socket)

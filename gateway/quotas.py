@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chronos import GpuAmount, Partition, format_duration, parse_duration
+from chronos.amount import TENTHS_PER_DEVICE
 from cumulus_jupyter.errors import Conflict, InvalidArgument, ResourceExhausted
 from gateway.errors import chronos_boundary
 
@@ -58,10 +59,12 @@ class Quotas:
     ) -> Quotas:
         """From the kernel manager's settings; `InvalidArgument` naming a bad one."""
         gpu, kernels = max_gpu_per_user, max_kernels_per_user
-        if gpu is not None and not (math.isfinite(gpu) and gpu > 0):
+        smallest = 1 / TENTHS_PER_DEVICE  # the least a request can ask
+        if gpu is not None and not (math.isfinite(gpu) and gpu >= smallest - 1e-9):
             raise InvalidArgument(
-                f"{SETTINGS}.max_gpu_per_user must be a positive GPU amount (e.g. 1 or 0.5), "
-                f"not {gpu:g}; leave it unset for no limit"
+                f"{SETTINGS}.max_gpu_per_user must be a GPU amount of at least {smallest:g} "
+                f"(e.g. 1 or 0.5; {smallest:g} is the smallest a request can ask), not {gpu:g}; "
+                "leave it unset for no limit"
             )
         if kernels is not None and kernels <= 0:
             raise InvalidArgument(

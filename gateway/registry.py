@@ -43,6 +43,7 @@ class KernelRegistry:
     def __init__(self) -> None:
         self.partitions: dict[str, Partition] = {}
         self.ended: dict[str, str] = {}
+        self.ended_owners: dict[str, str | None] = {}  # whose the ended kernels were
         self.connections: dict[str, set[Connection]] = {}
         self.adoptions = Adoptions()
 
@@ -54,12 +55,19 @@ class KernelRegistry:
         """Why a kernel that is gone ended, when its partition ended under it."""
         return self.ended.get(kernel_id)
 
-    def mark_ended(self, kernel_id: str, reason: str) -> None:
+    def ended_owner(self, kernel_id: str) -> str | None:
+        """Whose a kernel that is gone was (None: unknown, or the operator's)."""
+        return self.ended_owners.get(kernel_id)
+
+    def mark_ended(self, kernel_id: str, reason: str, owner: str | None = None) -> None:
+        """Keep why ``kernel_id`` ended, and whose it was (default: its partition's owner)."""
         self.ended[kernel_id] = reason
+        self.ended_owners[kernel_id] = owner or self.owner_of(kernel_id)
         self.adoptions.forget(kernel_id)
         if len(self.ended) > MAX_ENDED:  # bounded: keep the most recent
             for old in list(self.ended)[: MAX_ENDED // 10]:
                 del self.ended[old]
+                self.ended_owners.pop(old, None)
 
     def connect(self, kernel_id: str, connection: Connection) -> None:
         self.connections.setdefault(kernel_id, set()).add(connection)

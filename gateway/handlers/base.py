@@ -164,18 +164,20 @@ def scoped_name(handler: Any) -> str | None:
 
 
 def check_kernel_access(handler: Any, kernel_id: str) -> None:
-    """`PartitionExpired` (410) with the reason for a kernel whose partition ended;
-    `PermissionDenied` (403) for another user's kernel (per-user tokens); else nothing (an
-    unknown kernel is jupyter_server's 404)."""
+    """`PermissionDenied` (403) for another user's kernel, live or ended (per-user tokens);
+    `PartitionExpired` (410) with the reason for one of the user's whose partition ended; else
+    nothing (an unknown kernel is jupyter_server's 404)."""
     registry = services_of(handler).registry
-    if kernel_id not in handler.kernel_manager:
-        reason = registry.end_reason(kernel_id)
-        if reason:
-            raise PartitionExpired(reason)
-        return
     user = scoped_name(handler)
-    if user is not None and registry.owner_of(kernel_id) != user:
+    live = kernel_id in handler.kernel_manager
+    reason = None if live else registry.end_reason(kernel_id)
+    if not live and not reason:
+        return
+    owner = registry.owner_of(kernel_id) if live else registry.ended_owner(kernel_id)
+    if user is not None and owner != user:
         raise PermissionDenied(f"Kernel {kernel_id} belongs to another user")
+    if reason:
+        raise PartitionExpired(reason)
 
 
 class CumulusHandler(CumulusErrors, APIHandler):

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = "--CumulusKernelManager.disconnected_timeout=2"
 STOPPED = "no client was connected for 2s"
+ALICE, BOB = "alice-token-" + "a" * 20, "bob-token-" + "b" * 20
+USERS = f'--CumulusIdentityProvider.user_tokens={{"{ALICE}": "alice", "{BOB}": "bob"}}'
 
 # A %%cumulus-style client in a process of its own (a notebook's kernel): it starts a session,
 # says its kernel's id, then idles until it is killed.
@@ -52,7 +54,7 @@ CLIENT = textwrap.dedent(
 
 @pytest.fixture
 def culling_gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", TIMEOUT)
+    gw = Gateway(tmp_path / "state" / "chronos.sqlite3", tmp_path / "gateway.log", TIMEOUT, USERS)
     try:
         yield gw
     finally:
@@ -158,6 +160,37 @@ def test_a_kernel_never_connected_to_is_stopped_and_a_job_is_not(
 
     record = wait_until(finished, what="the job to finish")
     assert record["state"] == "completed", record
+
+
+def as_user(gateway: Gateway, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"token {token}"}
+    return httpx.request(method, gateway.url + path, headers=headers, timeout=120, **kwargs)
+
+
+def test_a_stopped_kernels_reason_is_its_owners_and_its_partition_keeps_it(
+    culling_gateway: Gateway,
+) -> None:
+    gateway = culling_gateway
+    started = as_user(gateway, ALICE, "POST", "/api/kernels",
+                      json={"name": "cumulus-gpu", "env": {"KERNEL_GPU": "0.2"}})  # fmt: skip
+    assert started.status_code == 201, started.text
+    model = started.json()
+    stopped_for_no_client(gateway, model)
+    kernel, partition_id = f"/api/kernels/{model['id']}", model["cumulus"]["partition_id"]
+    # alice hears why; bob is told it is not his, as for a live kernel of hers (was alice's
+    # reason, her partition and device in it, as a 410)
+    mine = as_user(gateway, ALICE, "GET", kernel)
+    assert mine.status_code == 410 and STOPPED in mine.json()["message"]
+    for method, path in (("GET", kernel), ("DELETE", kernel), ("POST", kernel + "/interrupt")):
+        theirs = as_user(gateway, BOB, method, path)
+        assert (theirs.status_code, theirs.json()) == (
+            403, {"message": f"Kernel {model['id']} belongs to another user",
+                  "reason": "PermissionDenied"},
+        ), (method, path)  # fmt: skip
+    # the partition's own end says why too (was "kernel shut down")
+    extend = as_user(gateway, ALICE, "POST", f"/api/cumulus/partitions/{partition_id}/extend",
+                     json={"duration": "30m"})  # fmt: skip
+    assert extend.status_code == 410 and f"({STOPPED}); an ended" in extend.json()["message"]
 
 
 def test_an_adopted_kernel_with_no_client_is_stopped_after_the_timeout(

@@ -358,8 +358,21 @@ def test_after_an_extension_the_warnings_come_again_and_say_how_to_extend(
     [
         (
             "--CumulusKernelManager.max_gpu_per_user=0",
-            "--CumulusKernelManager.max_gpu_per_user must be a positive GPU amount (e.g. 1 or "
-            "0.5), not 0; leave it unset for no limit",
+            "--CumulusKernelManager.max_gpu_per_user must be a GPU amount of at least 0.1 (e.g. "
+            "1 or 0.5; 0.1 is the smallest a request can ask), not 0; leave it unset for no limit",
+        ),
+        (
+            "--CumulusKernelManager.max_gpu_per_user=0.05",  # would refuse every request
+            "not 0.05; leave it unset for no limit",
+        ),
+        (
+            "--CumulusKernelManager.max_gpu_per_user=abc",  # traitlets' own check: exit 2 too
+            "The 'max_gpu_per_user' trait of a CumulusKernelManager instance expected a float, "
+            "not the str 'abc'.",
+        ),
+        (
+            "--CumulusKernelManager.queue_policy=lifo",
+            "expected any of ['fifo', 'backfill', 'fair'], not the str 'lifo'.",
         ),
         (
             "--CumulusKernelManager.max_kernels_per_user=-2",

@@ -30,9 +30,15 @@ def test_unset_settings_are_no_limit() -> None:
 @pytest.mark.parametrize(
     ("gpu", "kernels", "duration", "message"),
     [
-        (0.0, None, "", "--CumulusKernelManager.max_gpu_per_user must be a positive GPU amount"),
+        (
+            0.0,
+            None,
+            "",
+            "--CumulusKernelManager.max_gpu_per_user must be a GPU amount of at least 0.1",
+        ),
+        (0.05, None, "", "0.1 is the smallest a request can ask), not 0.05; leave it unset"),
         (-1.0, None, "", "not -1; leave it unset for no limit"),
-        (float("nan"), None, "", "max_gpu_per_user must be a positive GPU amount"),
+        (float("nan"), None, "", "max_gpu_per_user must be a GPU amount of at least 0.1"),
         (None, 0, "", "--CumulusKernelManager.max_kernels_per_user must be a positive number"),
         (None, -3, "", "not -3; leave it unset for no limit"),
         (None, None, "0", "--CumulusKernelManager.max_duration: Invalid duration: 0."),
