@@ -46,6 +46,8 @@ class CellNames:
     assigns: list[str] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     imports: dict[str, str | None] = field(default_factory=dict)
+    #: the cell's own-scope absolute import statements, as code, with their top-level module
+    import_statements: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -113,7 +115,16 @@ def cell_names(code: str, python: str | None = None) -> CellNames:
     # a name also bound otherwise than by an import statement is not "only an import"
     others = _non_import_bindings(tree)
     imports = {n: m for n, m in imports.items() if n not in others}
-    return CellNames(reads=reads, assigns=assigns, deletes=deletes, imports=imports)
+    statements = [
+        line
+        for statement in tree.body
+        for node in sorted(_own_scope(statement), key=_position)
+        for line in _absolute_imports(node)
+    ]
+    return CellNames(
+        reads=reads, assigns=assigns, deletes=deletes, imports=imports,
+        import_statements=statements,
+    )  # fmt: skip
 
 
 def _collect(
@@ -222,6 +233,16 @@ def _unbound(statement: ast.stmt) -> set[str]:
 
 def _alias_name(alias: ast.alias) -> str:
     return alias.asname or alias.name.split(".")[0]
+
+
+def _absolute_imports(node: ast.AST) -> list[tuple[str, str]]:
+    """The absolute imports ``node`` makes, each as its top-level module and a statement that
+    imports it (``import a, b`` is two)."""
+    if isinstance(node, ast.Import):
+        return [(alias.name.split(".")[0], f"import {alias.name}") for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return [(node.module.split(".")[0], ast.unparse(node))]
+    return []
 
 
 def _imported(statement: ast.stmt) -> dict[str, str | None]:

@@ -268,7 +268,7 @@ class CumulusMagics(Magics):
             carried = variables.send(session, found, ns)
         else:
             carried = None
-        limit = int(self.ref_threshold_mb * 2**20)
+        limit = session.value_limit(int(self.ref_threshold_mb * 2**20))
         pull = (
             None
             if opts["no_pull"]
@@ -286,7 +286,10 @@ class CumulusMagics(Magics):
         failed = content.get("status") == "error"
         if not opts["no_pull"]:  # after an error too: what ran before it stays, as it would here
             with contextlib.suppress(CumulusError) if failed else contextlib.nullcontext():
-                variables.bring_back(session, found, ns, limit, skip=opts["pull"], reply=reply)
+                variables.bring_back(
+                    session, found, ns, limit, skip=opts["pull"], reply=reply,
+                    note=self.status.line,
+                )  # fmt: skip
                 explicit, _ = session.pull(opts["pull"])  # --pull always brings the value itself
                 ns.update(explicit)
             if results and not failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import contextlib
 import json
 import queue
@@ -41,6 +42,17 @@ EXPRESSIONS = {"v": kernel_code.VERSIONS_EXPRESSION, "d": kernel_code.DATA_PORT_
 
 
 _COMMS = frozenset({"comm_open", "comm_msg", "comm_close"})
+_ANSWERED_KEPT = 1024
+
+
+def _pickled_bytes(pickled: transfer.Pickled) -> int:
+    """A pickled value's size: its in-band pickle and its out-of-band buffers."""
+    payload, buffers = pickled
+    return len(payload) + sum(memoryview(b.raw()).nbytes for b in buffers)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**17 else f"{size / 2**10:.0f} KiB"
 
 
 class _Execution:
@@ -175,6 +187,9 @@ class RemoteSession:
         self.kernel: RemoteKernel | None = None
         self.session = Session(username="cumulus")
         self._routes: dict[str, queue.Queue[Message] | _Execution] = {}
+        # our own comms answered, whose close (the agent's, after its answer) is still to come:
+        # it is dropped, not handed to the notebook's front end, which never saw the comm
+        self._answered: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._reader: asyncio.Future[None] | None = None
         #: the reader's latest reconnect (its outcome: the link is back), for senders whose
         #: send met the dropped link; None before any
@@ -316,6 +331,8 @@ class RemoteSession:
                 msg_type = header.get("msg_type")
                 if msg_type in ("comm_msg", "comm_close"):
                     comm_id = json.loads(parts[3]).get("comm_id", key)
+                    if msg_type == "comm_close" and self._answered.pop(comm_id, False):
+                        continue
                     key = comm_id if comm_id in self._routes else key  # our own comms' answers
                 target = self._routes.get(key)
                 if isinstance(target, _Execution):
@@ -606,7 +623,10 @@ class RemoteSession:
                 if message["msg_type"] == "comm_msg":
                     return message
         finally:
-            self._routes.pop(comm_id, None)
+            if self._routes.pop(comm_id, None) is not None:
+                self._answered[comm_id] = True
+                while len(self._answered) > _ANSWERED_KEPT:  # a close that never came
+                    self._answered.popitem(last=False)
 
     def sync(self, directory: str, max_bytes: int = archive.DEFAULT_MAX_BYTES) -> str:
         """Upload ``directory`` into the remote kernel's work directory (its new cwd)."""
@@ -695,12 +715,12 @@ class RemoteSession:
         )
         total = sum(memoryview(f).nbytes for f in frames)
         if self.max_transfer_bytes and total > self.max_transfer_bytes:
-            sizes = ", ".join(
-                f"{n} {sum(memoryview(b.raw()).nbytes for b in pickled[n][1]) / 2**20:.0f} MiB"
-                for n in pickled
+            sizes = {n: _pickled_bytes(pickled[n]) for n in pickled}
+            largest = ", ".join(
+                f"{n} {_mib(sizes[n])}" for n in sorted(sizes, key=sizes.__getitem__, reverse=True)
             )
             raise InvalidArgument(
-                f"Push of {total / 2**20:.0f} MiB ({sizes}) is over the gateway's cap of "
+                f"Push of {_mib(total)} ({largest}) is over the gateway's cap of "
                 f"{self.max_transfer_bytes / 2**20:.0f} MiB per transfer; nothing was sent. "
                 "Send less (--no-push, or make it remotely) or ask for a larger "
                 "CumulusGateway.max_transfer_bytes"
@@ -713,17 +733,36 @@ class RemoteSession:
     ) -> tuple[dict[str, Any], list[str]]:
         """The remote values of ``names`` (those that exist) and the names that do not. Values
         over ``max_bytes`` stay remote and come back as `RemoteRef`s."""
-        if not names:
-            return {}, []
-        request = {"op": "pull", "names": names, "max_bytes": max_bytes}
-        if self.data_path:
-            request["stage_above"] = datapath.STAGE_THRESHOLD
-        message = self._comm(request, [])
-        answer = message["content"]["data"]
-        if not answer.get("ok"):
-            raise Internal(f"could not bring the variables back: {answer.get('error')}")
-        buffers = self._download(answer["staged"]) if answer.get("staged") else message["buffers"]
-        return self._received(answer, buffers), list(answer.get("missing", []))
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        budget = self.transfer_budget()
+        while names:  # what would not fit in one transfer under the gateway's cap: in the next
+            request = {"op": "pull", "names": names, "max_bytes": max_bytes, "budget": budget}
+            if self.data_path:
+                request["stage_above"] = datapath.STAGE_THRESHOLD
+            message = self._comm(request, [])
+            answer = message["content"]["data"]
+            if not answer.get("ok"):
+                raise Internal(f"could not bring the variables back: {answer.get('error')}")
+            staged = answer.get("staged")
+            buffers = self._download(staged) if staged else message["buffers"]
+            values |= self._received(answer, buffers)
+            missing += answer.get("missing", [])
+            deferred = list(answer.get("deferred") or [])
+            if len(deferred) >= len(names):  # the agent takes at least one: never
+                raise Internal(f"could not bring {', '.join(deferred)} back: no progress")
+            names = deferred
+        return values, missing
+
+    def transfer_budget(self) -> int | None:
+        """The most one transfer may carry, under the gateway's cap (None: no cap)."""
+        return max(1, self.max_transfer_bytes - 2**12) if self.max_transfer_bytes else None
+
+    def value_limit(self, limit: int) -> int:
+        """``limit``, the size over which a value stays remote, kept under the gateway's cap:
+        a value no transfer could carry stays remote rather than failing the cell."""
+        budget = self.transfer_budget()
+        return limit if budget is None else min(limit, budget)
 
     def _received(self, answer: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
         """The values an answer to a pull carries, and `RemoteRef`s for those left remote."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dis
 import functools
 import importlib.metadata
+import importlib.util
 import io
 import pickle
 import sys
@@ -76,6 +77,21 @@ def _register_new_local_modules() -> list[str]:
 #: name, by value, and the remote registers it in its ``sys.modules`` instead of binding it:
 #: there no file ``helpers.py`` is found (a dot: no variable can be called so)
 MODULE_PREFIX = "__cumulus_module__."
+
+
+def is_local_file(top: str) -> bool:
+    """Whether ``top`` (a top-level module name) would be imported here from a file no
+    installed distribution provides (a ``helpers.py`` beside the notebook), imported or not."""
+    if top in sys.stdlib_module_names or top in _OURS or top in _installed_top_levels():
+        return False
+    if top in sys.modules:
+        register_local_modules()
+        return top in _by_value
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin not in (None, "built-in", "frozen")
 
 
 def local_module(name: str) -> types.ModuleType | None:

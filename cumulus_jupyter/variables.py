@@ -33,7 +33,7 @@ import importlib.util
 import re
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,19 @@ def _importable(module: str | None) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def _import_local_modules(names: CellNames) -> None:
+    """Run here, in a namespace of their own, the cell's imports of local modules (a
+    ``helpers.py`` beside the notebook, not imported here yet, or a submodule of one not yet
+    imported): so the module, as a local cell would import it, can travel by value. One that
+    fails to import here is left to the remote kernel, whose own error the cell shows."""
+    for top, statement in names.import_statements:
+        if transfer.is_local_file(top):
+            try:
+                exec(statement, {})  # the user's own import line
+            except Exception:  # the remote kernel's import says why
+                continue
 
 
 @dataclass
@@ -129,6 +142,7 @@ def plan(
     watch = [n for n in push if n not in bound and not _immutable(namespace[n])]
     # `import helpers` in the cell, helpers.py beside the notebook: the remote finds no such
     # file, so the module goes by value, for its `import` to find it
+    _import_local_modules(names)
     modules = [
         m for m in dict.fromkeys(names.imports.values())
         if m is not None and transfer.local_module(m) is not None
@@ -190,22 +204,24 @@ def bring_back(
     limit: int,
     skip: list[str],
     reply: dict[str, Any] | None = None,
+    note: Callable[[str], None] = print,
 ) -> None:
     """After the cell ran: pull what it bound and what it changed in place (values over
     ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there.
-    What the ``reply`` already brought (`inline_pull`) is taken from it."""
+    What the ``reply`` already brought (`inline_pull`) is taken from it. ``note`` takes a line
+    for each value that stays remote because it cannot travel (the magic's status display)."""
     inline = session.inline_pulled(reply) if reply is not None else None
     if inline is not None:
         assigned, missing = inline.values, inline.missing
-        unpicklable(assigned)
-        deferred, _ = _pull_what_can_come(session, inline.deferred, limit)
+        unpicklable(assigned, note)
+        deferred, _ = _pull_what_can_come(session, inline.deferred, limit, note)
         assigned |= deferred
         updated: dict[str, Any] = {}
     else:
         wanted = [n for n in found.pull if n not in skip]
-        assigned, missing = _pull_what_can_come(session, wanted, limit)
+        assigned, missing = _pull_what_can_come(session, wanted, limit, note)
         changed = changed_remotely(session, [n for n in found.watch if n not in skip])
-        updated, _ = _pull_what_can_come(session, changed, limit)
+        updated, _ = _pull_what_can_come(session, changed, limit, note)
     namespace.update(updated | assigned)
     for name in missing:
         session.ledger.forget(name)
@@ -214,18 +230,17 @@ def bring_back(
 
 
 def _pull_what_can_come(
-    session: RemoteSession, names: list[str], limit: int
+    session: RemoteSession, names: list[str], limit: int, note: Callable[[str], None]
 ) -> tuple[dict[str, Any], list[str]]:
     """`RemoteSession.pull`, with a note for each value that cannot be pickled there (a file
     the cell opened, a widget): it stays remote, bound here to a `RemoteRef`."""
     values, missing = session.pull(names, limit)
-    unpicklable(values)
+    unpicklable(values, note)
     return values, missing
 
 
-def unpicklable(values: dict[str, Any]) -> None:
-    """A note (stderr) for each value that came back as a handle because it cannot travel."""
+def unpicklable(values: dict[str, Any], note: Callable[[str], None]) -> None:
+    """A note for each value that came back as a handle because it cannot travel."""
     for name, value in values.items():
         if isinstance(value, RemoteRef) and "unpicklable" in value.info:
-            reason = value.info["unpicklable"]
-            print(f"Cumulus: {name} stays in the remote kernel: {reason}", file=sys.stderr)
+            note(f"{name} stays in the remote kernel: {value.info['unpicklable']}")

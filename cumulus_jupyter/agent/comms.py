@@ -47,9 +47,11 @@ def push(data: dict[str, Any], buffers: list[Any], namespace: Namespace) -> dict
 
 
 def _pull(data: dict[str, Any], namespace: Namespace) -> tuple[dict[str, Any], list[Any]]:
-    found = gather(list(data.get("names", [])), namespace, data.get("max_bytes"))
+    found = gather(
+        list(data.get("names", [])), namespace, data.get("max_bytes"), budget=data.get("budget")
+    )
     reply: dict[str, Any] = {"ok": True, "entries": found.entries, "missing": found.missing,
-                             "refs": found.refs}  # fmt: skip
+                             "refs": found.refs, "deferred": found.deferred}  # fmt: skip
     frames = found.frames
     stage_above = data.get("stage_above")
     if dataserver.port() and stage_above is not None and _nbytes(frames) >= int(stage_above):
@@ -80,7 +82,8 @@ def gather(
     """The values of ``names`` and of the ``watched`` ones (name: the fingerprint the client
     holds) that changed. A value over ``max_bytes``, or one that cannot be pickled (an open
     file, a widget), stays here and is described in ``refs`` (with ``unpicklable``: why);
-    past ``budget`` bytes in all, values are named in ``deferred`` instead."""
+    past ``budget`` bytes in all, values are named in ``deferred`` instead (the first value
+    is always taken: one over the budget is the transfer's to refuse)."""
     watched = watched or {}
     found = Gathered(missing=[n for n in names if n not in namespace])
     chosen: dict[str, transfer.Pickled] = {}  # what comes back, pickled alone (sizes, prints)
@@ -95,7 +98,7 @@ def gather(
         if max_bytes is not None and size > int(max_bytes):
             found.refs[name] = transfer.describe(namespace[name], pickled)
             return False
-        if budget is not None and used + size > budget:
+        if budget is not None and used and used + size > budget:
             found.deferred.append(name)
             return False
         used += size

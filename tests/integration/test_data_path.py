@@ -95,10 +95,13 @@ def test_a_push_over_the_cap_is_refused_before_anything_is_sent(tmp_path: Path) 
         s.start("0.2", "10m", lambda line: None)
         try:
             s.push({"kept": 1})
+            # each name's size counts its in-band pickle too (bytes, lists: were "0 MiB")
             with pytest.raises(
-                InvalidArgument, match=r"big 16 MiB.*over the gateway's cap of 8 MiB"
+                InvalidArgument,
+                match=r"^Push of 19\.0 MiB \(big 16\.0 MiB, notes 3\.0 MiB, kept 0 KiB\) is "
+                r"over the gateway's cap of 8 MiB",
             ):
-                s.push({"big": np.zeros(2 * MIB), "kept": 2})
+                s.push({"big": np.zeros(2 * MIB), "kept": 2, "notes": bytes(3 * MIB)})
             values, _ = s.pull(["kept", "big"])
             assert values == {"kept": 1}  # nothing of the refused push arrived
             # the gateway enforces it too, whatever the client does

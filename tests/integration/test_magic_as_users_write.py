@@ -156,6 +156,27 @@ def test_a_cell_that_imports_a_module_beside_the_notebook(notebook: Any, tmp_pat
     assert out == "12 True 8 OK! True\n"
 
 
+def test_a_module_beside_the_notebook_never_imported_here_before(
+    notebook: Any, tmp_path: Path
+) -> None:
+    """The first cell that imports ``helpers`` is the ``%%cumulus`` one (the module was only
+    looked for among those already imported here: a remote ``ModuleNotFoundError``)."""
+    kc, _ = notebook
+    (tmp_path / "fresh_helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    package = tmp_path / "fresh_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "ops.py").write_text("def negate(x):\n    return -x\n")
+    ok(kc, f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nK = 14")
+    out = ok(
+        kc,
+        CELL + "import json, fresh_helpers\nfrom fresh_pkg.ops import negate\n"
+        "h = fresh_helpers.triple(K)\nprint(h, negate(h), json.dumps([h]))",
+    )
+    assert out == "42 -42 [42]\n"
+    assert ok(kc, "print(h, fresh_helpers.triple(2), negate(1))") == "42 6 -1\n"
+
+
 def test_the_value_of_a_cell_that_ends_in_an_expression_is_underscore_and_out(
     notebook: Any,
 ) -> None:

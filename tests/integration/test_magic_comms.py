@@ -276,3 +276,27 @@ def test_a_killed_notebook_leaves_its_partition(tmp_path: Path) -> None:
     finally:
         kc.stop_channels()
         gw.stop()
+
+
+def test_the_magics_own_comms_never_reach_the_front_end(notebook: Any) -> None:
+    """The variables' comms are the magic's: after its answer the agent closes each, and that
+    close, arriving after the magic stopped listening, was sent to the front end (a close for a
+    comm it never opened, two runs in four of failing cells)."""
+    kc, _ = notebook
+    seen: list[dict[str, Any]] = []
+    for step in range(6):
+        for code in (
+            f"%%cumulus --session own-comms\nv = {step}\n1 / 0",  # pulled over a comm after it
+            f"%%cumulus --session own-comms --pull v\nv += 1\nprint(undefined_name_{step})",
+            "%%cumulus --session own-comms --pull v\nv = v * 2",
+        ):
+            seen += run(kc, code)[3]
+    seen += _drain(kc)
+    opened = {m["content"]["comm_id"] for m in seen if m["msg_type"] == "comm_open"}
+    strays = [
+        m["content"] for m in seen
+        if m["msg_type"] in ("comm_msg", "comm_close") and m["content"]["comm_id"] not in opened
+    ]  # fmt: skip
+    assert strays == []
+    reply, out, _, _ = run(kc, "print(v)")
+    assert reply["status"] == "ok" and out == "12\n"

@@ -403,6 +403,21 @@ def test_a_cell_that_is_not_python_fails_with_the_remote_syntax_error(pair: Pair
     assert notebook.status == "error" and notebook.error.startswith("SyntaxError ")
 
 
+def test_what_comes_back_fits_under_the_gateway_cap(pair: Pair) -> None:
+    """A value no transfer could carry stays remote (a `RemoteRef`) and the rest come back;
+    two that fit alone but not together come in two transfers (the cell failed with TooLarge
+    after it had run, and nothing came back: the namespaces parted)."""
+    pair.reset("v = 1")
+    half = CAP_MIB * 2**20 * 5 // 8
+    _, notebook = pair.cell(
+        f"w = bytes({CAP_MIB * 2**20 + 1})\nv = 3\na = bytes({half})\nb = b'x' * {half}"
+    )
+    assert notebook.status == "ok", notebook.error
+    _, shown = pair.both("pass", "print(type(w).__name__, v, len(a), b[:2], len(b))")
+    assert shown.out == f"RemoteRef 3 {half} b'xx' {half}\n"
+    pair.reset()
+
+
 def test_a_push_over_the_gateway_cap_is_refused_and_nothing_changes(pair: Pair) -> None:
     notebook = _unchanged_after(
         pair, f"import numpy as np\nbig = np.zeros({CAP_MIB * 2**20 // 8 + 1024})\nsmall = 1",

@@ -12,6 +12,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 
 from tests.integration.test_magic import gateway_and_notebook, run
 from tests.support.gateway import Gateway
+from tests.support.messages import status_text
 
 pytestmark = pytest.mark.integration
 
@@ -130,12 +131,17 @@ def test_a_value_that_cannot_travel_stays_remote_as_a_handle_later_cells_use(
     notebook: Any,
 ) -> None:
     kc = notebook
-    _, _, err, _ = run(
-        kc,
-        "%%cumulus --session inline\ngen = (i * 10 for i in range(3))\n"
-        "count = 3\nimport ipywidgets\nw = ipywidgets.IntSlider(value=3)",
+    cell = (
+        "%%cumulus --session inline{}\ngen = (i * 10 for i in range(3))\n"
+        "count = 3\nimport ipywidgets\nw = ipywidgets.IntSlider(value=3)"
     )
-    assert "gen stays in the remote kernel" in err and "w stays in the remote kernel" in err
+    _, _, err, outputs = run(kc, cell.format(""))
+    # news in the cell's status display, not red stderr lines
+    status = status_text(outputs)
+    assert "Cumulus: gen stays in the remote kernel" in status, outputs
+    assert "Cumulus: w stays in the remote kernel" in status and err == ""
+    _, _, err, outputs = run(kc, cell.format(" --quiet"))
+    assert status_text(outputs) == "" and err == ""  # --quiet hides them
     assert local(kc, "count") == "3"
     assert local(kc, "type(gen).__name__, 'cannot be pickled' in repr(gen)") == (
         "('RemoteRef', True)"

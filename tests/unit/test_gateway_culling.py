@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class Kernels:
         km.shutdown_kernel = shutdown_kernel  # type: ignore[method-assign,assignment]
 
     def add(self, kernel_id: str, connections: int = 0) -> None:
-        self.km._kernels[kernel_id] = object()
+        self.km._kernels[kernel_id] = types.SimpleNamespace(provisioner=None)
         self.km._kernel_connections[kernel_id] = connections
 
 
