@@ -45,12 +45,6 @@ _COMMS = frozenset({"comm_open", "comm_msg", "comm_close"})
 _ANSWERED_KEPT = 1024
 
 
-def _pickled_bytes(pickled: transfer.Pickled) -> int:
-    """A pickled value's size: its in-band pickle and its out-of-band buffers."""
-    payload, buffers = pickled
-    return len(payload) + sum(memoryview(b.raw()).nbytes for b in buffers)
-
-
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**17 else f"{size / 2**10:.0f} KiB"
 
@@ -715,7 +709,7 @@ class RemoteSession:
         )
         total = sum(memoryview(f).nbytes for f in frames)
         if self.max_transfer_bytes and total > self.max_transfer_bytes:
-            sizes = {n: _pickled_bytes(pickled[n]) for n in pickled}
+            sizes = {n: transfer.pickled_size(pickled[n]) for n in pickled}
             largest = ", ".join(
                 f"{n} {_mib(sizes[n])}" for n in sorted(sizes, key=sizes.__getitem__, reverse=True)
             )

@@ -53,15 +53,19 @@ def register_local_modules() -> list[str]:
     return added
 
 
+def _found_remotely(top: str) -> bool:
+    """Whether a remote kernel imports the top-level module ``top`` itself: the standard
+    library, an installed distribution, ours."""
+    return top in sys.stdlib_module_names or top in _OURS or top in _installed_top_levels()
+
+
 def _register_new_local_modules() -> list[str]:
-    installed = _installed_top_levels() | _OURS
     added = []
     for name, module in list(sys.modules.items()):
         top = name.split(".")[0]
         if (
-            "." in name or top in _by_value or top in _theirs or top in installed
-            or top in sys.stdlib_module_names or top == "__main__"
-            or not getattr(module, "__file__", None)
+            "." in name or top in _by_value or top in _theirs or _found_remotely(top)
+            or top == "__main__" or not getattr(module, "__file__", None)
         ):  # fmt: skip
             continue
         try:
@@ -82,7 +86,7 @@ MODULE_PREFIX = "__cumulus_module__."
 def is_local_file(top: str) -> bool:
     """Whether ``top`` (a top-level module name) would be imported here from a file no
     installed distribution provides (a ``helpers.py`` beside the notebook), imported or not."""
-    if top in sys.stdlib_module_names or top in _OURS or top in _installed_top_levels():
+    if _found_remotely(top):
         return False
     if top in sys.modules:
         register_local_modules()
@@ -295,6 +299,12 @@ def fingerprint(payload: bytes, buffers: list[pickle.PickleBuffer]) -> str:
 
 
 Pickled = tuple[bytes, list[pickle.PickleBuffer]]
+
+
+def pickled_size(pickled: Pickled) -> int:
+    """A pickled value's size: its in-band pickle and its out-of-band buffers."""
+    payload, buffers = pickled
+    return len(payload) + sum(memoryview(b.raw()).nbytes for b in buffers)
 
 
 _UNSHARED = (type(None), bool, int, float, complex, str, bytes)  # no state another name can share

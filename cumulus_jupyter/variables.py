@@ -203,8 +203,8 @@ def bring_back(
     namespace: dict[str, Any],
     limit: int,
     skip: list[str],
-    reply: dict[str, Any] | None = None,
-    note: Callable[[str], None] = print,
+    reply: dict[str, Any] | None,
+    note: Callable[[str], None],
 ) -> None:
     """After the cell ran: pull what it bound and what it changed in place (values over
     ``limit`` bytes stay remote as `RemoteRef`s), then delete here what it deleted there.

@@ -42,8 +42,7 @@ class KernelRegistry:
 
     def __init__(self) -> None:
         self.partitions: dict[str, Partition] = {}
-        self.ended: dict[str, str] = {}
-        self.ended_owners: dict[str, str | None] = {}  # whose the ended kernels were
+        self.ended: dict[str, tuple[str, str | None]] = {}  # kernel id: (why, whose)
         self.connections: dict[str, set[Connection]] = {}
         self.adoptions = Adoptions()
 
@@ -53,21 +52,21 @@ class KernelRegistry:
 
     def end_reason(self, kernel_id: str) -> str | None:
         """Why a kernel that is gone ended, when its partition ended under it."""
-        return self.ended.get(kernel_id)
+        ended = self.ended.get(kernel_id)
+        return ended[0] if ended else None
 
     def ended_owner(self, kernel_id: str) -> str | None:
         """Whose a kernel that is gone was (None: unknown, or the operator's)."""
-        return self.ended_owners.get(kernel_id)
+        ended = self.ended.get(kernel_id)
+        return ended[1] if ended else None
 
     def mark_ended(self, kernel_id: str, reason: str, owner: str | None = None) -> None:
         """Keep why ``kernel_id`` ended, and whose it was (default: its partition's owner)."""
-        self.ended[kernel_id] = reason
-        self.ended_owners[kernel_id] = owner or self.owner_of(kernel_id)
+        self.ended[kernel_id] = (reason, owner or self.owner_of(kernel_id))
         self.adoptions.forget(kernel_id)
         if len(self.ended) > MAX_ENDED:  # bounded: keep the most recent
             for old in list(self.ended)[: MAX_ENDED // 10]:
                 del self.ended[old]
-                self.ended_owners.pop(old, None)
 
     def connect(self, kernel_id: str, connection: Connection) -> None:
         self.connections.setdefault(kernel_id, set()).add(connection)

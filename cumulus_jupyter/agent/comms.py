@@ -93,8 +93,7 @@ def gather(
 
     def take(name: str, pickled: transfer.Pickled) -> bool:
         nonlocal used
-        payload, buffers = pickled
-        size = len(payload) + sum(b.raw().nbytes for b in buffers)
+        size = transfer.pickled_size(pickled)
         if max_bytes is not None and size > int(max_bytes):
             found.refs[name] = transfer.describe(namespace[name], pickled)
             return False
